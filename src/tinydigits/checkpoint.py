@@ -1,0 +1,121 @@
+"""Saving and loading weights and training checkpoints, always atomically.
+
+Weights are safetensors files with JSON metadata. Reference ``.pth`` files
+(pickled state_dicts, often saved on a CUDA machine) load with
+``weights_only=True`` onto the CPU, so no arbitrary object is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .models import TinyDigitNet, build_model, count_parameters
+
+
+class WeightsError(Exception):
+    """A weights or checkpoint file that cannot be used; the message is one line."""
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place,
+    so a crash or kill mid-write never leaves a half-written file under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any]) -> Path:
+    """Write a model's state_dict as safetensors; metadata values are stored as JSON."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {key: json.dumps(value) for key, value in metadata.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of a safetensors weights file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
+    return {key: json.loads(value) for key, value in raw.items()}
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state_dict from ``.safetensors`` or a pickled ``.pt``/``.pth`` file, onto the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as err:
+            raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
+    try:
+        # map_location moves tensors saved on a GPU to the CPU; weights_only refuses
+        # anything that is not plain tensors and containers.
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt or unsafe pickles
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(f"{path}: cannot load as a PyTorch state_dict ({first_line})") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: does not hold a state_dict of tensors")
+    # DataParallel prefixes every key with "module."
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_model(
+    name: str, weights: str | Path | None = None, device: str | torch.device = "cpu"
+) -> TinyDigitNet:
+    """Build model ``name`` and, given a weights file, load it strictly; in eval mode."""
+    model = build_model(name)
+    if weights is not None:
+        state = load_state_dict(weights)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            missing = set(model.state_dict()) ^ set(state)
+            detail = f"keys differ: {sorted(missing)[:4]}" if missing else "tensor shapes differ"
+            raise WeightsError(
+                f"{weights}: not {name} weights ({detail}; "
+                f"{name} has {count_parameters(model)} parameters)"
+            ) from err
+    return model.to(device).eval()
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write a training checkpoint (tensors, numbers, strings and containers only)."""
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no checkpoint here; nothing to resume")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsError(f"{path}: corrupt checkpoint ({type(err).__name__})") from None

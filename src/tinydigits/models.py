@@ -1,0 +1,145 @@
+"""The three reference CNNs, built layer for layer in the reference layout.
+
+Each model is an ``nn.Sequential`` per conv block (``conv1``, ``conv2``,
+``conv3``) plus ``gap_linear``, with ReLU, Dropout and MaxPool occupying
+indices exactly as in the reference implementation, so a reference
+state_dict loads with no key renaming.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _conv3x3(c_in: int, c_out: int, *, stride: int = 1, padding: int = 1) -> list[nn.Module]:
+    # Conv -> ReLU -> BatchNorm is the reference's order (BN after the activation).
+    return [
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=padding, bias=False),
+        nn.ReLU(),
+        nn.BatchNorm2d(c_out),
+    ]
+
+
+def _transition(c_in: int, c_out: int) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 1, bias=True)
+
+
+class TinyDigitNet(nn.Module):
+    """Conv blocks, then global average pooling, a 1x1 classifier and log-softmax."""
+
+    def __init__(self, blocks: list[nn.Sequential], channels_out: int = 16) -> None:
+        super().__init__()
+        for index, block in enumerate(blocks, start=1):
+            self.add_module(f"conv{index}", block)
+        self.gap_linear = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels_out, 10, 1, bias=False)
+        )
+        self.num_blocks = len(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for index in range(1, self.num_blocks + 1):
+            x = getattr(self, f"conv{index}")(x)
+        x = self.gap_linear(x).flatten(1)
+        return F.log_softmax(x, dim=1)
+
+
+def mnist_medium(dropout: float = 0.1) -> TinyDigitNet:
+    """MNIST-Medium: 7,632 parameters, 3 conv blocks."""
+    d = dropout
+    return TinyDigitNet([
+        nn.Sequential(
+            *_conv3x3(1, 8), nn.Dropout(d),
+            *_conv3x3(8, 8), nn.MaxPool2d(2), nn.Dropout(d),
+            _transition(8, 8),
+        ),
+        nn.Sequential(
+            *_conv3x3(8, 8), nn.Dropout(d),
+            *_conv3x3(8, 16), nn.MaxPool2d(2), nn.Dropout(d),
+            _transition(16, 16),
+        ),
+        nn.Sequential(
+            *_conv3x3(16, 16, padding=0), nn.Dropout(d),
+            *_conv3x3(16, 16, padding=0), nn.MaxPool2d(2), nn.Dropout(d),
+        ),
+    ])
+
+
+def mnist_small(dropout: float = 0.02) -> TinyDigitNet:
+    """MNIST-Small: 5,616 parameters, 2 conv blocks."""
+    d = dropout
+    return TinyDigitNet([
+        nn.Sequential(
+            *_conv3x3(1, 8), nn.Dropout(d),
+            *_conv3x3(8, 8), nn.Dropout(d),
+            *_conv3x3(8, 8), nn.MaxPool2d(2), nn.Dropout(d),
+            _transition(8, 8),
+        ),
+        nn.Sequential(
+            *_conv3x3(8, 8), nn.Dropout(d),
+            *_conv3x3(8, 16), nn.Dropout(d),
+            *_conv3x3(16, 16, stride=2), nn.Dropout(d),
+        ),
+    ])
+
+
+def mnist_ultrasmall(dropout: float = 0.02) -> TinyDigitNet:
+    """MNIST-UltraSmall: 4,464 parameters, 2 conv blocks."""
+    d = dropout
+    return TinyDigitNet([
+        nn.Sequential(
+            *_conv3x3(1, 8), nn.Dropout(d),
+            *_conv3x3(8, 8), nn.Dropout(d),
+            *_conv3x3(8, 8), nn.Dropout(d),
+            *_conv3x3(8, 8, stride=2), nn.MaxPool2d(2), nn.Dropout(d),
+            _transition(8, 8),
+        ),
+        nn.Sequential(
+            *_conv3x3(8, 8), nn.Dropout(d),
+            *_conv3x3(8, 8), nn.Dropout(d),
+            *_conv3x3(8, 16, stride=2), nn.Dropout(d),
+        ),
+    ])
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the registry knows about a model besides how to build it."""
+
+    name: str
+    title: str
+    builder: Callable[..., TinyDigitNet]
+    parameters: int
+    conv_blocks: int
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("medium", "MNIST-Medium", mnist_medium, 7_632, 3),
+        ModelSpec("small", "MNIST-Small", mnist_small, 5_616, 2),
+        ModelSpec("ultrasmall", "MNIST-UltraSmall", mnist_ultrasmall, 4_464, 2),
+    )
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Look a model up by name; a clear error lists the known names."""
+    try:
+        return MODELS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}") from None
+
+
+def build_model(name: str, dropout: float | None = None) -> TinyDigitNet:
+    """Build a freshly initialised model by name (``medium``, ``small``, ``ultrasmall``)."""
+    spec = get_spec(name)
+    return spec.builder() if dropout is None else spec.builder(dropout)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,218 @@
+"""The training loop: one function, data already in memory, batched augmentation.
+
+A run directory holds everything a run produced:
+    config.json         the model, resolved recipe, device and thread count
+    metrics.jsonl       one JSON line per epoch
+    checkpoint.pt       written atomically after every epoch; ``resume`` continues from it
+    best.safetensors    the weights with the best validation accuracy so far
+    final.safetensors   the weights after the last epoch
+    test.json           the final weights' test-set figures
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import data
+from .augment import random_affine
+from .checkpoint import WeightsError, load_checkpoint, save_checkpoint, save_weights
+from .evaluate import evaluate
+from .models import build_model, count_parameters, get_spec
+from .recipes import Recipe
+from .runtime import select_device, set_threads
+
+BACKGROUND = (0.0 - data.MEAN) / data.STD  # an empty pixel after normalization
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    history: list[dict[str, Any]]
+    test: dict[str, Any] | None
+    seconds: float
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1]
+
+
+def make_optimizer(params: Any, recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=recipe.lr, momentum=recipe.momentum,
+            nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
+        )
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}; choose 'sgd' or 'adamw'")
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per batch."""
+    if recipe.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if recipe.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch,
+            pct_start=recipe.warmup, cycle_momentum=recipe.optimizer == "sgd",
+        )
+    raise ValueError(f"unknown schedule {recipe.schedule!r}; choose 'constant' or 'onecycle'")
+
+
+def default_run_dir(model_name: str, seed: int, root: str | Path = "runs") -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{model_name}-seed{seed}-{stamp}"
+
+
+def train(
+    model_name: str,
+    recipe: Recipe,
+    *,
+    mnist: data.MNIST | None = None,
+    data_dir: str | Path | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    threads: int | None = None,
+    evaluate_test: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> RunResult:
+    """Train ``model_name`` with ``recipe``; with ``resume`` continue the run in ``run_dir``."""
+    get_spec(model_name)  # fail early on an unknown name
+    dev = select_device(device)
+    threads = set_threads(threads)
+    run_dir = Path(run_dir) if run_dir else default_run_dir(model_name, recipe.seed)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    if resume:
+        state = load_checkpoint(checkpoint_path)
+        recipe = Recipe.from_dict(state["recipe"])
+        model_name = state["model"]
+    elif checkpoint_path.exists():
+        raise WeightsError(f"{run_dir}: already holds a run; resume it or pick another directory")
+
+    mnist = mnist if mnist is not None else data.load_mnist(data_dir)
+    train_x, train_y, val_x, val_y = data.split_train_val(
+        mnist.train_images, mnist.train_labels, recipe.val_size, seed=0
+    )
+    train_x, train_y = data.normalize(train_x).to(dev), train_y.to(dev)
+    val_x = data.normalize(val_x)
+
+    torch.manual_seed(recipe.seed)
+    model = build_model(model_name, dropout=recipe.dropout).to(dev)
+    steps_per_epoch = -(-len(train_x) // recipe.batch_size)
+    optimizer = make_optimizer(model.parameters(), recipe)
+    schedule = make_schedule(optimizer, recipe, steps_per_epoch)
+    shuffle = torch.Generator(device=dev).manual_seed(recipe.seed)
+    history: list[dict[str, Any]] = []
+    best_val = -1.0
+
+    if resume:
+        model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        shuffle.set_state(state["shuffle_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if dev.type == "cuda" and state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        history, best_val = state["history"], state["best_val"]
+        # Epochs logged after the last checkpoint (a kill mid-write) are redone, so drop them.
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+        log(f"resuming {run_dir} after epoch {len(history)} of {recipe.epochs}")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "model": model_name, "recipe": recipe.to_dict(), "device": str(dev),
+            "threads": threads, "torch": torch.__version__,
+            "parameters": count_parameters(model),
+        }
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (run_dir / "metrics.jsonl").write_text("")
+
+    def weights_metadata(epoch: int) -> dict[str, Any]:
+        return {"model": model_name, "recipe": recipe.to_dict(), "seed": recipe.seed,
+                "epoch": epoch, "metrics": history[-1] if history else {}}
+
+    started = time.perf_counter() - sum(h["seconds"] for h in history)
+    for epoch in range(len(history) + 1, recipe.epochs + 1):
+        epoch_start = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(train_x), generator=shuffle, device=dev)
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev, dtype=torch.long)
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{recipe.epochs}",
+                   leave=False, disable=not progress, unit="batch")
+        for start in range(0, len(train_x), recipe.batch_size):
+            index = order[start : start + recipe.batch_size]
+            images = random_affine(
+                train_x[index], degrees=recipe.rotation, translate=recipe.translate,
+                scale=recipe.scale, background=BACKGROUND, generator=shuffle,
+            )
+            labels = train_y[index]
+            log_probs = model(images)
+            loss = F.nll_loss(log_probs, labels)
+            if recipe.label_smoothing:
+                smooth = -log_probs.mean(dim=1).mean()
+                loss = (1 - recipe.label_smoothing) * loss + recipe.label_smoothing * smooth
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            # Accumulate on the device: an .item() per step would force a sync.
+            loss_sum += loss.detach() * len(index)
+            correct += (log_probs.argmax(dim=1) == labels).sum()
+            bar.update()
+        bar.close()
+
+        val = evaluate(model, val_x, val_y) if len(val_x) else None
+        history.append({
+            "epoch": epoch,
+            "train_loss": round(float(loss_sum) / len(train_x), 6),
+            "train_accuracy": round(float(correct) / len(train_x) * 100, 4),
+            "val_loss": round(val.loss, 6) if val else None,
+            "val_accuracy": round(val.accuracy, 4) if val else None,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - epoch_start, 3),
+        })
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(history[-1]) + "\n")
+        if val and val.accuracy > best_val:
+            best_val = val.accuracy
+            save_weights(model, run_dir / "best.safetensors", weights_metadata(epoch))
+        save_checkpoint(checkpoint_path, {
+            "model": model_name, "recipe": recipe.to_dict(),
+            "model_state": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "shuffle_rng": shuffle.get_state(),
+            "torch_rng": torch.get_rng_state(), "history": history, "best_val": best_val,
+            "cuda_rng": torch.cuda.get_rng_state_all() if dev.type == "cuda" else [],
+        })
+        # Logged only once the epoch is safely on disk: Ctrl-C from here on loses nothing.
+        h = history[-1]
+        val_text = f"val loss {h['val_loss']:.4f} acc {h['val_accuracy']:.2f}%" if val else "no val"
+        log(f"epoch {epoch:2d}/{recipe.epochs}  train loss {h['train_loss']:.4f} "
+            f"acc {h['train_accuracy']:.2f}%  {val_text}  lr {h['lr']:.5f}  {h['seconds']:.1f}s")
+
+    seconds = time.perf_counter() - started
+    save_weights(model, run_dir / "final.safetensors", weights_metadata(recipe.epochs))
+    test = None
+    if evaluate_test:
+        result = evaluate(model, data.normalize(mnist.test_images), mnist.test_labels)
+        test = {"accuracy": result.accuracy, "loss": result.loss,
+                "per_class_accuracy": result.per_class_accuracy,
+                "train_seconds": round(seconds, 2), "epochs": recipe.epochs}
+        (run_dir / "test.json").write_text(json.dumps(test, indent=2) + "\n")
+        log(f"final test accuracy {result.accuracy:.2f}% (loss {result.loss:.4f}) "
+            f"after {recipe.epochs} epochs, {seconds:.0f}s; run saved in {run_dir}")
+    return RunResult(run_dir=run_dir, history=history, test=test, seconds=seconds)
