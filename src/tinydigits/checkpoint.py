@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .models import TinyDigitNet, build_model, count_parameters
+from .models import TinyDigitNet, build_model, count_parameters, get_spec
 
 
 class WeightsError(Exception):
@@ -87,10 +87,30 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+PRETRAINED_DIR = Path(__file__).parent / "weights"
+
+
+def pretrained_path(name: str) -> Path:
+    """The weights file shipped inside the package for model ``name``."""
+    path = PRETRAINED_DIR / f"{get_spec(name).name}.safetensors"
+    if not path.is_file():
+        raise WeightsError(f"no pretrained weights shipped for {name!r} (looked for {path})")
+    return path
+
+
 def load_model(
-    name: str, weights: str | Path | None = None, device: str | torch.device = "cpu"
+    name: str,
+    weights: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    pretrained: bool = False,
 ) -> TinyDigitNet:
-    """Build model ``name`` and, given a weights file, load it strictly; in eval mode."""
+    """Build model ``name``; load ``weights`` (a file) or, with ``pretrained``, the weights
+    shipped with the package. Loading is strict; the model is returned in eval mode."""
+    if pretrained and weights is not None:
+        raise ValueError("give either weights or pretrained=True, not both")
+    if pretrained:
+        weights = pretrained_path(name)
     model = build_model(name)
     if weights is not None:
         state = load_state_dict(weights)
