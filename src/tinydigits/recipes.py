@@ -79,23 +79,17 @@ REFERENCE_RECIPES: dict[str, Recipe] = {
     "ultrasmall": _REFERENCE.replace(lr=0.025, batch_size=64, dropout=0.02, rotation=5.0),
 }
 
-DEFAULT_RECIPES: dict[str, Recipe] = {
-    "medium": Recipe(
-        optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
-        schedule="onecycle", batch_size=128, epochs=15, dropout=0.05,
-        rotation=8.0, translate=0.08, scale=0.08,
-    ),
-    "small": Recipe(
-        optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
-        schedule="onecycle", batch_size=128, epochs=15, dropout=0.02,
-        rotation=8.0, translate=0.08, scale=0.08,
-    ),
-    "ultrasmall": Recipe(
-        optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
-        schedule="onecycle", batch_size=128, epochs=15, dropout=0.02,
-        rotation=8.0, translate=0.08, scale=0.08,
-    ),
-}
+# Tuned on the validation split (see README, "How the default recipe was chosen"):
+# one-cycle SGD with Nesterov momentum, weight decay, no dropout, and mild random
+# rotation, shift and zoom. Dropout hurt at every setting tried: with augmentation
+# and 15 epochs these models underfit rather than overfit.
+_TUNED = Recipe(
+    optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+    schedule="onecycle", warmup=0.2, batch_size=128, epochs=15, dropout=0.0,
+    rotation=8.0, translate=0.08, scale=0.08,
+)
+
+DEFAULT_RECIPES: dict[str, Recipe] = {"medium": _TUNED, "small": _TUNED, "ultrasmall": _TUNED}
 
 
 def get_recipe(model: str, kind: str = "default") -> Recipe:

@@ -71,6 +71,46 @@ def make_schedule(
     raise ValueError(f"unknown schedule {recipe.schedule!r}; choose 'constant' or 'onecycle'")
 
 
+def train_one_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: Recipe,
+    generator: torch.Generator,
+    on_step: Callable[[], Any] = lambda: None,
+) -> tuple[float, float]:
+    """One pass over shuffled, augmented batches; returns mean loss and accuracy (%)."""
+    model.train()
+    device = images.device
+    order = torch.randperm(len(images), generator=generator, device=device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for start in range(0, len(images), recipe.batch_size):
+        index = order[start : start + recipe.batch_size]
+        batch = random_affine(
+            images[index], degrees=recipe.rotation, translate=recipe.translate,
+            scale=recipe.scale, background=BACKGROUND, generator=generator,
+        )
+        targets = labels[index]
+        log_probs = model(batch)
+        loss = F.nll_loss(log_probs, targets)
+        if recipe.label_smoothing:
+            # NLL against a target mixed with the uniform distribution.
+            uniform = -log_probs.mean(dim=1).mean()
+            loss = (1 - recipe.label_smoothing) * loss + recipe.label_smoothing * uniform
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        # Accumulate on the device: an .item() per step would force a sync on a GPU.
+        loss_sum += loss.detach() * len(index)
+        correct += (log_probs.argmax(dim=1) == targets).sum()
+        on_step()
+    return float(loss_sum) / len(images), float(correct) / len(images) * 100
+
+
 def default_run_dir(model_name: str, seed: int, root: str | Path = "runs") -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(root) / f"{model_name}-seed{seed}-{stamp}"
@@ -148,39 +188,18 @@ def train(
     started = time.perf_counter() - sum(h["seconds"] for h in history)
     for epoch in range(len(history) + 1, recipe.epochs + 1):
         epoch_start = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(train_x), generator=shuffle, device=dev)
-        loss_sum = torch.zeros((), device=dev)
-        correct = torch.zeros((), device=dev, dtype=torch.long)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{recipe.epochs}",
                    leave=False, disable=not progress, unit="batch")
-        for start in range(0, len(train_x), recipe.batch_size):
-            index = order[start : start + recipe.batch_size]
-            images = random_affine(
-                train_x[index], degrees=recipe.rotation, translate=recipe.translate,
-                scale=recipe.scale, background=BACKGROUND, generator=shuffle,
-            )
-            labels = train_y[index]
-            log_probs = model(images)
-            loss = F.nll_loss(log_probs, labels)
-            if recipe.label_smoothing:
-                smooth = -log_probs.mean(dim=1).mean()
-                loss = (1 - recipe.label_smoothing) * loss + recipe.label_smoothing * smooth
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            # Accumulate on the device: an .item() per step would force a sync.
-            loss_sum += loss.detach() * len(index)
-            correct += (log_probs.argmax(dim=1) == labels).sum()
-            bar.update()
+        train_loss, train_accuracy = train_one_epoch(
+            model, optimizer, schedule, train_x, train_y, recipe, shuffle, on_step=bar.update
+        )
         bar.close()
 
         val = evaluate(model, val_x, val_y) if len(val_x) else None
         history.append({
             "epoch": epoch,
-            "train_loss": round(float(loss_sum) / len(train_x), 6),
-            "train_accuracy": round(float(correct) / len(train_x) * 100, 4),
+            "train_loss": round(train_loss, 6),
+            "train_accuracy": round(train_accuracy, 4),
             "val_loss": round(val.loss, 6) if val else None,
             "val_accuracy": round(val.accuracy, 4) if val else None,
             "lr": optimizer.param_groups[0]["lr"],
