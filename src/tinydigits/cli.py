@@ -107,25 +107,41 @@ def train(model_name: str, recipe_kind: str, run_dir: Path | None, resume_dir: P
 @main.command(name="eval")
 @click.option("--model", "model_name", type=MODEL_CHOICE, required=True)
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="A .safetensors file, or a reference .pt/.pth state_dict.")
+              help="A .safetensors file, a reference .pt/.pth state_dict, a TorchScript .pt "
+                   "(--backend torch) or an ONNX file (--backend onnxruntime).")
+@click.option("--backend", default="torch", show_default=True,
+              help="torch (weights or TorchScript) or onnxruntime (ONNX files, fp32 or int8).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @data_dir_option
 @device_option
 @threads_option
 @friendly_errors
-def evaluate_command(model_name: str, weights: Path, as_json: bool, data_dir: Path | None,
+def evaluate_command(model_name: str, weights: Path, backend: str, as_json: bool, data_dir: Path | None,
                      device: str | None, threads: int | None) -> None:
-    """Evaluate weights on the 10,000 test images."""
+    """Evaluate weights, or an exported model, on the 10,000 test images."""
     from .checkpoint import load_model
-    from .evaluate import evaluate
+    from .evaluate import evaluate, evaluate_log_probs
+    from .export import is_torchscript_file, predict_log_probs_file
     from .runtime import select_device, set_threads
 
     set_threads(threads)
-    model = load_model(model_name.lower(), weights, device=select_device(device))
+    backend = backend.lower()
+    if backend not in ("torch", "onnxruntime"):
+        raise click.ClickException(f"unknown backend {backend!r}; choose torch or onnxruntime")
+    if not weights.is_file():
+        raise WeightsError(f"{weights}: no such weights file")
+    if backend == "torch" and weights.suffix.lower() == ".onnx":
+        raise click.ClickException(f"{weights}: an ONNX file; evaluate it with --backend onnxruntime")
     mnist = data.load_mnist(data_dir)
-    result = evaluate(model, data.normalize(mnist.test_images), mnist.test_labels)
+    images = data.normalize(mnist.test_images)
+    if backend == "onnxruntime" or is_torchscript_file(weights):
+        # Exported files: the same figures, from the file's own log-probabilities.
+        result = evaluate_log_probs(predict_log_probs_file(weights, images, backend), mnist.test_labels)
+    else:
+        model = load_model(model_name.lower(), weights, device=select_device(device))
+        result = evaluate(model, images, mnist.test_labels)
     if as_json:
-        click.echo(json.dumps({"model": model_name.lower(), "weights": str(weights),
+        click.echo(json.dumps({"model": model_name.lower(), "weights": str(weights), "backend": backend,
                                **result.to_dict()}))
         return
     click.echo(f"{model_name.lower()} {weights}: test accuracy {result.accuracy:.2f}% "
@@ -148,6 +164,140 @@ def summary(model_name: str, as_json: bool) -> None:
 
     result = summarize(build_model(model_name.lower()), name=model_name.lower())
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_markdown())
+
+
+@main.command(name="export")
+@click.option("--model", "model_name", type=MODEL_CHOICE, required=True)
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Weights to export (default: the pretrained weights shipped with the package).")
+@click.option("--format", "fmt", default="onnx", show_default=True, help="onnx or torchscript.")
+@click.option("--int8", is_flag=True,
+              help="ONNX only: BatchNorm folded, static int8 quantization calibrated on training images.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The file to write.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Run the export on the 10,000 test images and compare it with PyTorch.")
+@data_dir_option
+@threads_option
+@friendly_errors
+def export_command(model_name: str, weights: Path | None, fmt: str, int8: bool, output: Path,
+                   verify: bool, data_dir: Path | None, threads: int | None) -> None:
+    """Export a model to ONNX (fp32 or int8) or TorchScript."""
+    from .checkpoint import load_model, pretrained_path
+    from .export import ExportError, calibration_subset, check_format, compare_with_torch, export_model
+    from .runtime import set_threads
+
+    set_threads(threads)
+    name = model_name.lower()
+    fmt = check_format(fmt, int8)  # before any slow work
+    source = weights if weights is not None else pretrained_path(name)
+    model = load_model(name, source)
+    mnist = data.load_mnist(data_dir) if (int8 or verify) else None
+    calibration = calibration_subset(mnist.train_images) if mnist is not None and int8 else None
+    result = export_model(model, output, fmt, int8=int8, calibration_images=calibration)
+    kind = f"{fmt}{' int8' if int8 else ''}"
+    click.echo(f"wrote {result.path} ({kind}): {result.size_bytes:,} bytes; "
+               f"the fp32 weights file {source} is {source.stat().st_size:,} bytes")
+    if mnist is None:
+        return
+    check = compare_with_torch(model, result.path, data.normalize(mnist.test_images), mnist.test_labels)
+    click.echo(f"test accuracy {check.accuracy:.2f}% ({kind}) vs {check.reference_accuracy:.2f}% "
+               f"(PyTorch fp32) on {check.count:,} images; {check.prediction_mismatches} predictions "
+               f"differ, max |log-prob difference| {check.max_abs_diff:.2e}")
+    tolerance = 1e-4
+    if not int8 and not check.ok(tolerance):
+        raise ExportError(f"{result.path}: does not match PyTorch within {tolerance:g}")
+
+
+@main.command()
+@click.option("--model", "model_name", type=MODEL_CHOICE, required=True)
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Weights to show (default: the pretrained weights shipped with the package).")
+@click.option("--browser/--no-browser", default=True, show_default=True,
+              help="Open a browser; without, print the URL and serve until Ctrl-C.")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Local port (default: 8080 if free, else another; 0: any free port).")
+@friendly_errors
+def view(model_name: str, weights: Path | None, browser: bool, port: int | None) -> None:
+    """Export to ONNX in a temporary directory and open it in Netron."""
+    import logging
+    import tempfile
+
+    from .checkpoint import load_model, pretrained_path
+    from .export import export_onnx
+
+    try:
+        import netron
+    except ImportError:
+        raise click.ClickException("view needs Netron: pip install netron (or 'tinydigits[viz]')") from None
+    name = model_name.lower()
+    model = load_model(name, weights if weights is not None else pretrained_path(name))
+    logging.getLogger("netron").setLevel(logging.WARNING)  # we print the URL ourselves
+    with tempfile.TemporaryDirectory(prefix="tinydigits-view-") as tmp:
+        path = export_onnx(model, Path(tmp) / f"{name}.onnx")
+        try:
+            host, bound = netron.start(str(path), address=("127.0.0.1", port), browse=browser)
+        except OSError as err:
+            raise click.ClickException(f"cannot serve on 127.0.0.1:{port}: {err.strerror or err}") from None
+        click.echo(f"Netron is serving {name} at http://{host}:{bound} (Ctrl-C to stop)")
+        try:
+            netron.wait()  # returns after Ctrl-C, having stopped the server
+        finally:
+            netron.stop()
+
+
+@main.command()
+@click.option("--model", "model_name", type=MODEL_CHOICE, required=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="A .svg or .png file.")
+@friendly_errors
+def diagram(model_name: str, output: Path) -> None:
+    """Draw the architecture with each layer's output shape (needs Graphviz's `dot`)."""
+    from .diagram import render_diagram
+
+    click.echo(f"wrote {render_diagram(model_name.lower(), output)}")
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True, metavar="IMAGE_OR_DIR...",
+                type=click.Path(path_type=Path))
+@click.option("--model", "model_name", type=MODEL_CHOICE, default="medium", show_default=True)
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Weights file to load (default: the pretrained weights shipped for --model).")
+@click.option("--top-k", type=click.IntRange(1, 10), default=3, show_default=True,
+              help="How many of the most likely digits to list.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line per file.")
+@click.option("--save-preprocessed", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also save each 28x28 model input as a PNG in this directory.")
+@friendly_errors
+def predict(sources: tuple[Path, ...], model_name: str, weights: Path | None, top_k: int, as_json: bool,
+            save_preprocessed: Path | None) -> None:
+    """Classify pictures of handwritten digits (photos, scans, MNIST-style images).
+
+    Directories are expanded to the image files inside them. A bad file gets one
+    error line on stderr and the rest are still classified; the exit code is 1 if
+    any file failed.
+    """
+    from .checkpoint import load_model
+    from .predict import predict_files
+    from .runtime import set_threads
+
+    set_threads(None)
+    name = model_name.lower()
+    model = load_model(name, weights) if weights else load_model(name, pretrained=True)
+    failed = 0
+    for result in predict_files(model, sources, top_k, save_dir=save_preprocessed):
+        if not result.ok:
+            failed += 1
+            click.echo(f"Error: {result.file}: {result.error}", err=True)
+            if as_json:
+                click.echo(json.dumps(result.to_dict()))
+        elif as_json:
+            click.echo(json.dumps(result.to_dict()))
+        else:
+            ranked = ", ".join(f"{d} {p:.1%}" for d, p in result.top_k)
+            click.echo(f"{result.file}: {result.digit} ({result.probability:.1%})  top-{top_k}: {ranked}")
+    if failed:
+        raise SystemExit(1)
 
 
 @main.command(name="models")

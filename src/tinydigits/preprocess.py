@@ -1,0 +1,318 @@
+"""Turning a real picture of a handwritten digit into an MNIST-style 28x28 input.
+
+MNIST was made by taking a scanned digit, removing the background, scaling it to fit
+a 20x20 box (keeping its aspect ratio, antialiased) and placing it in a 28x28 field
+centred on its centre of mass, white ink on black. :func:`to_mnist` does the same to
+a photo or scan: dark ink on light (tinted, unevenly lit) paper or light ink on dark,
+of any size and position. :func:`load_image` reads a path, bytes or a file object
+with the checks a server-facing decoder needs (size limit before decoding, truncated
+or non-image data, EXIF rotation). Both raise :class:`PreprocessError` with a
+one-line message that does not name the file, so callers can prefix whatever name
+they know.
+
+    >>> from tinydigits.preprocess import load_image, to_mnist
+    >>> digit = to_mnist(load_image("photo.jpg"))     # uint8 [28, 28], white on black
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["FORMATS", "MAX_PIXELS", "PreprocessError", "load_image", "to_mnist"]
+
+Source = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
+
+# Refused before any pixel is decoded: 40 MP is more than any phone camera makes, and
+# a larger image costs hundreds of MB once decoded (decompression bombs claim far more).
+MAX_PIXELS = 40_000_000
+# Only these decoders are ever used; others (EPS runs Ghostscript, for one) are refused.
+# The JPEG decoder also opens MPO, which many phones write.
+FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "GIF", "TIFF", "PPM")
+
+WORK_SIDE = 512  # larger pictures are box-reduced to this first: plenty for a 20x20 result
+BOX = 20  # MNIST: the digit fits a 20x20 box ...
+SIZE = 28  # ... inside a 28x28 field ...
+CENTRE = 14.0  # ... with its centre of mass here (measured on MNIST: 13.99, 14.01)
+MIN_STROKE = 1.2  # output stroke widths below this (MNIST's median is 2.0) get thickened
+TARGET_STROKE = 1.8
+
+
+class PreprocessError(ValueError):
+    """An input that cannot be turned into a digit image; the message is one line."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _open_source(source: Source) -> tuple[IO[bytes], bool]:
+    """A seekable binary stream for ``source`` and whether we must close it."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(bytes(source)), True
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            raise PreprocessError("is a directory, not an image file")
+        try:
+            return open(path, "rb"), True  # closed by load_image
+        except FileNotFoundError:
+            raise PreprocessError("no such file") from None
+        except OSError as err:
+            raise PreprocessError(f"cannot read the file ({err.strerror or _first_line(err)})") from None
+    if not hasattr(source, "read"):
+        raise TypeError(f"load_image expects a path, bytes or a binary file, got {type(source).__name__}")
+    try:
+        seekable = source.seekable()
+    except (AttributeError, OSError, ValueError):
+        seekable = False
+    if not seekable:  # PIL needs to seek; pipes and sockets are read into memory
+        return io.BytesIO(source.read()), True
+    return source, False
+
+
+def load_image(source: Source, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode an image from a path, bytes or a binary file object, upright per EXIF.
+
+    The dimensions are checked against ``max_pixels`` from the header, before any pixel
+    is decoded; empty, truncated, corrupt and non-image data raise :class:`PreprocessError`.
+    Multi-frame images (GIF, TIFF) give their first frame. The mode is left as stored
+    (``to_mnist`` handles 16-bit, palette and transparent images).
+    """
+    stream, close = _open_source(source)
+    try:
+        start = stream.tell()
+        stream.seek(0, io.SEEK_END)
+        if stream.tell() <= start:
+            raise PreprocessError("empty file")
+        stream.seek(start)
+        # PIL only warns between its own limit and twice it; a warning must not slip through.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                image = Image.open(stream, formats=FORMATS)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+                raise PreprocessError(
+                    f"image too large (refused before decoding; the limit is {max_pixels / 1e6:g} megapixels)"
+                ) from None
+            except UnidentifiedImageError:
+                raise PreprocessError(
+                    "not an image, or not a supported format (" + ", ".join(FORMATS) + ")"
+                ) from None
+            except Exception as err:  # decoders raise many types for garbage headers
+                raise PreprocessError(f"not a readable image ({_first_line(err)})") from None
+            width, height = image.size
+            if width * height > max_pixels:
+                raise PreprocessError(
+                    f"image too large: {width}x{height} is {width * height / 1e6:.1f} megapixels, "
+                    f"the limit is {max_pixels / 1e6:g} (refused before decoding)"
+                )
+            if width == 0 or height == 0:
+                raise PreprocessError(f"image has no pixels ({width}x{height})")
+            try:
+                image.load()
+            except Exception as err:  # truncated JPEG: OSError; broken PNG: SyntaxError, zlib...
+                raise PreprocessError(f"corrupt or truncated image ({_first_line(err)})") from None
+        try:
+            upright = ImageOps.exif_transpose(image)
+        except Exception:  # a broken EXIF block is no reason to refuse the pixels
+            upright = image
+        return upright if upright is not None else image
+    finally:
+        if close:
+            stream.close()
+
+
+# ------------------------------------------------------------------- pixels
+
+
+def _to_gray(image: Image.Image) -> np.ndarray:
+    """Luminance in [0, 1] as float32 [H, W], reduced to at most WORK_SIDE, transparency resolved."""
+    mode = image.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        # 16-bit PNGs open as I;16 (or I in older Pillow); scale by the full 16-bit range, not
+        # by clipping at 255 as convert("L") would.
+        if mode.startswith("I;16") or values.max(initial=0) > 255:
+            scale = 65535.0
+        elif mode == "F" and values.max(initial=0) <= 1.0:
+            scale = 1.0
+        else:
+            scale = 255.0
+        image = Image.fromarray(np.clip(values / scale, 0, 1).astype(np.float32), mode="F")
+    elif mode in ("P", "PA", "La", "RGBa") or (mode == "RGBA"):
+        image = image.convert("RGBA")  # palette transparency becomes a real alpha channel
+    elif mode != "LA" and mode not in ("L", "RGB"):
+        image = image.convert("RGB")  # 1, CMYK, YCbCr, LAB, HSV, RGBX, ...
+    factor = math.ceil(max(image.size) / WORK_SIDE)
+    if factor > 1:
+        image = image.reduce(factor)  # area average: keeps thin strokes as faint lines
+    if image.mode == "F":
+        return np.asarray(image, dtype=np.float32).copy()
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    if image.mode == "L":
+        return pixels
+    color, alpha = (pixels, None) if image.mode == "RGB" else (pixels[..., :-1], pixels[..., -1])
+    gray = color[..., 0] if color.shape[-1] == 1 else color @ np.float32([0.299, 0.587, 0.114])
+    if alpha is None or alpha.min() >= 1.0:
+        return gray
+    # Transparent background: composite over white, as viewers show it, unless the visible
+    # content is nearly all light (white strokes on transparent), which needs a black backdrop.
+    opaque = alpha > 0.5
+    light = opaque.any() and float(np.quantile(gray[opaque], 0.25)) > 0.5
+    backdrop = 0.0 if light else 1.0
+    return gray * alpha + backdrop * (1.0 - alpha)
+
+
+def _fit_background(gray: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """A smooth (quadratic) paper surface fitted robustly, the paper's noise level and median."""
+    h, w = gray.shape
+    step = max(1, int(math.sqrt(h * w / 8_000)))  # fit on about 8k pixels at most
+    ys, xs = np.mgrid[0:h:step, 0:w:step]
+    values = gray[::step, ::step].ravel()
+    # Coordinates scaled to [-1, 1] keep the normal equations well conditioned.
+    yn, xn = (ys.ravel() / max(h - 1, 1)) * 2 - 1, (xs.ravel() / max(w - 1, 1)) * 2 - 1
+    basis = np.stack([np.ones_like(yn), xn, yn, xn * xn, xn * yn, yn * yn], axis=1).astype(np.float32)
+    coef = np.zeros(6, dtype=np.float32)
+    coef[0] = np.median(values)
+    inliers = np.ones(len(values), dtype=bool)
+    sigma = 0.0
+    for _ in range(6):
+        residual = values - basis @ coef
+        sigma = 1.4826 * float(np.median(np.abs(residual[inliers])))
+        # Ink, in either polarity, is the outlier; the paper is what is left.
+        inliers = np.abs(residual) <= max(2.5 * sigma, 0.01)
+        if inliers.sum() < 12:
+            break
+        chosen = basis[inliers]  # normal equations: 6x6, far cheaper than lstsq's SVD
+        gram = chosen.T @ chosen + np.eye(6, dtype=np.float32) * 1e-6
+        coef = np.linalg.solve(gram, chosen.T @ values[inliers]).astype(np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = yy / max(h - 1, 1) * 2 - 1, xx / max(w - 1, 1) * 2 - 1
+    surface = coef[0] + coef[1] * xx + coef[2] * yy + coef[3] * xx * xx + coef[4] * xx * yy
+    surface += coef[5] * yy * yy
+    return np.clip(surface, 0.0, 1.0), sigma, float(np.median(basis[inliers] @ coef))
+
+
+def _ink_map(gray: np.ndarray) -> np.ndarray:
+    """Ink strength in [0, 1] (1 = solid stroke, 0 = paper), polarity detected."""
+    background, sigma, paper = _fit_background(gray)
+    residual = gray - background
+    margin = max(3 * sigma, 0.02)
+    dark = float(np.clip(-residual - margin, 0, None).sum())
+    light = float(np.clip(residual - margin, 0, None).sum())
+    if dark > light:  # dark ink on light paper: contrast relative to the local paper brightness
+        ink = -residual / np.maximum(background, 0.05)
+        noise = sigma / max(paper, 0.05)
+    else:  # light ink on dark (MNIST itself): relative to the headroom above the paper
+        ink = residual / np.maximum(1.0 - background, 0.05)
+        noise = sigma / max(1.0 - paper, 0.05)
+    ink = np.clip(ink, 0.0, None)
+    low = max(3 * noise, 1.5 / 255)
+    candidates = ink[ink > low]
+    if candidates.size == 0:
+        raise PreprocessError("no ink found: the image looks blank")
+    top = float(np.quantile(candidates, 0.995))
+    if top < max(6 * noise, 0.1):
+        raise PreprocessError("no ink found: the image looks blank (no marks stand out from the paper)")
+    strong = candidates[candidates > 0.5 * top]
+    high = max(float(np.median(strong)), low + 1e-3)
+    return np.clip((ink - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def _components(mask: torch.Tensor) -> torch.Tensor:
+    """8-connected component labels of a 2-D bool mask (0 = background), by max-propagation."""
+    h, w = mask.shape
+    labels = torch.arange(1, h * w + 1, dtype=torch.float32).reshape(1, 1, h, w) * mask
+    keep = mask.reshape(1, 1, h, w).float()
+    while True:
+        previous = labels
+        for _ in range(8):
+            labels = F.max_pool2d(labels, 3, stride=1, padding=1) * keep
+        if torch.equal(labels, previous):
+            return labels[0, 0].long()
+
+
+def _clean(ink: np.ndarray) -> np.ndarray:
+    """Remove specks and marks far smaller than the digit; keep all parts of the digit."""
+    h, w = ink.shape
+    f = max(1, math.ceil(max(h, w) / 100))  # label on a coarse grid: fast, and thin strokes survive
+    padded = np.pad(ink, ((0, -h % f), (0, -w % f)))
+    blocks = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f)
+    labels = _components(torch.from_numpy(blocks.max(axis=(1, 3)) > 0.35))
+    if labels.max() == 0:
+        raise PreprocessError("no ink found: the image looks blank")
+    _, index = torch.unique(labels, return_inverse=True)
+    mass = torch.bincount(index.ravel(), weights=torch.from_numpy(blocks.sum(axis=(1, 3))).ravel().double())
+    mass[0] = 0  # label 0 is the background
+    keep = (mass >= 0.03 * mass.max())[index].float()[None, None]
+    keep = F.max_pool2d(keep, 3, stride=1, padding=1)[0, 0].numpy() > 0  # and the halo around strokes
+    keep = np.repeat(np.repeat(keep, f, axis=0), f, axis=1)[:h, :w]
+    return np.where(keep, ink, np.float32(0))
+
+
+def _thicken(ink: np.ndarray, scale: float) -> np.ndarray:
+    """Dilate hair-thin pen strokes so that, once scaled, they are about as wide as MNIST's."""
+    solid = ink > 0.5
+    area = float(ink.sum())
+    edges = int((solid[1:] != solid[:-1]).sum() + (solid[:, 1:] != solid[:, :-1]).sum())
+    if edges == 0:
+        return ink
+    width = 2 * area / edges  # a stroke of width w and length L has area wL and perimeter ~2L
+    # Only pictures much larger than 28 px: at MNIST's own scale, thin strokes are the writer's.
+    if width * scale >= MIN_STROKE or scale > 0.5:
+        return ink
+    radius = max(1, round((TARGET_STROKE / scale - width) / 2))
+    thick = F.max_pool2d(torch.from_numpy(ink)[None, None], 2 * radius + 1, stride=1, padding=radius)
+    return thick[0, 0].numpy()
+
+
+def to_mnist(image: Image.Image | Source) -> torch.Tensor:
+    """An MNIST-style uint8 [28, 28] image (white digit on black) from a picture of one digit.
+
+    ``image`` is a PIL image or anything :func:`load_image` reads. Steps, as MNIST was
+    made: grayscale (alpha resolved, 16-bit scaled), fit and remove the paper background,
+    detect the polarity and make the ink white, drop specks, crop to the ink, scale to fit
+    a 20x20 box keeping the aspect ratio (antialiased), and place it in 28x28 with its
+    centre of mass at the centre. Raises :class:`PreprocessError` when there is no ink.
+    """
+    if not isinstance(image, Image.Image):
+        image = load_image(image)
+    ink = _clean(_ink_map(_to_gray(image)))
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if rows.size == 0:
+        raise PreprocessError("no ink found: the image looks blank")
+    ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    ink = _thicken(np.pad(ink, 1), BOX / max(ink.shape))
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    h, w = ink.shape
+    scale = BOX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size == (w, h):
+        small = ink
+    else:  # Lanczos is antialiased when shrinking; it rings a little, hence the clip
+        small = np.asarray(Image.fromarray(ink, mode="F").resize(size, Image.Resampling.LANCZOS))
+        small = np.clip(small, 0.0, 1.0)
+    total = float(small.sum())
+    if total <= 0:
+        raise PreprocessError("no ink found: the image looks blank")
+    sh, sw = small.shape
+    cy = float((small.sum(axis=1) * np.arange(sh)).sum()) / total
+    cx = float((small.sum(axis=0) * np.arange(sw)).sum()) / total
+    # Whole-pixel shift (as MNIST), clamped so a lopsided digit is never cut off.
+    top = min(max(round(CENTRE - cy), 0), SIZE - sh)
+    left = min(max(round(CENTRE - cx), 0), SIZE - sw)
+    canvas = np.zeros((SIZE, SIZE), dtype=np.float32)
+    canvas[top : top + sh, left : left + sw] = small
+    return torch.from_numpy(np.round(canvas * 255).astype(np.uint8))
