@@ -126,16 +126,17 @@ def test_onnx_batch_dimension_is_dynamic(medium_onnx: Path, test_set) -> None:
         torch.testing.assert_close(got, predict_log_probs(model, images), rtol=0, atol=TOLERANCE)
 
 
-def test_int8_is_small_and_accurate(tmp_path: Path, test_set, mnist: data.MNIST) -> None:
-    out = tmp_path / "medium-int8.onnx"
-    args = ["export", "--model", "medium", "--int8", "--no-verify", "-o", str(out)]
+@pytest.mark.parametrize("name", MODELS)
+def test_int8_is_small_and_accurate(name: str, tmp_path: Path, test_set) -> None:
+    out = tmp_path / f"{name}-int8.onnx"
+    args = ["export", "--model", name, "--int8", "--no-verify", "-o", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    fp32_size = pretrained_path("medium").stat().st_size
+    fp32_size = pretrained_path(name).stat().st_size
     assert out.stat().st_size <= fp32_size / 3, (out.stat().st_size, fp32_size)
     images, labels = test_set
     int8 = evaluate_log_probs(predict_log_probs_file(out, images), labels).accuracy
-    fp32 = tinydigits.evaluate(_model("medium"), images, labels).accuracy
+    fp32 = tinydigits.evaluate(_model(name), images, labels).accuracy
     assert int8 >= fp32 - 0.1, (int8, fp32)
 
 
