@@ -14,7 +14,9 @@ need_program() {
     command -v "$1" >/dev/null 2>&1 && return
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "setup: installing $2 ($3)"
-        apt-get update -qq && apt-get install -y -qq "$2" >/dev/null
+        # Both are fallbacks or optional, so a failed install warns instead of stopping setup.
+        { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; } \
+            || echo "setup: warning: could not install $2; $3" >&2
     else
         echo "setup: $1 not found and cannot install $2 as non-root; $3" >&2
     fi

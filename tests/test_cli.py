@@ -1,7 +1,6 @@
 """The command line: real processes on the real data, and clear one-line errors."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -35,9 +34,11 @@ def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     (["eval", "--model", "medium"], 2, "Missing option '--weights'"),
     (["eval", "--model", "medium", "--weights", "missing.safetensors"], 1, "no such weights file"),
     (["summary", "--model", "tiny"], 2, "Invalid value for '--model'"),
+    (["train", "--device", "gpu0"], 1, "unknown device 'gpu0'"),
+    (["eval", "--model", "medium", "--weights", "x.pth", "--backend", "tpu"], 1, "unknown backend 'tpu'"),
 ])
-def test_bad_arguments_give_one_clear_line(args, code, message, tmp_path):
-    os.chdir(tmp_path)
+def test_bad_arguments_give_one_clear_line(args, code, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == code, result.output
     assert message in result.output

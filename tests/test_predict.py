@@ -136,3 +136,17 @@ def test_directory_without_images_is_an_error(tmp_path):
     assert next(iter(expand_paths([tmp_path])))[1].startswith("directory holds no image files")
     result = invoke(str(tmp_path))
     assert result.exit_code == 1 and f"Error: {tmp_path}: directory holds no image files" in result.stderr
+
+
+@pytest.mark.parametrize("size", [(3000, 1), (2000, 2), (1, 900)])
+def test_thin_pictures_do_not_stop_the_batch(pictures, tmp_path, size):
+    """A one- or two-pixel-thin picture gets a result or its own error; later files still run."""
+    folder, labels = pictures
+    thin = np.full((size[1], size[0]), 235, dtype=np.uint8)
+    thin.flat[len(thin.flat) // 3 : len(thin.flat) // 2] = 20  # a dark stroke
+    path = tmp_path / "a_thin.png"
+    Image.fromarray(thin).save(path)
+    result = invoke(str(path), str(folder / "b_paper.jpg"))
+    assert "Traceback" not in result.output + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1].startswith(f"{folder / 'b_paper.jpg'}: {labels['b_paper.jpg']} (")

@@ -102,3 +102,14 @@ def test_one_epoch_of_medium_on_the_real_training_set(mnist, tmp_path):
     recipe = get_recipe("medium").replace(epochs=1)
     result = quiet_train("medium", recipe, mnist, tmp_path / "real")
     assert result.test["accuracy"] >= 98.0, result.test
+
+
+def test_corrupt_or_foreign_checkpoint_is_a_clear_error(small_mnist, tmp_path):
+    run = tmp_path / "odd"
+    run.mkdir()
+    torch.save({"model": "medium"}, run / "checkpoint.pt")  # loads, but lacks the run's state
+    with pytest.raises(WeightsError, match="corrupt checkpoint"):
+        quiet_train("medium", QUICK, small_mnist, run, resume=True)
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="corrupt checkpoint"):
+        quiet_train("medium", QUICK, small_mnist, run, resume=True)

@@ -107,10 +107,11 @@ def train(model_name: str, recipe_kind: str, run_dir: Path | None, resume_dir: P
 @main.command(name="eval")
 @click.option("--model", "model_name", type=MODEL_CHOICE, required=True)
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="A .safetensors file, a reference .pt/.pth state_dict, a TorchScript .pt "
-                   "(--backend torch) or an ONNX file (--backend onnxruntime).")
+              help="A .safetensors file or a reference .pt/.pth state_dict (--backend torch), "
+                   "a TorchScript export (--backend torchscript) or an ONNX file (--backend onnxruntime).")
 @click.option("--backend", default="torch", show_default=True,
-              help="torch (weights or TorchScript) or onnxruntime (ONNX files, fp32 or int8).")
+              help="torch (weights files), torchscript (runs the file's code: only files you trust) "
+                   "or onnxruntime (ONNX files, fp32 or int8).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @data_dir_option
 @device_option
@@ -126,19 +127,26 @@ def evaluate_command(model_name: str, weights: Path, backend: str, as_json: bool
 
     set_threads(threads)
     backend = backend.lower()
-    if backend not in ("torch", "onnxruntime"):
-        raise click.ClickException(f"unknown backend {backend!r}; choose torch or onnxruntime")
+    if backend not in ("torch", "torchscript", "onnxruntime"):
+        raise click.ClickException(f"unknown backend {backend!r}; choose torch, torchscript or onnxruntime")
     if not weights.is_file():
         raise WeightsError(f"{weights}: no such weights file")
     if backend == "torch" and weights.suffix.lower() == ".onnx":
         raise click.ClickException(f"{weights}: an ONNX file; evaluate it with --backend onnxruntime")
+    if backend == "torch" and is_torchscript_file(weights):
+        # Loading TorchScript runs code from the file, so it is never done implicitly.
+        raise click.ClickException(f"{weights}: a TorchScript program, not a state_dict; "
+                                   "evaluate it with --backend torchscript if you trust it")
+    # Load what is evaluated before the data, so a bad file fails fast (and fetches nothing).
+    model = None if backend != "torch" else load_model(model_name.lower(), weights,
+                                                        device=select_device(device))
     mnist = data.load_mnist(data_dir)
     images = data.normalize(mnist.test_images)
-    if backend == "onnxruntime" or is_torchscript_file(weights):
+    if model is None:
         # Exported files: the same figures, from the file's own log-probabilities.
-        result = evaluate_log_probs(predict_log_probs_file(weights, images, backend), mnist.test_labels)
+        file_backend = "torch" if backend == "torchscript" else backend
+        result = evaluate_log_probs(predict_log_probs_file(weights, images, file_backend), mnist.test_labels)
     else:
-        model = load_model(model_name.lower(), weights, device=select_device(device))
         result = evaluate(model, images, mnist.test_labels)
     if as_json:
         click.echo(json.dumps({"model": model_name.lower(), "weights": str(weights), "backend": backend,

@@ -13,7 +13,6 @@ file under a final name.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import os
 import shutil
@@ -132,7 +131,14 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"{path}: cannot read ({_one_line(exc)}); check permissions") from None
     if data[:2] == _GZIP_MAGIC:
         try:
-            data = gzip.decompress(data)
+            # Bounded, so a hostile .gz cannot expand into all of memory.
+            inflater = zlib.decompressobj(wbits=31)
+            data = inflater.decompress(data, _MAX_BYTES + 1)
+            if len(data) > _MAX_BYTES:
+                raise DataError(f"{path}: gzip expands past {_MAX_BYTES >> 20} MiB; not an MNIST file; "
+                                f"delete it and {_FETCH_HINT}")
+            if not inflater.eof:
+                raise EOFError("compressed stream ends early")
         except (OSError, EOFError, zlib.error) as exc:
             raise DataError(
                 f"{path}: corrupt or truncated gzip ({_one_line(exc)}); delete it and {_FETCH_HINT}"

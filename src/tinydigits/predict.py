@@ -118,6 +118,9 @@ def predict_files(model: nn.Module, paths: Iterable[str | Path], top_k: int = 3,
         except PreprocessError as err:
             yield Prediction(file, error=str(err))
             continue
+        except Exception as err:  # an unforeseen picture must not stop the batch
+            yield Prediction(file, error=f"cannot process this image ({type(err).__name__}: {err})")
+            continue
         saved = None
         if save_dir is not None and result.image is not None:
             try:

@@ -196,7 +196,8 @@ def _fit_background(gray: np.ndarray) -> tuple[np.ndarray, float, float]:
             break
         chosen = basis[inliers]  # normal equations: 6x6, far cheaper than lstsq's SVD
         gram = chosen.T @ chosen + np.eye(6, dtype=np.float32) * 1e-6
-        coef = np.linalg.solve(gram, chosen.T @ values[inliers]).astype(np.float32)
+        # lstsq, not solve: a one- or two-pixel-thin picture makes the system singular.
+        coef = np.linalg.lstsq(gram, chosen.T @ values[inliers], rcond=None)[0].astype(np.float32)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     yy, xx = yy / max(h - 1, 1) * 2 - 1, xx / max(w - 1, 1) * 2 - 1
     surface = coef[0] + coef[1] * xx + coef[2] * yy + coef[3] * xx * xx + coef[4] * xx * yy

@@ -18,7 +18,7 @@ class Recipe:
 
     optimizer: str = "sgd"  # "sgd" or "adamw"
     lr: float = 0.05  # the peak learning rate under "onecycle"
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD, constant schedule; one-cycle cycles it 0.95 -> 0.85 -> 0.95
     nesterov: bool = False
     weight_decay: float = 0.0
     schedule: str = "constant"  # "constant" or "onecycle"

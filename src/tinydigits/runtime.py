@@ -10,7 +10,10 @@ import torch
 def select_device(name: str | None = None) -> torch.device:
     """``name`` if given ("cpu", "cuda", "cuda:1"), else CUDA when present, else the CPU."""
     if name:
-        device = torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
         return device

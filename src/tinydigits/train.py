@@ -67,6 +67,9 @@ def make_schedule(
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch,
             pct_start=recipe.warmup, cycle_momentum=recipe.optimizer == "sgd",
+            # The usual one-cycle momentum: 0.95 falling to 0.85 as the LR peaks, then back.
+            # It overrides recipe.momentum, which applies to the constant schedule.
+            base_momentum=0.85, max_momentum=0.95,
         )
     raise ValueError(f"unknown schedule {recipe.schedule!r}; choose 'constant' or 'onecycle'")
 
@@ -132,14 +135,22 @@ def train(
 ) -> RunResult:
     """Train ``model_name`` with ``recipe``; with ``resume`` continue the run in ``run_dir``."""
     get_spec(model_name)  # fail early on an unknown name
-    dev = select_device(device)
     threads = set_threads(threads)
     run_dir = Path(run_dir) if run_dir else default_run_dir(model_name, recipe.seed)
     checkpoint_path = run_dir / "checkpoint.pt"
+    dev = select_device(device)
     if resume:
         state = load_checkpoint(checkpoint_path)
-        recipe = Recipe.from_dict(state["recipe"])
-        model_name = state["model"]
+        try:
+            recipe = Recipe.from_dict(state["recipe"])
+            model_name, saved_device = state["model"], torch.device(state["device"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise WeightsError(f"{checkpoint_path}: corrupt checkpoint ({err})") from None
+        # The shuffling generator's state only fits a generator on the same kind of device.
+        dev = select_device(device) if device else saved_device
+        if dev.type != saved_device.type:
+            raise WeightsError(f"{run_dir}: this run trained on {saved_device}; resume it there "
+                               f"(--device {saved_device})")
     elif checkpoint_path.exists():
         raise WeightsError(f"{run_dir}: already holds a run; resume it or pick another directory")
 
@@ -172,7 +183,11 @@ def train(
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
         log(f"resuming {run_dir} after epoch {len(history)} of {recipe.epochs}")
     else:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise WeightsError(f"{run_dir}: already holds files; pick another run directory")
         run_dir.mkdir(parents=True, exist_ok=True)
+        log(f"training {model_name} (seed {recipe.seed}) on {dev}, {threads} threads; "
+            f"run directory: {run_dir}")
         config = {
             "model": model_name, "recipe": recipe.to_dict(), "device": str(dev),
             "threads": threads, "torch": torch.__version__,
@@ -211,7 +226,7 @@ def train(
             best_val = val.accuracy
             save_weights(model, run_dir / "best.safetensors", weights_metadata(epoch))
         save_checkpoint(checkpoint_path, {
-            "model": model_name, "recipe": recipe.to_dict(),
+            "model": model_name, "recipe": recipe.to_dict(), "device": str(dev),
             "model_state": model.state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "shuffle_rng": shuffle.get_state(),
             "torch_rng": torch.get_rng_state(), "history": history, "best_val": best_val,
