@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -170,8 +171,6 @@ def test_torchscript_loads_without_tinydigits(tmp_path: Path) -> None:
 
 
 def test_eval_backend_onnxruntime(medium_onnx: Path, tmp_path: Path) -> None:
-    import json
-
     runner = CliRunner()
     result = runner.invoke(main, ["eval", "--model", "medium", "--weights", str(medium_onnx),
                                   "--backend", "onnxruntime", "--json"])
@@ -188,14 +187,19 @@ def test_eval_backend_onnxruntime(medium_onnx: Path, tmp_path: Path) -> None:
         runner.invoke(main, ["eval", "--model", "medium", "--weights", str(medium_onnx)]))
 
 
-def test_export_command_torchscript_verifies(tmp_path: Path) -> None:
+def test_export_command_torchscript_verifies(tmp_path: Path, test_set) -> None:
     out = tmp_path / "m.pt"
     result = CliRunner().invoke(main, ["export", "--model", "medium", "--format", "torchscript",
                                        "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "0 predictions differ" in result.output and out.is_file()
-    result = CliRunner().invoke(main, ["eval", "--model", "medium", "--weights", str(out), "--json"])
+    # TorchScript runs code from the file, so eval loads it only when asked to explicitly.
+    refused = CliRunner().invoke(main, ["eval", "--model", "medium", "--weights", str(out)])
+    assert refused.exit_code == 1 and "--backend torchscript" in refused.output
+    result = CliRunner().invoke(main, ["eval", "--model", "medium", "--weights", str(out),
+                                       "--backend", "torchscript", "--json"])
     assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["accuracy"] == tinydigits.evaluate(_model("medium"), *test_set).accuracy
 
 
 @pytest.mark.parametrize(
