@@ -26,6 +26,12 @@ class WeightsError(Exception):
     """A weights or checkpoint file that cannot be used; the message is one line."""
 
 
+def _umask() -> int:
+    umask = os.umask(0)  # the only way to read it is to set it
+    os.umask(umask)
+    return umask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place,
     so a crash or kill mid-write never leaves a half-written file under the real name."""
@@ -36,7 +42,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; these are ordinary outputs
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; these are ordinary outputs
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

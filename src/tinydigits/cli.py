@@ -230,7 +230,7 @@ def view(model_name: str, weights: Path | None, browser: bool, port: int | None)
     import logging
     import tempfile
 
-    from .checkpoint import load_model, pretrained_path
+    from .checkpoint import load_model
     from .export import export_onnx
 
     try:
@@ -238,7 +238,7 @@ def view(model_name: str, weights: Path | None, browser: bool, port: int | None)
     except ImportError:
         raise click.ClickException("view needs Netron: pip install netron (or 'tinydigits[viz]')") from None
     name = model_name.lower()
-    model = load_model(name, weights if weights is not None else pretrained_path(name))
+    model = load_model(name, weights, pretrained=weights is None)
     logging.getLogger("netron").setLevel(logging.WARNING)  # we print the URL ourselves
     with tempfile.TemporaryDirectory(prefix="tinydigits-view-") as tmp:
         path = export_onnx(model, Path(tmp) / f"{name}.onnx")
@@ -291,7 +291,7 @@ def predict(sources: tuple[Path, ...], model_name: str, weights: Path | None, to
 
     set_threads(None)
     name = model_name.lower()
-    model = load_model(name, weights) if weights else load_model(name, pretrained=True)
+    model = load_model(name, weights, pretrained=weights is None)
     failed = 0
     for result in predict_files(model, sources, top_k, save_dir=save_preprocessed):
         if not result.ok:

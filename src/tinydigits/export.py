@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import atomic_write
+from .evaluate import evaluate_log_probs, predict_log_probs
 
 __all__ = [
     "FORMATS",
@@ -358,17 +359,9 @@ def _onnx_proto(model: nn.Module) -> Any:
     return proto
 
 
-def _readable(path: Path) -> Path:
-    """Give a file written through a private (0600) temporary file the usual umask-based mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
-    return path
-
-
 def _write(path: Path, write: Callable[[Path], None]) -> Path:
     try:
-        return _readable(atomic_write(path, write))
+        return atomic_write(path, write)
     except OSError as err:
         raise ExportError(f"{path}: cannot write ({err.strerror or err})") from None
 
@@ -481,7 +474,6 @@ def _onnx_log_probs(path: Path, images: torch.Tensor, batch_size: int) -> torch.
     return torch.cat(outputs) if outputs else torch.empty(0, 10)
 
 
-@torch.no_grad()
 def _torchscript_log_probs(path: Path, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     try:
         with warnings.catch_warnings():
@@ -490,9 +482,7 @@ def _torchscript_log_probs(path: Path, images: torch.Tensor, batch_size: int) ->
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"{path}: not a loadable TorchScript file ({first})") from None
-    module.eval()
-    outputs = [module(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    return torch.cat(outputs) if outputs else torch.empty(0, 10)
+    return predict_log_probs(module, images, batch_size)
 
 
 def predict_log_probs_file(
@@ -594,8 +584,6 @@ def compare_with_torch(
 ) -> Comparison:
     """Run the exported ``path`` and ``model`` on the same normalized images and compare;
     with ``labels``, also both accuracies."""
-    from .evaluate import evaluate_log_probs, predict_log_probs
-
     exported = predict_log_probs_file(path, images, backend)
     reference = predict_log_probs(copy.deepcopy(model).cpu(), images.cpu())
     return Comparison(

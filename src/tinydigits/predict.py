@@ -16,6 +16,7 @@ from PIL import Image
 from torch import nn
 
 from .data import normalize
+from .evaluate import predict_log_probs
 from .preprocess import PreprocessError, Source, load_image, to_mnist
 
 __all__ = ["IMAGE_SUFFIXES", "Prediction", "classify", "expand_paths", "predict_files", "predict_image"]
@@ -56,9 +57,7 @@ def classify(model: nn.Module, images: torch.Tensor, top_k: int = 3) -> list[lis
     """The ``top_k`` (digit, probability) pairs, most likely first, for uint8 images [N, 28, 28]."""
     if not 1 <= top_k <= 10:
         raise ValueError(f"top_k must be between 1 and 10, got {top_k}")
-    model.eval()
-    device = next(model.parameters()).device
-    probs = model(normalize(images).to(device)).exp().cpu()  # the models output log-probabilities
+    probs = predict_log_probs(model, normalize(images)).exp()  # the models output log-probabilities
     values, digits = probs.topk(top_k, dim=1)
     return [[(int(d), round(float(p), 6)) for d, p in zip(row_d, row_p, strict=True)]
             for row_d, row_p in zip(digits, values, strict=True)]
