@@ -330,3 +330,120 @@ def fetch(data_dir: Path | None) -> None:
     mnist = data.load_mnist(where, fetch=False)
     click.echo(f"MNIST ready in {where}: {len(mnist.train_labels)} training and "
                f"{len(mnist.test_labels)} test images, SHA-256 verified")
+
+
+@main.command()
+@click.option("--model", "model_names", type=click.Choice([*MODELS, "all"], case_sensitive=False),
+              default="all", show_default=True)
+@click.option("--recipe", "recipe_kind", type=click.Choice(["default", "reference"]),
+              default="default", show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Train seeds 0..N-1; seeds already recorded with the same recipe are kept.")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True)
+@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("runs/reproduce"), show_default=True)
+@data_dir_option
+@device_option
+@threads_option
+@friendly_errors
+def reproduce(model_names: str, recipe_kind: str, seeds: int, results_dir: Path, runs_dir: Path,
+              data_dir: Path | None, device: str | None, threads: int | None) -> None:
+    """Train over several seeds and write results/<model>[-reference].json."""
+    from .reproduce import reproduce as run_seeds
+
+    mnist = data.load_mnist(data_dir)
+    names = list(MODELS) if model_names.lower() == "all" else [model_names.lower()]
+    for name in names:
+        results = run_seeds(name, recipe_kind=recipe_kind, seeds=seeds, results_root=results_dir,
+                            runs_root=runs_dir, mnist=mnist, device=device, threads=threads,
+                            log=click.echo)
+        summary = results["test_accuracy"]
+        click.echo(f"{name} ({recipe_kind} recipe, {results['seeds']} seeds): final-epoch test accuracy "
+                   f"{summary['mean']:.2f}% +- {summary['std']:.2f} "
+                   f"(min {summary['min']:.2f}, max {summary['max']:.2f})")
+
+
+def _web_module() -> Any:
+    """tinydigits.serve, imported only when asked for: Flask and waitress are an optional extra."""
+    try:
+        from . import serve as web
+    except ImportError as err:
+        raise click.ClickException(f"the web demo needs Flask and waitress ({err}): "
+                                   "pip install 'tinydigits[web]'") from None
+    return web
+
+
+@main.command(name="serve")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; the default is this machine only.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port to listen on (0: any free port).")
+@click.option("--models", "model_names", type=MODEL_CHOICE, multiple=True,
+              help="A model to serve; repeat for several (default: all three).")
+@click.option("--server-threads", type=click.IntRange(min=1), default=4, show_default=True,
+              help="waitress worker threads, i.e. requests handled at once.")
+@threads_option
+@friendly_errors
+def serve_command(host: str, port: int, model_names: tuple[str, ...], server_threads: int,
+                  threads: int | None) -> None:
+    """Serve the web demo (draw a digit, see the models read it) and its JSON API with waitress."""
+    from .runtime import set_threads
+
+    web = _web_module()
+    set_threads(threads)
+    names = list(dict.fromkeys(name.lower() for name in model_names)) or None
+    try:
+        web.serve(host, port, names, threads=server_threads, announce=click.echo)
+    except OSError as err:
+        raise click.ClickException(f"cannot serve on {host}:{port}: {err.strerror or err}") from None
+    click.echo("stopped")
+
+
+@main.command(name="loadtest")
+@click.option("--clients", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Concurrent clients, each sending one request at a time.")
+@click.option("--duration", type=click.FloatRange(min=0.1), default=20.0, show_default=True, help="Seconds.")
+@click.option("--model", "model_name", type=MODEL_CHOICE, default="medium", show_default=True)
+@click.option("--samples", type=click.IntRange(min=1), default=200, show_default=True,
+              help="How many different drawn test digits to send.")
+@click.option("--server-threads", type=click.IntRange(min=1), default=4, show_default=True,
+              help="waitress worker threads of the server started for the test.")
+@click.option("--url", default=None, help="Load this running server instead of starting one "
+                                          "(its memory is then not measured).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the figures as Markdown to this file (e.g. docs/LOADTEST.md).")
+@data_dir_option
+@threads_option
+@friendly_errors
+def loadtest_command(clients: int, duration: float, model_name: str, samples: int, server_threads: int,
+                     url: str | None, output: Path | None, data_dir: Path | None,
+                     threads: int | None) -> None:
+    """Load-test the web demo: concurrent clients post drawn MNIST digits, every answer is checked.
+
+    Starts `tinydigits serve` in a subprocess on a free loopback port (unless --url is
+    given), reports median and 99th-percentile latency and the server's peak memory, and
+    exits with 1 if any request failed or was answered wrongly."""
+    import shlex
+
+    from .loadtest import load_test
+    from .runtime import set_threads
+
+    set_threads(threads)  # for choosing the samples here; the server gets --threads too
+    result = load_test(clients=clients, duration=duration, model=model_name.lower(), count=samples,
+                       server_threads=server_threads, torch_threads=threads, url=url, data_dir=data_dir)
+    click.echo(result.summary())
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        # The command as a canonical line, whichever entry point ran it.
+        options = [f"--clients {clients}", f"--duration {duration:g}", f"--model {model_name.lower()}",
+                   f"--samples {samples}", f"--server-threads {server_threads}"]
+        options += [f"--url {shlex.quote(url)}"] if url else []
+        options += [f"--threads {threads}"] if threads else []
+        command = "tinydigits loadtest " + " ".join([*options, f"-o {shlex.quote(str(output))}"])
+        output.write_text(result.to_markdown(command), encoding="utf-8")
+        click.echo(f"wrote {output}")
+    for example in result.examples:
+        click.echo(f"problem: {example}", err=True)
+    if not result.ok:
+        raise SystemExit(1)

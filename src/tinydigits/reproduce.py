@@ -1,0 +1,131 @@
+"""Train a model over several seeds and record the outcome in ``results/<model>[-reference].json``.
+
+The results files are the project's published figures: each seed's final-epoch test and
+validation accuracy, wall time, per-epoch history and the command that reproduces it, plus
+mean, standard deviation, min and max. They are written after every seed, so a long
+reproduction that stops part-way keeps what it finished and carries on where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import data
+from .checkpoint import atomic_write
+from .models import get_spec
+from .recipes import get_recipe
+from .runtime import select_device
+from .train import train
+
+RESULTS_DIR = Path("results")
+
+
+def results_path(model_name: str, recipe_kind: str = "default", root: str | Path = RESULTS_DIR) -> Path:
+    suffix = "" if recipe_kind == "default" else f"-{recipe_kind}"
+    return Path(root) / f"{get_spec(model_name).name}{suffix}.json"
+
+
+def load_results(model_name: str, recipe_kind: str = "default",
+                 root: str | Path = RESULTS_DIR) -> dict[str, Any] | None:
+    """The results file's contents, or None when there is none."""
+    path = results_path(model_name, recipe_kind, root)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation, min and max, rounded for publication."""
+    return {
+        "mean": round(statistics.fmean(values), 4),
+        "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+    }
+
+
+def seed_command(model_name: str, recipe_kind: str, seed: int) -> str:
+    return f"tinydigits train --model {model_name} --recipe {recipe_kind} --seed {seed}"
+
+
+def reproduce(
+    model_name: str,
+    *,
+    recipe_kind: str = "default",
+    seeds: int = 5,
+    results_root: str | Path = RESULTS_DIR,
+    runs_root: str | Path = "runs/reproduce",
+    mnist: data.MNIST | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+    **recipe_changes: Any,
+) -> dict[str, Any]:
+    """Train seeds 0..seeds-1 with the model's ``recipe_kind`` recipe; return the results.
+
+    ``recipe_changes`` override recipe fields (the results file records the recipe used).
+    Seeds already recorded with the same recipe are kept, not retrained. A recorded seed
+    whose recipe differs (the recipe was changed since) makes the whole file start over.
+    """
+    model_name = get_spec(model_name).name
+    recipe = get_recipe(model_name, recipe_kind).replace(**recipe_changes)
+    path = results_path(model_name, recipe_kind, results_root)
+    previous = load_results(model_name, recipe_kind, results_root) or {}
+    runs: list[dict[str, Any]] = []
+    if previous.get("recipe") == recipe.replace(seed=0).to_dict():
+        runs = [run for run in previous.get("runs", []) if run["seed"] < seeds]
+    mnist = mnist if mnist is not None else data.load_mnist()
+
+    for seed in range(seeds):
+        if any(run["seed"] == seed for run in runs):
+            log(f"{model_name} {recipe_kind} seed {seed}: already in {path}")
+            continue
+        run_dir = Path(runs_root) / f"{model_name}-{recipe_kind}-seed{seed}"
+        # A run stopped part-way (Ctrl-C, a kill) continues from its last saved epoch.
+        resume = (run_dir / "checkpoint.pt").exists()
+        result = train(model_name, recipe.replace(seed=seed), mnist=mnist, run_dir=run_dir,
+                       resume=resume, device=device, threads=threads, progress=progress, log=log)
+        assert result.test is not None  # train() evaluates the test set by default
+        runs.append({
+            "seed": seed,
+            "test_accuracy": round(result.test["accuracy"], 4),
+            "val_accuracy": result.final["val_accuracy"],
+            "epochs": len(result.history),
+            "train_seconds": round(result.seconds, 1),
+            "command": seed_command(model_name, recipe_kind, seed),
+            "run_dir": str(run_dir),
+            "history": result.history,
+        })
+        runs.sort(key=lambda run: run["seed"])
+        results = {
+            "model": model_name,
+            "recipe_kind": recipe_kind,
+            "recipe": recipe.replace(seed=0).to_dict(),
+            "seeds": len(runs),
+            "test_accuracy": summarize([run["test_accuracy"] for run in runs]),
+            "val_accuracy": summarize([run["val_accuracy"] for run in runs]),
+            "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                        "device": str(select_device(device)),
+                        "threads": torch.get_num_threads()},
+            "command": f"tinydigits reproduce --model {model_name} --recipe {recipe_kind} "
+                       f"--seeds {seeds}",
+            "runs": runs,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(results, indent=2) + "\n"
+        atomic_write(path, lambda tmp, text=text: tmp.write_text(text))
+        summary = results["test_accuracy"]
+        log(f"{model_name} {recipe_kind}: {len(runs)} seed(s), test accuracy "
+            f"{summary['mean']:.2f}% +- {summary['std']:.2f} -> {path}")
+    return load_results(model_name, recipe_kind, results_root) or {}
