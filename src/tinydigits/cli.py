@@ -364,6 +364,127 @@ def reproduce(model_names: str, recipe_kind: str, seeds: int, results_dir: Path,
                    f"(min {summary['min']:.2f}, max {summary['max']:.2f})")
 
 
+@main.command()
+@click.option("--model", "model_names", type=click.Choice([*MODELS, "all"], case_sensitive=False),
+              default="all", show_default=True)
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True)
+@data_dir_option
+@friendly_errors
+def publish(model_names: str, results_dir: Path, data_dir: Path | None) -> None:
+    """Ship the best-validation seed's weights from results/<model>.json in the package."""
+    from .pretrained import pick_seed
+    from .pretrained import publish as publish_weights
+    from .reproduce import load_results
+
+    mnist = data.load_mnist(data_dir)
+    names = list(MODELS) if model_names.lower() == "all" else [model_names.lower()]
+    for name in names:
+        results = load_results(name, "default", results_dir)
+        if results is None:
+            raise click.ClickException(f"no results for {name}; run: tinydigits reproduce --model {name}")
+        weights = publish_weights(results, mnist=mnist)
+        click.echo(f"{name}: shipped seed {pick_seed(results)['seed']} "
+                   f"(validation {weights.val_accuracy:.2f}%, test {weights.test_accuracy:.2f}%) "
+                   f"-> {weights.path} sha256 {weights.sha256[:16]}...")
+
+
+@main.command()
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True)
+@click.option("--update-readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the table into this README, between its models-table markers.")
+@friendly_errors
+def table(results_dir: Path, update_readme: Path | None) -> None:
+    """Print the Markdown models table (the README's table is this output)."""
+    from .table import models_table
+    from .table import update_readme as write_readme
+
+    text = models_table(results_dir)
+    click.echo(text, nl=False)
+    if update_readme is not None:
+        changed = write_readme(update_readme, text)
+        click.echo(f"{update_readme}: {'updated' if changed else 'already up to date'}", err=True)
+
+
+@main.command()
+@click.option("--model", "model_name", type=MODEL_CHOICE, required=True)
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Weights to evaluate (default: the pretrained weights shipped with the package).")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/report"),
+              show_default=True)
+@data_dir_option
+@threads_option
+@friendly_errors
+def report(model_name: str, weights: Path | None, output_dir: Path, data_dir: Path | None,
+           threads: int | None) -> None:
+    """Write the confusion matrix and the misclassified test digits as PNG files."""
+    from .checkpoint import load_model
+    from .plots import write_report
+    from .runtime import set_threads
+
+    set_threads(threads)
+    name = model_name.lower()
+    model = load_model(name, weights, pretrained=weights is None)
+    written = write_report(model, name, data.load_mnist(data_dir), output_dir)
+    click.echo(f"{name}: test accuracy {written['accuracy']:.2f}%, {written['errors']} misclassified")
+    click.echo(f"wrote {written['confusion']}\nwrote {written['misclassified']}")
+
+
+@main.command()
+@click.option("--model", "model_names", type=click.Choice([*MODELS, "all"], case_sensitive=False),
+              default="all", show_default=True)
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True)
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("docs"),
+              show_default=True)
+@friendly_errors
+def curves(model_names: str, results_dir: Path, output_dir: Path) -> None:
+    """Plot the training curves of each shipped model's run, from results/<model>.json."""
+    from .plots import plot_training_curves
+    from .pretrained import get_weights
+    from .reproduce import load_results
+
+    names = list(MODELS) if model_names.lower() == "all" else [model_names.lower()]
+    for name in names:
+        seed = get_weights(name).meta.get("seed")
+        results = load_results(name, "default", results_dir) or {}
+        runs = {run["seed"]: run for run in results.get("runs", [])}
+        if seed not in runs:
+            raise click.ClickException(f"{name}: the shipped weights' run (seed {seed}) is not in "
+                                       f"{results_dir}; run tinydigits reproduce and publish first")
+        title = f"{MODELS[name].title}, shipped weights (seed {seed}): default recipe"
+        path = plot_training_curves(runs[seed]["history"], title, output_dir / f"curves-{name}.png")
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option("--model", "model_name", type=MODEL_CHOICE, default="medium", show_default=True)
+@click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Trials this process runs (other workers on the same study add theirs).")
+@click.option("--storage", default=None,
+              help="Optuna storage URL shared by all workers (default: sqlite:///runs/tune/<model>.db).")
+@click.option("--study-name", default=None, help="Default: tinydigits-<model>.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs per trial (default: the default recipe's).")
+@data_dir_option
+@device_option
+@threads_option
+@friendly_errors
+def tune(model_name: str, trials: int, storage: str | None, study_name: str | None, epochs: int | None,
+         data_dir: Path | None, device: str | None, threads: int | None) -> None:
+    """Search recipe hyper-parameters with Optuna, scored on validation accuracy only."""
+    from .tune import recipe_command
+    from .tune import tune as run_study
+
+    name = model_name.lower()
+    study = run_study(name, trials, storage=storage, study_name=study_name, epochs=epochs,
+                      mnist=data.load_mnist(data_dir), device=device, threads=threads, log=click.echo)
+    best = study.best_trial
+    click.echo(f"best of {len(study.trials)} trials: #{best.number}, validation accuracy {best.value:.2f}%")
+    click.echo(f"train it with: {recipe_command(name, best.user_attrs['recipe'])}")
+
+
 def _web_module() -> Any:
     """tinydigits.serve, imported only when asked for: Flask and waitress are an optional extra."""
     try:
@@ -447,3 +568,30 @@ def loadtest_command(clients: int, duration: float, model_name: str, samples: in
         click.echo(f"problem: {example}", err=True)
     if not result.ok:
         raise SystemExit(1)
+
+
+@main.command(name="bench")
+@click.option("--models", "model_names", type=MODEL_CHOICE, multiple=True,
+              help="A model to measure; repeat for several (default: all three).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch and ONNX Runtime (default: $TINYDIGITS_THREADS, else 2).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("docs/BENCHMARKS.md"), show_default=True,
+              help="The Markdown report; the raw figures go to benchmarks.json beside it.")
+@click.option("--quick", is_flag=True, help="Few, short windows on small subsets: a smoke test.")
+@click.option("--time-to-accuracy/--no-time-to-accuracy", "time_to_accuracy", default=True, show_default=True,
+              help="Train MNIST-Medium to the end with both recipes (about 8 minutes on 2 cores).")
+@data_dir_option
+@device_option
+@friendly_errors
+def bench_command(model_names: tuple[str, ...], threads: int | None, output: Path, quick: bool,
+                  time_to_accuracy: bool, data_dir: Path | None, device: str | None) -> None:
+    """Measure training and inference speed here and write docs/BENCHMARKS.md (+ benchmarks.json)."""
+    from .bench import run_benchmark, write_report
+
+    names = list(dict.fromkeys(name.lower() for name in model_names)) or None
+    results = run_benchmark(names, device=device, threads=threads, quick=quick,
+                            time_to_accuracy_too=time_to_accuracy, data_dir=data_dir,
+                            log=lambda line: click.echo(f"bench: {line}", err=True))
+    markdown, raw = write_report(results, output)
+    click.echo(f"wrote {markdown} and {raw}")

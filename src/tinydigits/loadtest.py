@@ -1,0 +1,376 @@
+"""A bounded load test of the web demo: concurrent clients posting drawn digits.
+
+The inputs are real MNIST test digits drawn as dark ink on white (as on the page's
+canvas), and only those the model reads correctly in-process, through the same
+:func:`tinydigits.predict.predict_image` path, so that every answer can be checked
+against its input: an answer is right only if it is the digit drawn. The server runs in
+a subprocess (``python -m tinydigits serve``) so its peak memory can be read from
+``/proc/<pid>/status`` (``VmHWM``) and nothing in the load generator inflates it.
+
+    python -m tinydigits.loadtest --clients 20 --duration 20 -o docs/LOADTEST.md
+    tinydigits loadtest ...                                # the same
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import contextlib
+import http.client
+import io
+import json
+import os
+import platform
+import queue
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
+
+import torch
+from PIL import Image
+from torch import nn
+
+__all__ = ["LoadResult", "Sample", "ServerProcess", "drawn_samples", "encode_multipart", "load_test",
+           "peak_rss_kib", "run_load"]
+
+BOUNDARY = "tinydigits-load-test-boundary"
+
+
+def encode_multipart(fields: Mapping[str, str | tuple[str, bytes, str]]) -> tuple[bytes, str]:
+    """A multipart/form-data body and its Content-Type; a field is text, or a file as
+    ``(file name, bytes, content type)``."""
+    chunks: list[bytes] = []
+    for name, value in fields.items():
+        if isinstance(value, tuple):
+            filename, data, kind = value
+            chunks += [f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; '
+                       f'filename="{filename}"\r\nContent-Type: {kind}\r\n\r\n'.encode(), data, b"\r\n"]
+        else:
+            chunks.append(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                          f"{value}\r\n".encode())
+    chunks.append(f"--{BOUNDARY}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={BOUNDARY}"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One request body, in both forms the API takes, and the digit it shows."""
+
+    label: int
+    png: bytes
+
+    def multipart(self, model: str) -> tuple[bytes, str]:
+        return encode_multipart({"model": model, "image": ("digit.png", self.png, "image/png")})
+
+    def json(self, model: str) -> tuple[bytes, str]:
+        url = "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+        return json.dumps({"image": url, "model": model}).encode(), "application/json"
+
+
+def draw_like_canvas(digit: torch.Tensor, size: int = 112) -> bytes:
+    """A uint8 [28, 28] MNIST digit as a PNG of dark ink on white, ``size`` pixels square."""
+    image = Image.fromarray(255 - digit.numpy()).resize((size, size), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def drawn_samples(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                  count: int = 200) -> list[Sample]:
+    """The first ``count`` test digits, drawn as PNGs, that ``model`` reads correctly in-process
+    (preprocessing included), so each one's right answer is known."""
+    from .predict import predict_image
+
+    samples: list[Sample] = []
+    for image, label in zip(images, labels.tolist(), strict=True):
+        png = draw_like_canvas(image)
+        if predict_image(model, png, top_k=1).digit == label:
+            samples.append(Sample(label, png))
+            if len(samples) == count:
+                break
+    return samples
+
+
+def peak_rss_kib(pid: int) -> int | None:
+    """A process's peak resident memory (VmHWM) in KiB, or None where /proc does not tell."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _load_average() -> tuple[float, ...]:
+    return os.getloadavg() if hasattr(os, "getloadavg") else ()
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (the value below which q% of the observations fall)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(1, min(len(ordered), -(-len(ordered) * q // 100)))  # ceil without floats
+    return ordered[int(rank) - 1]
+
+
+@dataclass
+class LoadResult:
+    """What a load test measured; ``errors`` and ``wrong`` must both be 0 for a pass."""
+
+    url: str
+    model: str
+    clients: int
+    duration_s: float
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0  # transport failures and non-200 answers
+    wrong: int = 0  # 200 answers with another digit (or model) than the input's
+    examples: list[str] = field(default_factory=list)  # the first few problems, for the report
+    peak_rss_kib: int | None = None
+    server_threads: int | None = None
+    load_before: tuple[float, ...] = ()  # the machine's load average as the test began
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies_ms) + self.errors
+
+    @property
+    def ok(self) -> bool:
+        return self.errors == 0 and self.wrong == 0 and bool(self.latencies_ms)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.latencies_ms) if self.latencies_ms else float("nan")
+
+    @property
+    def p99_ms(self) -> float:
+        return _percentile(self.latencies_ms, 99)
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies_ms) / self.duration_s if self.duration_s else 0.0
+
+    def summary(self) -> str:
+        rss = f"{self.peak_rss_kib / 1024:.0f} MiB" if self.peak_rss_kib else "unknown"
+        return (f"{self.requests} requests from {self.clients} clients in {self.duration_s:.1f} s "
+                f"({self.throughput:.1f}/s): {self.errors} errors, {self.wrong} wrong answers; latency "
+                f"median {self.median_ms:.1f} ms, p99 {self.p99_ms:.1f} ms; server peak RSS {rss}")
+
+    def to_markdown(self, command: str = "") -> str:
+        rss = (f"{self.peak_rss_kib / 1024:.1f} MiB ({self.peak_rss_kib:,} KiB)" if self.peak_rss_kib
+               else "unknown")
+        before = ", ".join(f"{x:.2f}" for x in self.load_before) or "unknown"
+        after = ", ".join(f"{x:.2f}" for x in _load_average()) or "unknown"
+        rows = [
+            ("clients (concurrent, each one request at a time)", str(self.clients)),
+            ("duration", f"{self.duration_s:.1f} s"),
+            ("model", self.model),
+            ("requests answered", f"{len(self.latencies_ms):,}"),
+            ("errors (transport or non-200)", str(self.errors)),
+            ("wrong answers", str(self.wrong)),
+            ("throughput", f"{self.throughput:.1f} requests/s"),
+            ("latency, median", f"{self.median_ms:.1f} ms"),
+            ("latency, 99th percentile", f"{self.p99_ms:.1f} ms"),
+            ("server peak memory (VmHWM)", rss),
+        ]
+        lines = ["# Load test of `tinydigits serve`", ""]
+        if command:
+            lines += ["Produced by:", "", "```bash", command, "```", ""]
+        lines += [
+            f"Each client posts, one after the other, PNGs of MNIST test digits drawn dark on white "
+            f"(112x112, like the page's canvas), alternating multipart and JSON data-URL bodies, to "
+            f"`POST /api/predict` on {self.url}; only digits the model reads correctly in-process are "
+            f"used, and every answer is checked against the digit sent. Latency is measured by the "
+            f"client, from sending the request to the end of the answer.",
+            "",
+            "| measure | value |",
+            "|---|---:|",
+            *[f"| {name} | {value} |" for name, value in rows],
+            "",
+            f"Machine: {os.cpu_count()} CPUs ({platform.machine()}, Python {platform.python_version()}, "
+            f"torch {torch.__version__}), shared by the server, the clients and whatever else runs "
+            f"(load average before the run {before}, after it {after}); server with "
+            f"{self.server_threads or 'its default'} waitress threads, torch threads from "
+            f"`$TINYDIGITS_THREADS`={os.environ.get('TINYDIGITS_THREADS', 'unset')}; "
+            f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        ]
+        if self.examples:
+            lines += ["", "First problems:", "", *[f"- {e}" for e in self.examples]]
+        return "\n".join(lines) + "\n"
+
+
+def run_load(url: str, samples: Sequence[Sample], *, clients: int = 20, duration: float = 20.0,
+             model: str = "medium", timeout: float = 30.0) -> LoadResult:
+    """``clients`` threads, each with its own keep-alive connection, post samples to
+    ``url``/api/predict back to back for ``duration`` seconds; every answer is checked."""
+    if not samples:
+        raise ValueError("no samples to send")
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    result = LoadResult(url, model, clients, duration, load_before=_load_average())
+    lock = threading.Lock()
+    start = threading.Barrier(clients + 1)
+    deadline = 0.0
+
+    def problem(text: str, wrong: bool = False) -> None:
+        with lock:
+            if wrong:
+                result.wrong += 1
+            else:
+                result.errors += 1
+            if len(result.examples) < 5:
+                result.examples.append(text)
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        latencies: list[float] = []
+        start.wait()
+        n = index
+        while time.perf_counter() < deadline:
+            sample = samples[n % len(samples)]
+            # Both request forms, so both parsing paths are under load.
+            body, kind = sample.multipart(model) if n % 2 == 0 else sample.json(model)
+            n += clients
+            sent = time.perf_counter()
+            try:
+                connection.request("POST", "/api/predict", body=body, headers={"Content-Type": kind})
+                response = connection.getresponse()
+                payload = response.read()
+            except (OSError, http.client.HTTPException) as err:
+                problem(f"client {index}: {type(err).__name__}: {err}")
+                connection.close()  # reconnect on the next request
+                continue
+            elapsed = (time.perf_counter() - sent) * 1000
+            if response.status != 200:
+                problem(f"client {index}: HTTP {response.status}: {payload[:200]!r}")
+                continue
+            latencies.append(elapsed)
+            try:
+                answer = json.loads(payload)
+                digit, answered_model = answer["digit"], answer["model"]
+            except (ValueError, KeyError, TypeError):
+                problem(f"client {index}: not the documented JSON: {payload[:200]!r}", wrong=True)
+                continue
+            if digit != sample.label or answered_model != model:
+                problem(f"client {index}: sent a {sample.label}, got {digit} from {answered_model}",
+                        wrong=True)
+        connection.close()
+        with lock:
+            result.latencies_ms.extend(latencies)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    deadline = time.perf_counter() + duration
+    began = time.perf_counter()
+    start.wait()
+    for thread in threads:
+        thread.join()
+    result.duration_s = time.perf_counter() - began  # includes the last requests' tails
+    return result
+
+
+class ServerProcess:
+    """``python -m tinydigits serve`` on a free loopback port in a subprocess; a context manager.
+
+    Stopped with SIGINT (as Ctrl-C) on exit; ``peak_rss_kib()`` reads its VmHWM meanwhile."""
+
+    def __init__(self, models: Sequence[str] = ("medium",), *, server_threads: int = 4,
+                 torch_threads: int | None = None, startup_timeout: float = 60.0) -> None:
+        self.command = [sys.executable, "-m", "tinydigits", "serve", "--host", "127.0.0.1", "--port", "0",
+                        "--server-threads", str(server_threads)]
+        for name in models:
+            self.command += ["--models", name]
+        if torch_threads is not None:
+            self.command += ["--threads", str(torch_threads)]
+        self.server_threads = server_threads
+        self.startup_timeout = startup_timeout
+        self.url = ""
+        self.process: subprocess.Popen[str] | None = None
+        self._stderr: collections.deque[str] = collections.deque(maxlen=200)  # for failure reports
+
+    def __enter__(self) -> ServerProcess:
+        process = self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE,
+                                                  stderr=subprocess.PIPE, text=True)
+        first: queue.Queue[str] = queue.Queue()
+
+        # Both pipes are drained for the server's whole life, so it never blocks on a full one
+        # (waitress warns on stderr when its queue builds up).
+        def drain_stdout() -> None:
+            for line in process.stdout:
+                first.put(line)
+
+        threading.Thread(target=drain_stdout, daemon=True).start()
+        threading.Thread(target=lambda: self._stderr.extend(process.stderr), daemon=True).start()
+        try:
+            words = first.get(timeout=self.startup_timeout).split()
+        except queue.Empty:
+            words = []
+        urls = [w for w in words if w.startswith("http://")]
+        if not urls:
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"the server did not start: {' '.join(words) or 'no output'}; "
+                               f"stderr: {self.stderr()[-2000:]}")
+        self.url = urls[0]
+        return self
+
+    def peak_rss_kib(self) -> int | None:
+        return peak_rss_kib(self.process.pid) if self.process else None
+
+    def stderr(self) -> str:
+        return "".join(self._stderr)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def load_test(*, clients: int = 20, duration: float = 20.0, model: str = "medium", count: int = 200,
+              server_threads: int = 4, torch_threads: int | None = None, url: str | None = None,
+              data_dir: str | os.PathLike | None = None) -> LoadResult:
+    """The whole test: pick samples, start a server (unless ``url`` is given), load it, read its
+    peak memory, stop it."""
+    from .checkpoint import load_model
+    from .data import load_mnist
+
+    mnist = load_mnist(data_dir)
+    samples = drawn_samples(load_model(model, pretrained=True), mnist.test_images, mnist.test_labels, count)
+    server = ServerProcess([model], server_threads=server_threads, torch_threads=torch_threads) \
+        if url is None else None
+    with server or contextlib.nullcontext():
+        result = run_load(url or server.url, samples, clients=clients, duration=duration, model=model)
+        if server is not None:
+            result.peak_rss_kib = server.peak_rss_kib()
+            result.server_threads = server_threads
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tinydigits.loadtest``: the same as ``tinydigits loadtest``."""
+    from .cli import main as cli
+
+    try:
+        cli.main(["loadtest", *(sys.argv[1:] if argv is None else argv)], prog_name="tinydigits")
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,280 @@
+"""The web demo: draw a digit in the browser and watch the tiny models read it.
+
+:func:`create_app` builds a Flask application serving the page (``web/``: HTML, script
+and style, nothing fetched from elsewhere) and a small JSON API; :func:`serve` runs it
+under waitress, a production WSGI server, on loopback by default.
+
+API (all answers are JSON; errors are ``{"error": "..."}`` with a 4xx status):
+
+* ``GET /api/models``: the served models with parameters and accuracy.
+* ``POST /api/predict``: an image as multipart field ``image`` or as JSON
+  ``{"image": "data:image/png;base64,...", "model": "medium"}`` (``model`` is optional,
+  also accepted as a form field or query parameter). The image goes through the very
+  same :func:`tinydigits.preprocess.load_image` / :func:`~tinydigits.preprocess.to_mnist`
+  / :func:`tinydigits.predict.classify` path as ``tinydigits predict``.
+
+Flask and waitress are imported here only, so the core package does not need them
+(``pip install 'tinydigits[web]'``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from flask import Flask, Response, jsonify, request, send_from_directory
+from PIL import Image
+from torch import nn
+from werkzeug.exceptions import HTTPException
+
+from .checkpoint import WeightsError, load_model
+from .models import MODELS, count_parameters, get_spec
+from .predict import classify
+from .preprocess import PreprocessError, load_image, to_mnist
+from .pretrained import get_weights
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MAX_UPLOAD_BYTES", "ApiError",
+           "BackgroundServer", "create_app", "serve"]
+
+DEFAULT_HOST = "127.0.0.1"  # loopback: the demo is for this machine unless asked otherwise
+DEFAULT_PORT = 8000
+# A phone photo is a few MB; anything much larger is refused before it is read (413).
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+WEB_DIR = Path(__file__).parent / "web"
+# Everything the page loads comes from this server; data: and blob: URLs are the
+# canvas snapshot, the returned 28x28 image and the local preview of an uploaded photo.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+                           "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+                           "form-action 'self'; frame-ancestors 'none'")
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A request the API refuses, with its HTTP status and a one-line message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _accuracies(name: str) -> tuple[float | None, float | None]:
+    """Test and validation accuracy (percent) of the shipped weights of ``name``, where known."""
+    try:  # read from the weights file itself, so the figures cannot drift from it
+        meta = get_weights(name).meta
+    except WeightsError:  # no shipped file: serve the model, leave the figures out
+        return None, None
+    return meta.get("test_accuracy"), meta.get("val_accuracy")
+
+
+def _model_info(name: str, model: nn.Module, pretrained: bool) -> dict[str, Any]:
+    spec = get_spec(name)
+    test, val = _accuracies(name) if pretrained else (None, None)
+    return {"name": spec.name, "title": spec.title, "parameters": count_parameters(model),
+            "conv_blocks": spec.conv_blocks, "test_accuracy": test, "val_accuracy": val}
+
+
+def _is_api(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
+
+
+def _png_data_url(image: torch.Tensor) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(image.numpy()).save(buffer, format="PNG")  # uint8 [28, 28] -> grayscale PNG
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _decode_data_url(text: Any) -> bytes:
+    """The bytes of ``data:<type>;base64,<data>`` (or bare base64)."""
+    if not isinstance(text, str) or not text:
+        raise ApiError(400, 'JSON field "image" must be a base64 data URL (data:image/png;base64,...)')
+    if text.startswith("data:"):
+        header, _, text = text.partition(",")
+        if not header.endswith(";base64"):
+            raise ApiError(400, 'JSON field "image" must be a base64 data URL (data:image/png;base64,...)')
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, 'JSON field "image" is not valid base64') from None
+
+
+def _read_request() -> tuple[bytes, str | None]:
+    """The image bytes and the model name asked for (or None), from multipart or JSON."""
+    mimetype = request.mimetype
+    if mimetype == "multipart/form-data":
+        upload = request.files.get("image")  # reading the body enforces MAX_CONTENT_LENGTH (413)
+        if upload is None:
+            raise ApiError(400, 'no file in multipart field "image"')
+        return upload.read(), request.form.get("model") or request.args.get("model")
+    if mimetype == "application/json":
+        payload = request.get_json(silent=True)
+        if not isinstance(payload, dict):
+            raise ApiError(400, "the body is not a JSON object")
+        if "image" not in payload:
+            raise ApiError(400, 'JSON field "image" is missing')
+        model = payload.get("model", request.args.get("model"))
+        if model is not None and not isinstance(model, str):
+            raise ApiError(400, 'JSON field "model" must be a string')
+        return _decode_data_url(payload["image"]), model
+    raise ApiError(415, f"unsupported content type {mimetype or '(none)'!r}; send multipart/form-data "
+                        'with a file field "image", or application/json with a data URL in "image"')
+
+
+def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
+               pretrained: bool = True, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> Flask:
+    """The Flask application: the page at ``/`` and the JSON API under ``/api``.
+
+    ``models`` are model names (their shipped weights are loaded), or loaded modules by
+    name, taken to hold the shipped weights unless ``pretrained`` is False (then no
+    accuracy is reported); by default all three. ``medium`` is the default model when a
+    request names none, else the first one.
+    """
+    if models is None:
+        models = list(MODELS)
+    if isinstance(models, Mapping):
+        loaded = {get_spec(name).name: model.eval() for name, model in models.items()}
+    else:
+        loaded = {get_spec(name).name: load_model(name, pretrained=True) for name in models}
+    if not loaded:
+        raise ValueError("no models to serve")
+    default = "medium" if "medium" in loaded else next(iter(loaded))
+    infos = [_model_info(name, model, pretrained) for name, model in loaded.items()]
+
+    app = Flask(__name__, static_folder=str(WEB_DIR), static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
+    app.json.sort_keys = False  # keep the documented field order
+
+    def error(status: int, message: str) -> tuple[Response, int]:
+        return jsonify(error=message), status
+
+    @app.errorhandler(ApiError)
+    def api_error(err: ApiError) -> tuple[Response, int]:
+        return error(err.status, err.message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException) -> Any:
+        if not _is_api(request.path):
+            return err  # the page's own 404s etc. stay ordinary HTML
+        messages = {404: f"no such API endpoint: {request.path}",
+                    405: f"method {request.method} not allowed for {request.path}",
+                    413: f"upload too large: the limit is {max_upload_bytes:,} bytes"}
+        response, status = error(err.code or 500, messages.get(err.code or 500, err.description or err.name))
+        if err.code == 405 and hasattr(err, "valid_methods") and err.valid_methods:
+            response.headers["Allow"] = ", ".join(err.valid_methods)
+        return response, status
+
+    @app.errorhandler(Exception)
+    def unexpected(err: Exception) -> tuple[Response, int]:
+        # Last resort: logged here with its traceback, never sent to the client.
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error(500, "internal error")
+
+    @app.after_request
+    def headers(response: Response) -> Response:
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if _is_api(request.path):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.get("/")
+    def index() -> Response:
+        return send_from_directory(WEB_DIR, "index.html")
+
+    @app.get("/api/models")
+    def list_models() -> Response:
+        return jsonify(models=infos, default=default, max_upload_bytes=max_upload_bytes)
+
+    @app.post("/api/predict")
+    def predict() -> Response:
+        started = time.perf_counter()
+        data, name = _read_request()
+        name = (name or default).lower()
+        if name not in loaded:
+            raise ApiError(404, f"unknown model {name!r}; this server has: {', '.join(loaded)}")
+        # The same three steps as `tinydigits predict` (predict.predict_image), kept apart
+        # here so a bad file (400) is told from a picture without a digit (422) and the
+        # model's own time can be reported.
+        status = 400
+        try:
+            image = load_image(data)
+            status = 422  # decoded: from here a PreprocessError means no ink
+            seen = to_mnist(image)
+        except PreprocessError as err:
+            raise ApiError(status, str(err)) from None
+        except Exception as err:  # an unforeseen picture is a bad input, not a server fault
+            raise ApiError(400, f"cannot process this image ({type(err).__name__})") from None
+        inference_started = time.perf_counter()
+        ranked = classify(loaded[name], seen[None], top_k=10)[0]
+        finished = time.perf_counter()
+        probabilities = [0.0] * 10
+        for digit, probability in ranked:
+            probabilities[digit] = probability
+        return jsonify(digit=ranked[0][0], probability=ranked[0][1], probabilities=probabilities,
+                       model=name, milliseconds=round((finished - started) * 1000, 2),
+                       inference_milliseconds=round((finished - inference_started) * 1000, 3),
+                       image=_png_data_url(seen))
+
+    return app
+
+
+def _create_server(app: Flask, host: str, port: int, threads: int) -> Any:
+    from waitress import create_server
+
+    # waitress reads a whole request before the app sees it; its own limit (a plain-text 413)
+    # only bounds what it buffers, well above the app's JSON 413 at MAX_CONTENT_LENGTH.
+    limit = 8 * (app.config["MAX_CONTENT_LENGTH"] or MAX_UPLOAD_BYTES)
+    return create_server(app, host=host, port=port, threads=threads, max_request_body_size=limit,
+                         ident="tinydigits")
+
+
+def _urls(server: Any) -> list[str]:
+    """The http:// URL of each socket the server listens on (several for a name like localhost)."""
+    listening = getattr(server, "effective_listen", None) or [(server.effective_host, server.effective_port)]
+    return [f"http://[{h}]:{p}" if ":" in str(h) else f"http://{h}:{p}" for h, p in listening]
+
+
+class BackgroundServer:
+    """A waitress server in a daemon thread, on ``host`` and ``port`` (0: a free port); for tests."""
+
+    def __init__(self, app: Flask, host: str = DEFAULT_HOST, port: int = 0, threads: int = 4) -> None:
+        import threading
+
+        self.server = _create_server(app, host, port, threads)
+        self.url = _urls(self.server)[0]
+        self.thread = threading.Thread(target=self.server.run, name="tinydigits-web", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.close()
+        self.server.task_dispatcher.shutdown()
+        self.thread.join(timeout=5)
+
+
+def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, models: Sequence[str] | None = None, *,
+          threads: int = 4, announce: Callable[[str], Any] = print) -> None:
+    """Serve the demo with waitress (``threads`` worker threads) until Ctrl-C or SIGTERM.
+    ``port`` 0 picks a free port; the URL goes to ``announce`` once the socket listens."""
+    import signal
+
+    server = _create_server(create_app(models), host, port, threads)
+    announce(f"tinydigits web demo on {' and '.join(_urls(server))} (Ctrl-C to stop)")
+
+    def stop(signum: int, frame: Any) -> None:  # SIGTERM stops as cleanly as Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        server.run()  # returns after Ctrl-C, having stopped the worker threads
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.close()

@@ -1,0 +1,108 @@
+"""Hyper-parameter search over the recipe with Optuna, scored on the validation split only.
+
+A study lives in an Optuna storage: by default a local SQLite file, or any storage URL
+(for example ``postgresql://user@host/db``), so several processes or machines can run
+``tinydigits tune`` against the same study at once; each takes the next trial. The test
+set is never evaluated here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import data
+from .models import get_spec
+from .recipes import Recipe, get_recipe
+from .train import train
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise ValueError("tuning needs optuna: pip install 'tinydigits[tune]'") from None
+    return optuna
+
+
+def default_storage(model_name: str) -> str:
+    return f"sqlite:///runs/tune/{get_spec(model_name).name}.db"
+
+
+def suggest_recipe(trial: Any, base: Recipe) -> Recipe:
+    """The search space: around the default recipe, wide enough to find a better one."""
+    return base.replace(
+        lr=trial.suggest_float("lr", 0.02, 0.4, log=True),
+        weight_decay=trial.suggest_float("weight_decay", 1e-5, 3e-3, log=True),
+        batch_size=trial.suggest_categorical("batch_size", [64, 128, 256]),
+        warmup=trial.suggest_float("warmup", 0.1, 0.4),
+        dropout=trial.suggest_float("dropout", 0.0, 0.1),
+        rotation=trial.suggest_float("rotation", 0.0, 15.0),
+        translate=trial.suggest_float("translate", 0.0, 0.15),
+        scale=trial.suggest_float("scale", 0.0, 0.15),
+        label_smoothing=trial.suggest_float("label_smoothing", 0.0, 0.1),
+    )
+
+
+def tune(
+    model_name: str,
+    trials: int,
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+    epochs: int | None = None,
+    mnist: data.MNIST | None = None,
+    runs_root: str | Path = "runs/tune",
+    device: str | None = None,
+    threads: int | None = None,
+    log: Callable[[str], None] = print,
+    **recipe_changes: Any,
+) -> Any:
+    """Run ``trials`` more trials of the study (created on first use); returns the study.
+    ``recipe_changes`` fix recipe fields outside the search space (e.g. ``val_size``)."""
+    optuna = _optuna()
+    model_name = get_spec(model_name).name
+    storage = storage or default_storage(model_name)
+    if storage.startswith("sqlite:///"):
+        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    study_name = study_name or f"tinydigits-{model_name}"
+    base = get_recipe(model_name).replace(**recipe_changes)
+    if epochs is not None:
+        base = base.replace(epochs=epochs)
+    mnist = mnist if mnist is not None else data.load_mnist()
+    try:
+        study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
+                                    load_if_exists=True)
+    except Exception as err:  # sqlalchemy and optuna raise many types for a bad URL
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"cannot open Optuna storage {storage!r}: {first_line}") from None
+
+    def objective(trial: Any) -> float:
+        recipe = suggest_recipe(trial, base)
+        run_dir = Path(runs_root) / f"{study_name}-trial{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("recipe", recipe.to_dict())
+        result = train(model_name, recipe, mnist=mnist, run_dir=run_dir, device=device, threads=threads,
+                       evaluate_test=False, progress=False, log=lambda line: None)
+        accuracy = result.final["val_accuracy"]
+        log(f"trial {trial.number}: validation accuracy {accuracy:.2f}% with {trial.params}")
+        return accuracy
+
+    study.optimize(objective, n_trials=trials)
+    return study
+
+
+def recipe_command(model_name: str, recipe: dict[str, Any]) -> str:
+    """The ``tinydigits train`` command that trains with a trial's recipe."""
+    default = get_recipe(model_name).to_dict()
+    options = []
+    for key, value in recipe.items():
+        if value == default.get(key):
+            continue
+        flag = key.replace("_", "-")
+        if isinstance(value, bool):
+            options.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            options.append(f"--{flag} {value:.4g}" if isinstance(value, float) else f"--{flag} {value}")
+    return " ".join([f"tinydigits train --model {model_name}", *options])

@@ -1,0 +1,381 @@
+// The tinydigits web demo: a drawing pad (Pointer Events: mouse, pen and touch) whose
+// picture is sent to /api/predict as you draw; the answers are shown as a digit, ten
+// probability bars and the 28x28 image the model saw. No libraries, nothing fetched
+// from anywhere but this server.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const pad = $("pad");
+  const ctx = pad.getContext("2d");
+  // Stroke width on the 280-px pad: a digit drawn about 200 px tall is scaled into
+  // MNIST's 20-px box, where this becomes about MNIST's own 2-px stroke.
+  const LINE_WIDTH = 18;
+  const THROTTLE_MS = 120; // at most one request per model this often while drawing
+  const ALL = "all";
+
+  const state = {
+    strokes: [], // each a list of [x, y] points in canvas pixels
+    drawing: null, // {id, points} while a pointer is down
+    photo: null, // the uploaded File, when a photo is the input instead of the drawing
+    photoUrl: null,
+    models: [], // from /api/models
+    choice: null, // a model name or ALL
+    inflight: false,
+    dirty: false, // the input changed since the last request was sent
+    timer: null,
+    lastSent: 0,
+    epoch: 0, // bumped on Clear/upload/model change so late answers are dropped
+  };
+
+  // ------------------------------------------------------------------ drawing
+
+  function resetCanvas() {
+    ctx.fillStyle = "#fff";
+    ctx.fillRect(0, 0, pad.width, pad.height);
+    ctx.lineCap = "round";
+    ctx.lineJoin = "round";
+    ctx.lineWidth = LINE_WIDTH;
+    ctx.strokeStyle = "#111";
+    ctx.fillStyle = "#111";
+  }
+
+  function segment(from, to) {
+    ctx.beginPath();
+    ctx.moveTo(from[0], from[1]);
+    ctx.lineTo(to[0], to[1]);
+    ctx.stroke();
+  }
+
+  function dot(p) {
+    ctx.beginPath();
+    ctx.arc(p[0], p[1], LINE_WIDTH / 2, 0, 2 * Math.PI);
+    ctx.fill();
+  }
+
+  function redraw() {
+    resetCanvas();
+    for (const points of state.strokes) {
+      dot(points[0]);
+      for (let i = 1; i < points.length; i++) segment(points[i - 1], points[i]);
+    }
+  }
+
+  // Pointer position in canvas pixels, whatever size CSS gives the canvas.
+  function canvasPoint(event) {
+    const box = pad.getBoundingClientRect();
+    return [(event.clientX - box.left) * (pad.width / box.width),
+      (event.clientY - box.top) * (pad.height / box.height)];
+  }
+
+  pad.addEventListener("pointerdown", (event) => {
+    if (state.drawing || (event.pointerType === "mouse" && event.button !== 0)) return;
+    event.preventDefault();
+    pad.setPointerCapture(event.pointerId); // keep the stroke when the pointer leaves the pad
+    if (state.photo) clearPhoto();
+    const start = canvasPoint(event);
+    state.drawing = { id: event.pointerId, points: [start] };
+    state.strokes.push(state.drawing.points);
+    dot(start);
+    inputChanged(false);
+  });
+
+  pad.addEventListener("pointermove", (event) => {
+    const drawing = state.drawing;
+    if (!drawing || event.pointerId !== drawing.id) return;
+    event.preventDefault();
+    // Coalesced events keep fast pen strokes smooth where the browser batches them.
+    const batch = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+    for (const e of batch.length ? batch : [event]) {
+      const p = canvasPoint(e);
+      segment(drawing.points[drawing.points.length - 1], p);
+      drawing.points.push(p);
+    }
+    inputChanged(false);
+  });
+
+  function endStroke(event) {
+    if (!state.drawing || event.pointerId !== state.drawing.id) return;
+    state.drawing = null;
+    inputChanged(true);
+  }
+  pad.addEventListener("pointerup", endStroke);
+  pad.addEventListener("pointercancel", endStroke);
+  pad.addEventListener("lostpointercapture", endStroke);
+
+  function undo() {
+    if (state.photo) {
+      clearPhoto();
+    } else {
+      if (state.drawing) return;
+      state.strokes.pop();
+      redraw();
+    }
+    state.epoch++;
+    inputChanged(true);
+  }
+
+  function clearAll() {
+    state.strokes = [];
+    state.drawing = null;
+    clearPhoto();
+    redraw();
+    state.epoch++;
+    inputChanged(true);
+  }
+
+  $("undo").addEventListener("click", undo);
+  $("clear").addEventListener("click", clearAll);
+  document.addEventListener("keydown", (event) => {
+    if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "z") {
+      event.preventDefault();
+      undo();
+    } else if (event.key === "Escape") {
+      clearAll();
+    }
+  });
+
+  // ------------------------------------------------------------------- photos
+
+  function clearPhoto() {
+    if (state.photoUrl) URL.revokeObjectURL(state.photoUrl);
+    state.photo = null;
+    state.photoUrl = null;
+    $("photo").hidden = true;
+    $("photo").removeAttribute("src");
+  }
+
+  $("file").addEventListener("change", (event) => {
+    const file = event.target.files[0];
+    event.target.value = ""; // choosing the same file again is a change too
+    if (!file) return;
+    clearPhoto();
+    state.strokes = [];
+    redraw();
+    state.photo = file;
+    state.photoUrl = URL.createObjectURL(file); // a local preview; the file itself is sent
+    $("photo").src = state.photoUrl;
+    $("photo").hidden = false;
+    state.epoch++;
+    inputChanged(true);
+  });
+
+  // -------------------------------------------------------------- predictions
+
+  function hasInput() {
+    return state.photo !== null || state.strokes.length > 0;
+  }
+
+  function setBusy() {
+    const busy = state.inflight || state.dirty || state.timer !== null;
+    document.body.dataset.busy = String(busy);
+  }
+
+  // Called on every change of the input: ask for a prediction, at most one request
+  // round in flight and one every THROTTLE_MS while drawing; `now` skips the wait.
+  function inputChanged(now) {
+    $("hint").hidden = hasInput();
+    if (!hasInput()) {
+      state.dirty = false;
+      if (state.timer !== null) clearTimeout(state.timer);
+      state.timer = null;
+      showEmpty();
+      setBusy();
+      return;
+    }
+    state.dirty = true;
+    if (!state.inflight) {
+      const wait = now ? 0 : Math.max(0, state.lastSent + THROTTLE_MS - performance.now());
+      if (state.timer !== null) clearTimeout(state.timer);
+      state.timer = setTimeout(send, wait);
+    }
+    setBusy();
+  }
+
+  function selectedModels() {
+    return state.choice === ALL ? state.models.map((m) => m.name) : [state.choice];
+  }
+
+  // The request body for one model: the photo as multipart, the drawing as a JSON data URL
+  // (the two forms the API takes).
+  function requestFor(model) {
+    if (state.photo) {
+      const form = new FormData();
+      form.append("image", state.photo, state.photo.name || "photo");
+      form.append("model", model);
+      return { method: "POST", body: form };
+    }
+    return {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ image: pad.toDataURL("image/png"), model }),
+    };
+  }
+
+  async function predictWith(model) {
+    const response = await fetch("/api/predict", requestFor(model));
+    let answer;
+    try {
+      answer = await response.json();
+    } catch {
+      answer = { error: `the server answered HTTP ${response.status}` };
+    }
+    if (!response.ok) {
+      const error = new Error(answer.error || `HTTP ${response.status}`);
+      error.status = response.status;
+      throw error;
+    }
+    return answer;
+  }
+
+  async function send() {
+    state.timer = null;
+    if (!state.dirty || state.inflight) return setBusy();
+    state.dirty = false;
+    state.inflight = true;
+    state.lastSent = performance.now();
+    setBusy();
+    const epoch = state.epoch;
+    try {
+      if (!hasInput()) return;
+      const answers = await Promise.all(selectedModels().map(predictWith));
+      if (epoch === state.epoch) showAnswers(answers);
+    } catch (error) {
+      if (epoch === state.epoch) showError(error);
+    } finally {
+      state.inflight = false;
+      if (state.dirty) inputChanged(false);
+      setBusy();
+    }
+  }
+
+  // ------------------------------------------------------------------- output
+
+  function percent(p) {
+    return `${(p * 100).toFixed(1)}%`;
+  }
+
+  function buildCards() {
+    const results = $("results");
+    results.replaceChildren();
+    results.classList.toggle("several", selectedModels().length > 1);
+    for (const name of selectedModels()) {
+      const info = state.models.find((m) => m.name === name);
+      const card = $("card").content.firstElementChild.cloneNode(true);
+      card.dataset.model = name;
+      card.querySelector(".title").textContent = info ? shortTitle(info) : name;
+      if (info) {
+        const accuracy = info.test_accuracy ? `, ${info.test_accuracy}% on MNIST test` : "";
+        card.querySelector(".params").textContent =
+          `${info.parameters.toLocaleString("en")} parameters${accuracy}`;
+      }
+      const bars = card.querySelector(".bars");
+      for (let digit = 0; digit < 10; digit++) {
+        const row = document.createElement("li");
+        row.dataset.digit = String(digit);
+        row.dataset.p = "0";
+        row.innerHTML = '<span class="label"></span><span class="track"><span class="fill"></span></span>' +
+          '<span class="pct"></span>';
+        row.querySelector(".label").textContent = String(digit);
+        bars.append(row);
+      }
+      results.append(card);
+    }
+  }
+
+  function showEmpty() {
+    state.epoch++;
+    buildCards();
+    $("seen").hidden = true;
+    $("seen-empty").hidden = false;
+    showMessage(state.models.length ? "Draw a digit, or upload a photo of one." : "");
+  }
+
+  function showMessage(text, isError = false) {
+    const message = $("message");
+    message.textContent = text;
+    message.classList.toggle("error", isError);
+  }
+
+  function showError(error) {
+    buildCards();
+    $("seen").hidden = true;
+    $("seen-empty").hidden = false;
+    // 422: the picture has no ink (an empty-looking drawing); not worth alarming anyone.
+    showMessage(error.status === 422 ? `No digit found: ${error.message}` : `Error: ${error.message}`,
+      error.status !== 422);
+  }
+
+  function showAnswers(answers) {
+    for (const answer of answers) {
+      const card = document.querySelector(`#results .card[data-model="${answer.model}"]`);
+      if (!card) continue;
+      card.querySelector(".digit").textContent = String(answer.digit);
+      card.querySelector(".confidence").textContent = `${percent(answer.probability)} sure`;
+      card.querySelectorAll(".bars li").forEach((row, digit) => {
+        const p = answer.probabilities[digit];
+        row.dataset.p = String(p);
+        row.classList.toggle("top", digit === answer.digit);
+        row.querySelector(".fill").style.width = `${(p * 100).toFixed(2)}%`;
+        row.querySelector(".pct").textContent = percent(p);
+        row.title = `${digit}: ${(p * 100).toFixed(3)}%`;
+      });
+      card.querySelector(".time").textContent =
+        `${answer.milliseconds.toFixed(1)} ms on the server, ` +
+        `${answer.inference_milliseconds.toFixed(2)} ms of it in the model`;
+    }
+    $("seen").src = answers[0].image;
+    $("seen").hidden = false;
+    $("seen-empty").hidden = true;
+    const source = state.photo ? `your photo (${state.photo.name})` : "your drawing";
+    showMessage(`Reading ${source}.`);
+  }
+
+  // ------------------------------------------------------------------- models
+
+  function shortTitle(info) {
+    return info.title.replace(/^MNIST-/, "");
+  }
+
+  function modelChosen(choice) {
+    state.choice = choice;
+    state.epoch++;
+    buildCards();
+    if (hasInput()) inputChanged(true);
+  }
+
+  function buildPicker(models, defaultName) {
+    const picker = $("models");
+    const options = models.map((m) => [m.name, shortTitle(m)]);
+    if (models.length > 1) options.push([ALL, models.length === 3 ? "All three" : `All ${models.length}`]);
+    for (const [value, text] of options) {
+      const label = document.createElement("label");
+      const input = document.createElement("input");
+      input.type = "radio";
+      input.name = "model";
+      input.value = value;
+      input.checked = value === defaultName;
+      input.addEventListener("change", () => modelChosen(value));
+      label.append(input, document.createTextNode(text));
+      picker.append(label);
+    }
+  }
+
+  async function start() {
+    resetCanvas();
+    setBusy();
+    try {
+      const response = await fetch("/api/models");
+      const answer = await response.json();
+      state.models = answer.models;
+      state.choice = answer.default;
+      buildPicker(answer.models, answer.default);
+      document.body.dataset.ready = "true";
+      showEmpty();
+    } catch (error) {
+      showMessage(`Cannot reach the tinydigits server: ${error.message}`, true);
+    }
+  }
+
+  start();
+})();

@@ -1,0 +1,108 @@
+"""The weights shipped in the package: they load offline, are intact, were chosen on
+validation, and reach exactly the test accuracy their metadata records."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import tinydigits
+from tinydigits import data
+from tinydigits.checkpoint import WeightsError, load_model, save_weights
+from tinydigits.models import MODELS, build_model
+from tinydigits.pretrained import PRETRAINED_DIR, get_weights, pick_seed, publish
+from tinydigits.recipes import get_recipe
+from tinydigits.reproduce import load_results
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_shipped_weights_reach_their_recorded_test_accuracy(name, mnist):
+    weights = get_weights(name)
+    weights.verify()
+    meta = weights.meta
+    assert meta["model"] == name and meta["parameters"] == MODELS[name].parameters
+    assert meta["recipe"] == get_recipe(name).replace(seed=meta["seed"]).to_dict()
+    assert meta["epochs"] <= 15
+    model = tinydigits.load_model(name, pretrained=True)
+    result = tinydigits.evaluate(model, data.normalize(mnist.test_images), mnist.test_labels)
+    assert result.count == 10_000
+    assert round(result.accuracy, 4) == meta["test_accuracy"]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_shipped_weights_are_the_best_validation_seed_of_the_results(name):
+    results = load_results(name, root=ROOT / "results")
+    assert results is not None, "results/<model>.json is committed"
+    meta = get_weights(name).meta
+    chosen = pick_seed(results)
+    assert meta["seed"] == chosen["seed"]
+    assert meta["val_accuracy"] == chosen["val_accuracy"] == max(r["val_accuracy"] for r in results["runs"])
+
+
+def test_pick_seed_uses_validation_only_and_breaks_ties_by_lowest_seed():
+    runs = [{"seed": 0, "val_accuracy": 99.1, "test_accuracy": 99.9},
+            {"seed": 1, "val_accuracy": 99.3, "test_accuracy": 99.0},
+            {"seed": 2, "val_accuracy": 99.3, "test_accuracy": 99.5}]
+    assert pick_seed({"runs": runs})["seed"] == 1
+
+
+def test_manifest_matches_the_files():
+    manifest = json.loads((PRETRAINED_DIR / "manifest.json").read_text())
+    assert set(manifest) == set(MODELS)
+    for name, entry in manifest.items():
+        size = (PRETRAINED_DIR / entry["file"]).stat().st_size
+        assert size == entry["bytes"] == get_weights(name).file_bytes
+
+
+def test_damaged_weights_file_is_refused(tmp_path):
+    shutil.copytree(PRETRAINED_DIR, tmp_path / "weights")
+    path = tmp_path / "weights" / "small.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF  # one flipped bit in the last weight still parses; only the hash notices
+    path.write_bytes(bytes(raw))
+    with pytest.raises(WeightsError, match=r"SHA-256 .* does not match"):
+        get_weights("small", tmp_path / "weights").verify()
+    path.unlink()
+    with pytest.raises(WeightsError, match="missing"):
+        get_weights("small", tmp_path / "weights").verify()
+
+
+def test_unknown_model_has_no_weights():
+    with pytest.raises(ValueError, match="unknown model"):
+        get_weights("huge")
+
+
+def test_publish_ships_the_best_validation_run_with_full_metadata(tmp_path, mnist):
+    runs = []
+    for seed, val in ((0, 98.0), (1, 98.5)):
+        torch.manual_seed(seed)
+        run_dir = tmp_path / f"run{seed}"
+        save_weights(build_model("ultrasmall"), run_dir / "final.safetensors", {"seed": seed})
+        runs.append({"seed": seed, "val_accuracy": val, "test_accuracy": 0.0, "epochs": 15,
+                     "run_dir": str(run_dir), "command": f"tinydigits train --seed {seed}"})
+    results = {"model": "ultrasmall", "recipe": get_recipe("ultrasmall").to_dict(), "runs": runs}
+
+    weights = publish(results, mnist=mnist, weights_dir=tmp_path / "weights")
+
+    assert weights.meta["seed"] == 1 and weights.meta["val_accuracy"] == 98.5
+    assert weights.meta["recipe"]["seed"] == 1 and weights.meta["parameters"] == 4_464
+    assert weights.verify() == tmp_path / "weights" / "ultrasmall.safetensors"
+    model = load_model("ultrasmall", weights.path)
+    accuracy = tinydigits.evaluate(model, data.normalize(mnist.test_images), mnist.test_labels).accuracy
+    assert weights.meta["test_accuracy"] == round(accuracy, 4)
+    source = load_model("ultrasmall", Path(runs[1]["run_dir"]) / "final.safetensors")
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name])
+
+
+def test_torch_hub_loads_from_the_local_checkout():
+    model = torch.hub.load(str(ROOT), "mnist_medium", source="local", pretrained=True)
+    expected = load_model("medium", pretrained=True)
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(model(x), expected(x))
+    untrained = torch.hub.load(str(ROOT), "mnist_ultrasmall", source="local", pretrained=False)
+    assert sum(p.numel() for p in untrained.parameters()) == 4_464

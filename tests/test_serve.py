@@ -1,0 +1,282 @@
+"""The web demo's HTTP API: answers, the shared preprocessing, and a JSON error with the
+right status for every bad request, on a real waitress server that keeps serving."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import re
+import socket
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from test_preprocess import BAD_INPUTS, huge_png
+from web_helpers import DIGITS, draw_png, shipped_models
+
+import tinydigits
+import tinydigits.serve as serve_module
+from tinydigits import evaluate, normalize
+from tinydigits.cli import main
+from tinydigits.loadtest import Sample, ServerProcess, encode_multipart
+from tinydigits.models import MODELS
+from tinydigits.predict import predict_image
+from tinydigits.serve import MAX_UPLOAD_BYTES, BackgroundServer, create_app
+
+pytest.importorskip("flask")
+pytest.importorskip("waitress")
+
+SEVEN = draw_png(DIGITS[7])
+
+
+@pytest.fixture(scope="module")
+def app():
+    return create_app(shipped_models())
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def live(app):
+    """A real waitress server on 127.0.0.1, on a free port."""
+    server = BackgroundServer(app)
+    yield server
+    server.close()
+
+
+def request(url: str, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection: status, headers (lower-case names) and body."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def post_json(client, payload) -> tuple[int, dict]:
+    response = client.post("/api/predict", json=payload)
+    return response.status_code, response.get_json()
+
+
+def data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+# ------------------------------------------------------------------ answers
+
+
+def test_models_lists_names_parameters_and_accuracy(client):
+    response = client.get("/api/models")
+    assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
+    body = response.get_json()
+    assert body["default"] == "medium" and body["max_upload_bytes"] == MAX_UPLOAD_BYTES
+    assert [m["name"] for m in body["models"]] == list(MODELS)
+    for info in body["models"]:
+        spec = MODELS[info["name"]]
+        assert info["parameters"] == spec.parameters and info["title"] == spec.title
+        assert 98 < info["test_accuracy"] < 100 and 98 < info["val_accuracy"] < 100
+
+
+def test_the_accuracy_shown_is_that_of_the_shipped_weights(client, mnist):
+    images = normalize(mnist.test_images)
+    for info in client.get("/api/models").get_json()["models"]:
+        accuracy = evaluate(shipped_models()[info["name"]], images, mnist.test_labels).accuracy
+        assert round(accuracy, 2) == round(info["test_accuracy"], 2), info["name"]
+
+
+def test_modules_not_said_to_be_pretrained_get_no_accuracy():
+    fresh = create_app({"small": tinydigits.build_model("small")}, pretrained=False)
+    info = fresh.test_client().get("/api/models").get_json()["models"][0]
+    assert info["parameters"] == 5_616 and info["test_accuracy"] is None and info["val_accuracy"] is None
+
+
+@pytest.mark.parametrize("digit", sorted(DIGITS))
+def test_predict_multipart_and_json_give_the_cli_answer(client, digit):
+    png = draw_png(DIGITS[digit])
+    expected = predict_image(shipped_models()["medium"], png, top_k=10)  # what `tinydigits predict` does
+    multipart = client.post("/api/predict", data={"image": (io.BytesIO(png), "digit.png")})
+    status, as_json = post_json(client, {"image": data_url(png)})
+    assert multipart.status_code == status == 200
+    for body in (multipart.get_json(), as_json):
+        assert list(body) == ["digit", "probability", "probabilities", "model", "milliseconds",
+                              "inference_milliseconds", "image"]
+        assert body["digit"] == expected.digit == digit and body["model"] == "medium"
+        assert body["probabilities"] == [p for _, p in sorted(expected.top_k)]
+        assert abs(sum(body["probabilities"]) - 1) < 1e-4
+        assert body["probability"] == max(body["probabilities"]) == body["probabilities"][digit]
+        assert 0 < body["inference_milliseconds"] <= body["milliseconds"] < 10_000
+        # The 28x28 image the model saw, exactly the CLI's preprocessed input.
+        assert body["image"].startswith("data:image/png;base64,")
+        seen = Image.open(io.BytesIO(base64.b64decode(body["image"].split(",", 1)[1])))
+        assert seen.size == (28, 28) and seen.mode == "L"
+        assert torch.equal(torch.from_numpy(np.array(seen)), expected.image)
+
+
+def test_model_is_chosen_by_form_field_json_or_query(client):
+    png = draw_png(DIGITS[0])
+    for name in MODELS:
+        form = client.post("/api/predict", data={"image": (io.BytesIO(png), "a.png"), "model": name})
+        query = client.post(f"/api/predict?model={name.upper()}", data={"image": (io.BytesIO(png), "a.png")})
+        _, body = post_json(client, {"image": data_url(png), "model": name.capitalize()})
+        for answer in (form.get_json(), query.get_json(), body):
+            assert answer["model"] == name and answer["digit"] == 0
+
+
+def test_a_server_with_fewer_models_refuses_the_others():
+    app = create_app({"small": shipped_models()["small"]})
+    client = app.test_client()
+    assert client.get("/api/models").get_json()["default"] == "small"
+    assert post_json(client, {"image": data_url(SEVEN)})[1]["model"] == "small"
+    status, body = post_json(client, {"image": data_url(SEVEN), "model": "medium"})
+    assert status == 404 and body == {"error": "unknown model 'medium'; this server has: small"}
+
+
+def test_the_page_and_its_files_are_served_locally(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    html = page.get_data(as_text=True)
+    assert {"/static/app.js", "/static/style.css"} <= set(re.findall(r'(?:src|href)="([^"]+)"', html))
+    for path, kind in [("/static/app.js", "text/javascript"), ("/static/style.css", "text/css")]:
+        response = client.get(path)
+        assert response.status_code == 200 and response.mimetype == kind
+        text = response.get_data(as_text=True)
+        # Nothing fetched from anywhere else: no absolute URLs, no web fonts, no imports.
+        assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|@font-face|url\(", text), path
+    assert not re.search(r"(?:src|href)=\"(?:https?:)?//", html)
+    for path in ("/nope", "/apiary"):  # outside /api: an ordinary page
+        response = client.get(path)
+        assert response.status_code == 404 and response.mimetype == "text/html"
+
+
+# ------------------------------------------------------------------ errors
+
+
+def multipart(fields: dict) -> tuple[bytes, dict[str, str]]:
+    body, kind = encode_multipart(fields)
+    return body, {"Content-Type": kind}
+
+
+def upload(data: bytes, model: str | None = None) -> tuple[bytes, dict[str, str]]:
+    fields: dict = {"image": ("picture.png", data, "image/png")}
+    if model is not None:
+        fields["model"] = model
+    return multipart(fields)
+
+
+def as_json(payload) -> tuple[bytes, dict[str, str]]:
+    return json.dumps(payload).encode(), {"Content-Type": "application/json"}
+
+
+# (method, path, body and headers, status, text in the error message)
+ERROR_CASES = {
+    **{f"image_{name}": ("POST", "/api/predict", upload(make()), 422 if message == "no ink" else 400, message)
+       for name, (make, message) in BAD_INPUTS.items()},
+    "bomb_json": ("POST", "/api/predict", as_json({"image": data_url(huge_png(20000, 20000))}), 400,
+                  "too large"),
+    "too_large_upload": ("POST", "/api/predict", upload(b"\x89PNG" + bytes(MAX_UPLOAD_BYTES + 1000)), 413,
+                         "upload too large"),
+    "too_large_json": ("POST", "/api/predict", as_json({"image": "A" * (MAX_UPLOAD_BYTES + 8)}), 413,
+                       "upload too large"),
+    "no_image_field": ("POST", "/api/predict", multipart({"model": "small"}), 400, 'field "image"'),
+    "json_without_image": ("POST", "/api/predict", as_json({"model": "small"}), 400, '"image" is missing'),
+    "json_not_an_object": ("POST", "/api/predict", as_json(["image"]), 400, "not a JSON object"),
+    "json_malformed": ("POST", "/api/predict", (b'{"image": ', {"Content-Type": "application/json"}), 400,
+                       "not a JSON object"),
+    "json_image_not_text": ("POST", "/api/predict", as_json({"image": 7}), 400, "base64 data URL"),
+    "json_bad_base64": ("POST", "/api/predict", as_json({"image": "data:image/png;base64,@@@"}), 400,
+                        "not valid base64"),
+    "json_not_base64_url": ("POST", "/api/predict", as_json({"image": "data:image/png,abc"}), 400,
+                            "base64 data URL"),
+    "json_model_not_text": ("POST", "/api/predict", as_json({"image": data_url(SEVEN), "model": 3}), 400,
+                            '"model" must be a string'),
+    "json_not_an_image": ("POST", "/api/predict", as_json({"image": data_url(b"GIF89a garbage")}), 400,
+                          "not an image"),
+    "unknown_model": ("POST", "/api/predict", upload(SEVEN, "huge"), 404, "unknown model 'huge'"),
+    "unknown_model_json": ("POST", "/api/predict", as_json({"image": data_url(SEVEN), "model": "x"}), 404,
+                           "unknown model"),
+    "get_predict": ("GET", "/api/predict", (None, {}), 405, "method GET not allowed"),
+    "put_predict": ("PUT", "/api/predict", upload(SEVEN), 405, "method PUT not allowed"),
+    "post_models": ("POST", "/api/models", as_json({}), 405, "method POST not allowed"),
+    "text_body": ("POST", "/api/predict", (b"hello", {"Content-Type": "text/plain"}), 415,
+                  "unsupported content type 'text/plain'"),
+    "raw_png_body": ("POST", "/api/predict", (SEVEN, {"Content-Type": "image/png"}), 415,
+                     "unsupported content type"),
+    "no_content_type": ("POST", "/api/predict", (SEVEN, {}), 415, "unsupported content type"),
+    "form_urlencoded": ("POST", "/api/predict", (b"image=abc", {"Content-Type":
+                                                               "application/x-www-form-urlencoded"}), 415,
+                        "unsupported content type"),
+    "unknown_route": ("GET", "/api/nothing/here", (None, {}), 404, "no such API endpoint: /api/nothing/here"),
+    "api_root": ("GET", "/api", (None, {}), 404, "no such API endpoint"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_bad_requests_get_json_errors_and_the_server_keeps_serving(live, case):
+    method, path, (body, headers), status, message = ERROR_CASES[case]
+    got, answer_headers, answer = request(live.url, method, path, body, headers)
+    assert got == status, answer
+    assert answer_headers["content-type"] == "application/json"
+    error = json.loads(answer)
+    assert list(error) == ["error"] and message in error["error"]
+    assert "\n" not in error["error"] and "Traceback" not in error["error"]
+    if status == 405:
+        assert answer_headers["allow"]
+    # ... and the next request is answered normally.
+    status, _, good = request(live.url, "POST", "/api/predict", *upload(SEVEN))
+    assert status == 200 and json.loads(good)["digit"] == 7
+
+
+def test_an_unexpected_failure_is_a_json_500_without_traceback(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(serve_module, "classify", broken)
+    client = create_app({"medium": shipped_models()["medium"]}).test_client()
+    status, body = post_json(client, {"image": data_url(SEVEN)})
+    assert status == 500 and body == {"error": "internal error"}
+    assert "secret internal detail" in caplog.text  # logged on the server, not sent
+
+
+def test_same_answers_over_keep_alive_from_the_load_test_client(live):
+    """The load test's request bodies are valid API requests."""
+    sample = Sample(7, SEVEN)
+    for body, kind in (sample.multipart("small"), sample.json("ultrasmall")):
+        status, _, answer = request(live.url, "POST", "/api/predict", body, {"Content-Type": kind})
+        assert status == 200 and json.loads(answer)["digit"] == 7
+
+
+# ------------------------------------------------------------------ the command
+
+
+def test_serve_command_starts_answers_and_stops_on_ctrl_c():
+    with ServerProcess(["small", "ultrasmall"], server_threads=2, torch_threads=1) as server:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", server.url)
+        status, _, body = request(server.url, "GET", "/api/models")
+        assert status == 200 and [m["name"] for m in json.loads(body)["models"]] == ["small", "ultrasmall"]
+        status, _, body = request(server.url, "POST", "/api/predict", *upload(SEVEN))
+        assert status == 200 and json.loads(body)["model"] == "small"
+    assert server.process.returncode == 0  # SIGINT, as Ctrl-C: a clean stop
+    assert "Traceback" not in server.stderr()
+
+
+def test_serve_command_reports_a_busy_port():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["serve", "--port", str(port), "--models", "small"])
+    assert result.exit_code == 1
+    assert f"Error: cannot serve on 127.0.0.1:{port}" in result.output + result.stderr

@@ -1,0 +1,49 @@
+"""The models table is computed, and the README shows exactly what `tinydigits table` prints."""
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tinydigits.cli import main
+from tinydigits.models import MODELS
+from tinydigits.pretrained import get_weights
+from tinydigits.reproduce import load_results
+from tinydigits.table import README_END, README_START, models_table, readme_table, update_readme
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_table_is_the_table_command_output():
+    result = CliRunner().invoke(main, ["table", "--results-dir", str(ROOT / "results")])
+    assert result.exit_code == 0, result.output
+    assert readme_table((ROOT / "README.md").read_text()) == result.output, (
+        "README table is stale: run `tinydigits table --update-readme README.md`")
+
+
+def test_table_rows_carry_the_measured_figures():
+    table = models_table(ROOT / "results")
+    rows = table.splitlines()[2:]
+    assert len(rows) == len(MODELS)
+    for row, (name, spec) in zip(rows, MODELS.items(), strict=True):
+        weights = get_weights(name)
+        ours = load_results(name, root=ROOT / "results")
+        reference = load_results(name, "reference", root=ROOT / "results")
+        assert row.startswith(f"| {spec.title} | {spec.parameters:,} | {weights.file_bytes:,} B")
+        assert f"{weights.test_accuracy:.2f}% (seed {weights.meta['seed']})" in row
+        assert f"{ours['test_accuracy']['mean']:.2f} ± {ours['test_accuracy']['std']:.2f}% (5 seeds)" in row
+        assert f"{reference['test_accuracy']['mean']:.2f}" in row and reference["seeds"] >= 3
+        assert f"tinydigits reproduce --model {name} --seeds 5" in row
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n{README_START}\nold table\n{README_END}\nafter\n")
+    assert update_readme(readme, "| new |\n") is True
+    assert readme.read_text() == f"# Title\n\nbefore\n{README_START}\n| new |\n{README_END}\nafter\n"
+    assert update_readme(readme, "| new |\n") is False
+
+
+def test_readme_without_markers_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no models-table markers"):
+        readme_table("# no table here\n")

@@ -1,0 +1,258 @@
+"""The web demo in a real browser: Debian's Chromium, headless, driven by Playwright.
+
+Digits are drawn with mouse strokes (and, at phone size, with a finger through touch
+events), the page's answer and probability bars are checked, a photo is uploaded, and
+every request the page makes must stay on 127.0.0.1. Set TINYDIGITS_SCREENSHOT=1 to
+also refresh docs/web-demo.png, the README's screenshot.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from test_preprocess import on_paper
+from web_helpers import DIGITS, Stroke, shipped_models
+
+from tinydigits.predict import predict_image
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package (scripts/setup.sh); Playwright's own builds do not run here
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "web-demo.png"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")
+sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("flask")
+
+
+@pytest.fixture(scope="module")
+def live():
+    from tinydigits.serve import BackgroundServer, create_app
+
+    server = BackgroundServer(create_app(shipped_models()))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+class Page:
+    """A page of the demo, recording every request it makes and every script error."""
+
+    def __init__(self, browser, live, **context_options) -> None:
+        self.context = browser.new_context(**context_options)
+        self.page = self.context.new_page()
+        self.origin = urlsplit(live.url)
+        self.requests: list[str] = []
+        self.blocked: list[str] = []
+        self.errors: list[str] = []
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        # A 4xx answer is logged by Chromium as "Failed to load resource"; anything else
+        # (a script error, a Content-Security-Policy violation) is a failure.
+        self.page.on("console", lambda m: m.type == "error" and "Failed to load resource" not in m.text
+                     and self.errors.append(m.text))
+        self.page.route("**/*", self._only_local)
+        self.page.goto(live.url)
+        self.page.wait_for_selector("body[data-ready=true]")
+
+    def _local(self, url: str) -> bool:
+        parts = urlsplit(url)
+        return parts.scheme in ("data", "blob") or (parts.hostname == "127.0.0.1"
+                                                    and parts.port == self.origin.port)
+
+    def _only_local(self, route) -> None:
+        if self._local(route.request.url):
+            route.continue_()
+        else:  # never let it out, and fail the test afterwards
+            self.blocked.append(route.request.url)
+            route.abort()
+
+    def check_stayed_local(self) -> None:
+        assert any("/api/predict" in url for url in self.requests)  # the listener did see the traffic
+        assert self.blocked == [] and [u for u in self.requests if not self._local(u)] == []
+        assert self.errors == []
+
+    # ------------------------------------------------------------ actions
+
+    def points(self, stroke: Stroke) -> list[tuple[float, float]]:
+        box = self.page.locator("#pad").bounding_box()
+        return [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
+
+    def draw(self, strokes: list[Stroke]) -> None:
+        mouse = self.page.mouse
+        for stroke in strokes:
+            first, *rest = self.points(stroke)
+            mouse.move(*first)
+            mouse.down()
+            for point in rest:
+                mouse.move(*point, steps=6)
+            mouse.up()
+
+    def idle(self) -> None:
+        """Wait until no prediction is pending or in flight."""
+        # A function, not an expression string: the page's Content-Security-Policy forbids eval.
+        self.page.wait_for_function("() => document.body.dataset.busy === 'false'")
+
+    def cards(self) -> list[dict]:
+        """Each model's answer as shown: model, digit, and the bars' probabilities and widths."""
+        return self.page.eval_on_selector_all("#results .card", """cards => cards.map(card => ({
+            model: card.dataset.model,
+            digit: card.querySelector('.digit').textContent,
+            time: card.querySelector('.time').textContent,
+            bars: [...card.querySelectorAll('.bars li')].map(li => ({
+                digit: Number(li.dataset.digit), p: Number(li.dataset.p), top: li.classList.contains('top'),
+                width: li.querySelector('.fill').getBoundingClientRect().width,
+                track: li.querySelector('.track').getBoundingClientRect().width}))}))""")
+
+    def check_reads(self, digit: int, models: int = 1) -> list[dict]:
+        cards = self.cards()
+        assert len(cards) == models
+        for card in cards:
+            assert card["digit"] == str(digit), card
+            bars = card["bars"]
+            assert [b["digit"] for b in bars] == list(range(10))
+            assert abs(sum(b["p"] for b in bars) - 1) < 1e-3
+            top = max(bars, key=lambda b: b["p"])
+            assert top["digit"] == digit and top["top"] and [b["top"] for b in bars].count(True) == 1
+            assert top["p"] > 0.5 and top["width"] > 0.5 * top["track"]  # the bar is drawn to scale
+            assert all(b["width"] <= top["width"] for b in bars)
+            assert "ms on the server" in card["time"]
+        seen = self.page.locator("#seen")
+        assert seen.is_visible() and seen.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [28, 28]
+        return cards
+
+
+@pytest.fixture
+def page(browser, live) -> Iterator[Page]:
+    # Reduced motion: no bar transitions, so widths are final once an answer is shown.
+    demo = Page(browser, live, viewport={"width": 1280, "height": 820}, reduced_motion="reduce")
+    yield demo
+    demo.check_stayed_local()
+    demo.context.close()
+
+
+def test_digits_drawn_with_the_mouse_are_read_as_you_draw(page):
+    p = page.page
+    assert p.locator("#results .digit").inner_text() == "\u2013"  # nothing yet
+    # The 1, slowly: the answer appears while the button is still down.
+    first, middle, last = page.points(DIGITS[1][0])
+    p.mouse.move(*first)
+    p.mouse.down()
+    p.mouse.move(*middle, steps=10)
+    p.wait_for_function("() => document.querySelector('#results .digit').textContent !== '\u2013'")
+    p.mouse.move(*last, steps=10)
+    p.mouse.up()
+    page.idle()
+    page.check_reads(1)
+    for digit in (7, 0):
+        p.get_by_role("button", name="Clear").click()
+        assert p.locator("#results .digit").inner_text() == "\u2013" and not p.locator("#seen").is_visible()
+        page.draw(DIGITS[digit])
+        page.idle()
+        page.check_reads(digit)
+    predictions = [u for u in page.requests if u.endswith("/api/predict")]
+    assert len(predictions) > 3  # more than one per digit: it reads as you draw
+
+
+def test_all_three_models_side_by_side_undo_and_screenshot(page, tmp_path):
+    p = page.page
+    labels = [t.strip() for t in p.locator("#models label").all_inner_texts()]
+    assert labels == ["Medium", "Small", "UltraSmall", "All three"]
+    p.get_by_label("All three").check()
+    page.draw(DIGITS[7])
+    page.idle()
+    before = page.check_reads(7, models=3)
+    assert [c["model"] for c in before] == ["medium", "small", "ultrasmall"]
+    page.draw([[(0.15, 0.9), (0.85, 0.9)]])  # an extra stroke ...
+    page.idle()
+    p.get_by_role("button", name="Undo").click()  # ... undone: the same picture, the same answers
+    page.idle()
+    after = page.check_reads(7, models=3)
+    assert [[b["p"] for b in c["bars"]] for c in after] == [[b["p"] for b in c["bars"]] for c in before]
+    p.get_by_label("Small", exact=True).check()
+    page.idle()
+    page.check_reads(7, models=1)
+    p.get_by_label("All three").check()
+    page.idle()
+    page.check_reads(7, models=3)
+
+    shot = tmp_path / "web-demo.png"
+    p.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("TINYDIGITS_SCREENSHOT"):
+        shutil.copyfile(shot, SCREENSHOT)
+    # Undo down to nothing: back to the empty state.
+    p.get_by_role("button", name="Undo").click()
+    page.idle()
+    assert [c["digit"] for c in page.cards()] == ["\u2013"] * 3
+
+
+def test_uploading_a_photo(page, mnist, tmp_path):
+    p = page.page
+    medium = shipped_models()["medium"]
+    for index in range(20):  # a photo the model reads right in-process
+        photo = tmp_path / f"digit-{index}.jpg"
+        on_paper(mnist.test_images[index]).convert("RGB").save(photo, quality=85)
+        label = int(mnist.test_labels[index])
+        if predict_image(medium, photo).digit == label:
+            break
+    p.locator("#file").set_input_files(str(photo))
+    page.idle()
+    page.check_reads(label)
+    assert p.locator("#photo").is_visible() and photo.name in p.locator("#message").inner_text()
+
+    bad = tmp_path / "notes.png"
+    bad.write_text("not a picture")
+    p.locator("#file").set_input_files(str(bad))
+    page.idle()
+    assert "not an image" in p.locator("#message").inner_text()
+    assert p.locator("#results .digit").inner_text() == "\u2013"
+    page.draw(DIGITS[1])  # drawing replaces the photo, and the page carries on
+    page.idle()
+    page.check_reads(1)
+    assert not p.locator("#photo").is_visible()
+
+
+def test_phone_layout_and_drawing_with_a_finger(browser, live):
+    demo = Page(browser, live, viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                is_mobile=True, has_touch=True, reduced_motion="reduce")
+    try:
+        p = demo.page
+        assert p.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scroll
+        pad = p.locator("#pad").bounding_box()
+        results = p.locator("#results").bounding_box()
+        assert pad["x"] >= 0 and pad["x"] + pad["width"] <= 390 and pad["width"] > 250
+        assert results["y"] > pad["y"] + pad["height"]  # one column: the answer below the pad
+        # Real touch input (Pointer Events of type "touch"), through the DevTools protocol.
+        cdp = demo.context.new_cdp_session(p)
+        for stroke in DIGITS[7]:
+            first, *rest = demo.points(stroke)
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": first[0],
+                                                                                        "y": first[1]}]})
+            previous = first
+            for point in rest:
+                for k in range(1, 7):
+                    x = previous[0] + (point[0] - previous[0]) * k / 6
+                    y = previous[1] + (point[1] - previous[1]) * k / 6
+                    cdp.send("Input.dispatchTouchEvent", {"type": "touchMove",
+                                                          "touchPoints": [{"x": x, "y": y}]})
+                previous = point
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        demo.idle()
+        demo.check_reads(7)
+        assert p.evaluate("window.scrollY") == 0  # drawing did not scroll the page
+        demo.check_stayed_local()
+    finally:
+        demo.context.close()
