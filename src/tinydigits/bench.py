@@ -1,0 +1,890 @@
+"""``tinydigits bench``: training and inference speed on this machine, as docs/BENCHMARKS.md.
+
+Every number in the report comes from a measurement taken by the same run; the raw figures
+go to ``benchmarks.json`` beside it. Training throughput is measured on three rungs, all on
+the same model, batch 128:
+
+(a) reference-style: a torch ``Dataset`` rotating each image with PIL and converting it to
+    a normalized tensor, a shuffling ``DataLoader`` (num_workers=0), SGD; the way the
+    reference notebooks train (torchvision's RandomRotation + ToTensor + Normalize, written out);
+(b) :func:`tinydigits.train.train_one_epoch` with the model in NCHW (contiguous) layout:
+    in-memory tensors, batched :func:`tinydigits.augment.random_affine`;
+(c) the same with the model in channels_last, which is what ``tinydigits train`` runs.
+
+Peak memory is measured in fresh subprocesses (``python -m tinydigits.bench --child
+train|infer``) so that no measurement inherits another's peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from . import data
+from .augment import random_affine
+from .checkpoint import load_model
+from .evaluate import evaluate, evaluate_log_probs
+from .export import (
+    ExportError,
+    calibration_subset,
+    export_onnx,
+    export_onnx_int8,
+    export_torchscript,
+    fold_batchnorm,
+)
+from .models import MODELS, build_model, get_spec
+from .recipes import Recipe, get_recipe
+from .runtime import select_device, set_threads
+from .train import BACKGROUND, make_optimizer, make_schedule, train, train_one_epoch
+
+__all__ = [
+    "FULL", "QUICK", "ReferenceStyleDataset", "Settings", "command_line", "count_flops", "machine_info",
+    "matmul_peak", "render_markdown", "resolve_threads", "run_benchmark", "write_report",
+]
+
+BATCH = 128
+TARGET_ACCURACY = 99.40  # percent, final test accuracy of MNIST-Medium
+REFERENCE_ROTATION = 5.0  # degrees: the notebooks' RandomRotation where the recipe sets none
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much to measure: :data:`FULL` for the report, :data:`QUICK` for smoke tests."""
+
+    windows: int = 5  # timed windows per training figure; the median is reported
+    window_batches: int = 40  # batches of 128 per window
+    warmup_windows: int = 1
+    infer_images: int = 10_000  # test images for inference throughput and accuracy
+    infer_batch_sizes: tuple[int, ...] = (1000, 10_000)
+    infer_repeats: int = 5  # timed passes over the images per batch size; the median is reported
+    latency_calls: int = 2000
+    latency_warmup: int = 200
+    matmul_size: int = 2048
+    calibration_images: int = 2000  # for the int8 export, as `tinydigits export --int8`
+    tta_train_images: int | None = None  # None: all; else a subset, for smoke tests only
+    tta_epochs: int | None = None  # None: the recipes' own
+
+
+FULL = Settings()
+QUICK = Settings(windows=2, window_batches=2, infer_images=1000, infer_batch_sizes=(250, 1000),
+                 infer_repeats=1, latency_calls=20, latency_warmup=5, matmul_size=256,
+                 calibration_images=200, tta_train_images=2500, tta_epochs=1)
+
+
+def resolve_threads(threads: int | None = None) -> int:
+    """``threads``, else $TINYDIGITS_THREADS, else 2 (the project machine's core count)."""
+    if threads is None:
+        threads = int(os.environ.get("TINYDIGITS_THREADS") or 2)
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    return threads
+
+
+def _sync(device: torch.device) -> None:
+    # CUDA runs asynchronously: without this a timer would measure only the kernel launches.
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------ machine
+
+
+def _proc_field(path: str, key: str) -> str | None:
+    """The value of the first ``key: value`` line of a /proc file; None where there is none."""
+    with contextlib.suppress(OSError):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
+    """What the figures depend on: CPU, cores, library versions, threads, the GPU if used."""
+    try:
+        import onnxruntime
+
+        ort_version: str | None = onnxruntime.__version__
+    except ImportError:
+        ort_version = None
+    return {
+        "cpu": _proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        # On a GPU, TF32 (if allowed) makes "float32" convolutions and matmuls faster and less exact.
+        "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+        if device.type == "cuda" else None,
+        "device": str(device),
+        "threads": threads,
+        "torch": torch.__version__,
+        "onnxruntime": ort_version,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        # Other work on the machine skews every figure; the load average shows whether there was any.
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+# -------------------------------------------------------------------------- limit
+
+
+def count_flops(model_name: str, batch: int = 16) -> dict[str, float]:
+    """FLOPs per image of a forward pass and of a training step (forward + backward), as
+    counted by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(model_name, dropout=0.0)
+    images, targets = torch.zeros(batch, 1, 28, 28), torch.zeros(batch, dtype=torch.long)
+    model.eval()
+    with FlopCounterMode(display=False) as forward, torch.no_grad():
+        model(images)
+    model.train()
+    with FlopCounterMode(display=False) as step:
+        F.nll_loss(model(images), targets).backward()
+    return {"forward": forward.get_total_flops() / batch, "train_step": step.get_total_flops() / batch}
+
+
+def matmul_peak(size: int, device: torch.device, repeats: int = 10) -> dict[str, Any]:
+    """The measured (not theoretical) float32 peak: the best of ``repeats`` size x size matmuls."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    out = torch.mm(a, b)  # warm-up, and the output buffer
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return {"size": size, "repeats": repeats, "gflop_per_s": 2 * size**3 / min(times) / 1e9,
+            "median_gflop_per_s": 2 * size**3 / statistics.median(times) / 1e9}
+
+
+# -------------------------------------------------------------- training throughput
+
+
+class ReferenceStyleDataset(torch.utils.data.Dataset):
+    """MNIST as the reference notebooks feed it: per sample, a PIL image rotated by
+    U(-degrees, degrees) (nearest neighbour, fill 0), then ToTensor and Normalize, written out."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, degrees: float = REFERENCE_ROTATION):
+        self.images = images.numpy()
+        self.labels = labels.tolist()
+        self.degrees = degrees
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = Image.fromarray(self.images[index])
+        angle = float(torch.empty(1).uniform_(-self.degrees, self.degrees))  # as torchvision draws it
+        image = image.rotate(angle, resample=Image.Resampling.NEAREST, fillcolor=0)
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).unsqueeze(0)
+        return (pixels.float().div(255) - data.MEAN) / data.STD, self.labels[index]
+
+
+def _cycle(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
+    while True:
+        yield from loader
+
+
+def time_windows(run_window: Callable[[], int], device: torch.device, settings: Settings) -> dict[str, Any]:
+    """Images/s of each timed window after the warm-up ones, and their median.
+    ``run_window`` processes one window and returns how many images it saw."""
+    for _ in range(settings.warmup_windows):
+        run_window()
+    rates = []
+    for _ in range(settings.windows):
+        _sync(device)
+        start = time.perf_counter()
+        count = run_window()
+        _sync(device)
+        rates.append(count / (time.perf_counter() - start))
+    return {"images_per_s": statistics.median(rates), "windows": rates}
+
+
+def _reference_window(name: str, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                      settings: Settings, pipeline_only: bool = False) -> Callable[[], int]:
+    degrees = get_recipe(name, "reference").rotation or REFERENCE_ROTATION
+    loader = torch.utils.data.DataLoader(ReferenceStyleDataset(images, labels, degrees), batch_size=BATCH,
+                                         shuffle=True, num_workers=0)
+    batches = _cycle(loader)
+    # The trainer's model (dropout from the default recipe), so only the loop differs.
+    model = build_model(name, dropout=get_recipe(name).dropout).to(device)
+    optimizer = make_optimizer(model.parameters(), get_recipe(name, "reference"))  # SGD, momentum 0.9
+
+    def run() -> int:
+        model.train()
+        seen = correct = 0
+        for _ in range(settings.window_batches):
+            batch, targets = next(batches)
+            seen += len(targets)
+            if pipeline_only:
+                continue
+            batch, targets = batch.to(device), targets.to(device)
+            optimizer.zero_grad()
+            output = model(batch)
+            loss = F.nll_loss(output, targets)
+            loss.backward()
+            optimizer.step()
+            correct += output.argmax(dim=1).eq(targets).sum().item()  # per step, as the notebooks do
+        return seen
+
+    return run
+
+
+def _trainer_window(name: str, images: torch.Tensor, labels: torch.Tensor, settings: Settings,
+                    channels_last: bool = True) -> Callable[[], int]:
+    """One window = one ``train_one_epoch`` over ``images`` (already normalized, on the device)."""
+    recipe = get_recipe(name).replace(batch_size=BATCH, epochs=settings.warmup_windows + settings.windows)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    # For 1-channel input the batch's channels_last conversion in train_one_epoch changes nothing,
+    # so a model kept contiguous runs the whole network in NCHW: rung (b).
+    model = build_model(name, dropout=recipe.dropout).to(images.device, memory_format=layout)
+    optimizer = make_optimizer(model.parameters(), recipe)
+    schedule = make_schedule(optimizer, recipe, steps_per_epoch=-(-len(images) // BATCH))
+    generator = torch.Generator(device=images.device).manual_seed(0)
+
+    def run() -> int:
+        train_one_epoch(model, optimizer, schedule, images, labels, recipe, generator)
+        return len(images)
+
+    return run
+
+
+def _augment_window(name: str, images: torch.Tensor, settings: Settings) -> Callable[[], int]:
+    """The trainer's batched augmentation alone, on the same batches."""
+    recipe = get_recipe(name)
+    generator = torch.Generator(device=images.device).manual_seed(0)
+
+    def run() -> int:
+        for start in range(0, len(images), BATCH):
+            random_affine(images[start : start + BATCH], degrees=recipe.rotation, translate=recipe.translate,
+                          scale=recipe.scale, background=BACKGROUND, generator=generator)
+        return len(images)
+
+    return run
+
+
+def training_throughput(name: str, mnist: data.MNIST, device: torch.device, settings: Settings,
+                        log: Log) -> dict[str, Any]:
+    """The ladder (a) -> (b) -> (c) for one model, plus each input pipeline alone."""
+    count = settings.window_batches * BATCH
+    raw_images, raw_labels = mnist.train_images[:count], mnist.train_labels[:count]
+    images, labels = data.normalize(raw_images).to(device), raw_labels.to(device)
+    rungs = {
+        "reference": lambda: _reference_window(name, raw_images, raw_labels, device, settings),
+        "tensors_nchw": lambda: _trainer_window(name, images, labels, settings, channels_last=False),
+        "trainer": lambda: _trainer_window(name, images, labels, settings, channels_last=True),
+        "reference_pipeline_only": lambda: _reference_window(name, raw_images, raw_labels, device, settings,
+                                                             pipeline_only=True),
+        "augmentation_only": lambda: _augment_window(name, images, settings),
+    }
+    result: dict[str, Any] = {
+        "rotation_reference": get_recipe(name, "reference").rotation or REFERENCE_ROTATION,
+        "images_per_window": count,
+    }
+    for key, make in rungs.items():
+        log(f"training throughput: {name} {key}")
+        result[key] = time_windows(make(), device, settings)
+    return result
+
+
+def thread_effect(name: str, mnist: data.MNIST, threads: int, settings: Settings, log: Log) -> dict[str, Any]:
+    """The trainer's throughput at 1, 2 and ``threads`` CPU threads."""
+    count = settings.window_batches * BATCH
+    images, labels = data.normalize(mnist.train_images[:count]), mnist.train_labels[:count]
+    rates = {}
+    try:
+        for n in sorted({1, 2, threads}):
+            set_threads(n)
+            log(f"training throughput: {name} trainer, {n} thread(s)")
+            rates[str(n)] = time_windows(_trainer_window(name, images, labels, settings), torch.device("cpu"),
+                                         settings)
+    finally:
+        set_threads(threads)
+    return {"model": name, "by_threads": rates}
+
+
+# ---------------------------------------------------------------- time to accuracy
+
+
+def _smoke_slice(mnist: data.MNIST, recipe: Recipe, count: int | None) -> tuple[data.MNIST, Recipe]:
+    """With ``count`` (smoke tests only), the first ``count`` training images and a validation split
+    that fits them; else both unchanged."""
+    if not count:
+        return mnist, recipe
+    sliced = data.MNIST(mnist.train_images[:count], mnist.train_labels[:count], mnist.test_images,
+                        mnist.test_labels)
+    return sliced, recipe.replace(val_size=min(recipe.val_size, count // 5))
+
+
+def time_to_accuracy(mnist: data.MNIST, device: torch.device, threads: int, settings: Settings,
+                     log: Log) -> dict[str, Any]:
+    """MNIST-Medium trained to the end with the default and with the reference recipe, each a
+    whole ``tinydigits.train.train`` call timed from outside."""
+    result: dict[str, Any] = {"model": "medium", "target_accuracy": TARGET_ACCURACY}
+    for kind in ("default", "reference"):
+        run_data, recipe = _smoke_slice(mnist, get_recipe("medium", kind), settings.tta_train_images)
+        recipe = recipe.replace(epochs=settings.tta_epochs or recipe.epochs)
+        log(f"time to accuracy: medium, {kind} recipe, {recipe.epochs} epochs")
+        with tempfile.TemporaryDirectory(prefix="tinydigits-bench-") as tmp:
+            start = time.perf_counter()
+            run = train("medium", recipe, mnist=run_data, run_dir=Path(tmp) / "run", device=str(device),
+                        threads=threads, progress=False, log=lambda _line: None)
+            wall = time.perf_counter() - start
+        accuracy = run.test["accuracy"] if run.test else float("nan")
+        result[kind] = {"epochs": recipe.epochs, "wall_s": wall, "train_s": run.seconds,
+                        "test_accuracy": accuracy, "reached": accuracy >= TARGET_ACCURACY,
+                        "recipe": recipe.to_dict()}
+    result["reference_over_default"] = result["reference"]["wall_s"] / result["default"]["wall_s"]
+    return result
+
+
+# ----------------------------------------------------------------------- inference
+
+
+@dataclass
+class Backend:
+    """One way of running a model: a batch in, log-probabilities out."""
+
+    name: str
+    run: Callable[[Any], Any]  # one batch (as ``prepare`` made it) -> log-probabilities
+    prepare: Callable[[torch.Tensor], Any]  # normalized CPU images -> what ``run`` takes
+    to_tensor: Callable[[Any], torch.Tensor]  # what ``run`` returns -> CPU tensor
+    single: Callable[[], Any]  # one batch-1 call on a preallocated input
+
+
+def _torch_backend(name: str, module: nn.Module, device: torch.device, first: torch.Tensor) -> Backend:
+    module = module.to(device).eval()
+    one = first.to(device)
+    return Backend(name, module, lambda x: x.to(device), lambda y: y.float().cpu(), lambda: module(one))
+
+
+def _ort_backend(name: str, path: Path, threads: int, first: torch.Tensor) -> Backend:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+    # Batch 1 through IOBinding on preallocated buffers: no per-call allocation or dict building.
+    one = ort.OrtValue.ortvalue_from_numpy(first.numpy().copy())
+    out = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 10), dtype=np.float32))
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(input_name, one)
+    binding.bind_ortvalue_output(output_name, out)
+    return Backend(name, lambda x: session.run([output_name], {input_name: x})[0], lambda x: x.numpy(),
+                   torch.from_numpy, lambda: session.run_with_iobinding(binding))
+
+
+def inference_backends(name: str, mnist: data.MNIST, device: torch.device, threads: int,
+                       settings: Settings, workdir: Path) -> tuple[list[Backend], list[dict[str, str]]]:
+    """Every backend for the shipped weights of ``name``, and the ones skipped (with why)."""
+    model = load_model(name, pretrained=True)  # on the CPU: folding and exporting work there
+    first = data.normalize(mnist.test_images[:1])
+    folded = fold_batchnorm(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
+        scripted = torch.jit.load(str(export_torchscript(model, workdir / f"{name}.pt")), map_location=device)
+        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(scripted.eval()))
+    skipped, onnx_backends = [], []
+    if device.type != "cpu":
+        skipped.append({"backend": "ONNX Runtime fp32 and int8", "why": "CPU-only, not run on a GPU"})
+    else:
+        try:
+            fp32 = export_onnx(model, workdir / f"{name}.onnx")
+            calibration = calibration_subset(mnist.train_images, settings.calibration_images)
+            int8 = export_onnx_int8(model, workdir / f"{name}-int8.onnx", calibration)
+            onnx_backends = [_ort_backend("ONNX Runtime fp32", fp32, threads, first),
+                             _ort_backend("ONNX Runtime int8", int8, threads, first)]
+        except (ExportError, ImportError) as err:
+            skipped.append({"backend": "ONNX Runtime fp32 and int8", "why": str(err)})
+    # Moved to the device only now (Module.to works in place): folding and exporting need the CPU model.
+    backends = [_torch_backend("PyTorch eager", model, device, first),
+                _torch_backend("PyTorch eager, BatchNorm folded", folded, device, first),
+                _torch_backend("TorchScript, frozen", frozen, device, first), *onnx_backends]
+    return backends, skipped
+
+
+@torch.inference_mode()
+def measure_backend(backend: Backend, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                    settings: Settings) -> dict[str, Any]:
+    """Throughput over ``images`` at each batch size (with the accuracy of those outputs), and
+    batch-1 latency."""
+    inputs = backend.prepare(images)  # on the device (or as numpy) before any timing
+    by_batch = {}
+    for batch in settings.infer_batch_sizes:
+        batch = min(batch, len(images))
+
+        def one_pass(batch: int = batch) -> list[Any]:
+            return [backend.run(inputs[i : i + batch]) for i in range(0, len(images), batch)]
+
+        outputs = one_pass()  # warm-up; its outputs are the ones checked
+        _sync(device)
+        log_probs = torch.cat([backend.to_tensor(o) for o in outputs])
+        times = []
+        for _ in range(settings.infer_repeats):
+            start = time.perf_counter()
+            one_pass()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        by_batch[str(batch)] = {"images_per_s": len(images) / statistics.median(times),
+                                "accuracy": evaluate_log_probs(log_probs, labels).accuracy}
+    best = max(by_batch, key=lambda b: by_batch[b]["images_per_s"])
+    for _ in range(settings.latency_warmup):
+        backend.single()
+    _sync(device)
+    latencies = []
+    for _ in range(settings.latency_calls):
+        start = time.perf_counter()
+        backend.single()
+        _sync(device)
+        latencies.append((time.perf_counter() - start) * 1e6)
+    return {"backend": backend.name, "by_batch": by_batch, "best_batch": int(best),
+            "images_per_s": by_batch[best]["images_per_s"], "accuracy": by_batch[best]["accuracy"],
+            "latency_us_median": statistics.median(latencies),
+            "latency_us_p99": float(np.percentile(latencies, 99))}
+
+
+def inference(name: str, mnist: data.MNIST, device: torch.device, threads: int, settings: Settings,
+              log: Log) -> dict[str, Any]:
+    images = data.normalize(mnist.test_images[: settings.infer_images])
+    labels = mnist.test_labels[: settings.infer_images]
+    with tempfile.TemporaryDirectory(prefix="tinydigits-bench-") as tmp:
+        log(f"inference: {name}, exporting")
+        backends, skipped = inference_backends(name, mnist, device, threads, settings, Path(tmp))
+        rows = []
+        for backend in backends:
+            log(f"inference: {name}, {backend.name}")
+            rows.append(measure_backend(backend, images, labels, device, settings))
+    return {"images": len(images), "backends": rows, "skipped": skipped}
+
+
+# -------------------------------------------------------------------------- memory
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak resident set size in KiB: VmHWM, which exec resets. Not ru_maxrss first: on
+    Linux that keeps the parent's peak across fork + exec, so a child would report the bench's own."""
+    hwm = _proc_field("/proc/self/status", "VmHWM")
+    if hwm is not None:
+        return int(hwm.split()[0])
+    import resource  # POSIX only
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # elsewhere: KiB, or bytes on macOS
+    return peak // 1024 if sys.platform == "darwin" else peak
+
+
+def child_peak_memory(kind: str, name: str, device: str, threads: int, quick: bool,
+                      data_dir: str | Path | None) -> dict[str, Any]:
+    """Run in a fresh process (``--child``): train one epoch, or run inference, and return the
+    process's peak memory."""
+    set_threads(threads)
+    dev = select_device(device)
+    after_imports = _peak_rss_kib()
+    mnist = data.load_mnist(data_dir)
+    if kind == "train":
+        mnist, recipe = _smoke_slice(mnist, get_recipe(name).replace(epochs=1),
+                                     QUICK.tta_train_images if quick else None)
+        with tempfile.TemporaryDirectory(prefix="tinydigits-bench-") as tmp:
+            train(name, recipe, mnist=mnist, run_dir=Path(tmp) / "run", device=str(dev), threads=threads,
+                  progress=False, log=lambda _line: None)
+    elif kind == "infer":
+        count = (QUICK if quick else FULL).infer_images
+        evaluate(load_model(name, pretrained=True, device=dev), data.normalize(mnist.test_images[:count]),
+                 mnist.test_labels[:count], batch_size=1000)
+    else:
+        raise ValueError(f"unknown child kind {kind!r}; choose train or infer")
+    result: dict[str, Any] = {"kind": kind, "model": name, "after_imports_kib": after_imports,
+                              "peak_kib": _peak_rss_kib()}
+    if dev.type == "cuda":
+        result["cuda_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)
+    return result
+
+
+def peak_memory(kind: str, name: str, device: torch.device, threads: int, quick: bool,
+                data_dir: str | Path | None, log: Log) -> dict[str, Any]:
+    """:func:`child_peak_memory` in a fresh ``python -m tinydigits.bench --child`` process."""
+    command = [sys.executable, "-m", "tinydigits.bench", "--child", kind, "--model", name,
+               "--device", str(device), "--threads", str(threads)]
+    command += ["--quick"] if quick else []
+    command += ["--data-dir", str(data_dir)] if data_dir else []
+    log(f"peak memory: {name} {kind} (subprocess)")
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"the {kind} memory measurement failed (exit {proc.returncode}): "
+                           f"{proc.stderr.strip()[-1000:]}")
+    return json.loads(lines[-1])
+
+
+# ----------------------------------------------------------------------- one run
+
+
+def run_benchmark(models: Sequence[str] | None = None, *, device: str | None = None,
+                  threads: int | None = None, quick: bool = False, time_to_accuracy_too: bool = True,
+                  data_dir: str | Path | None = None,
+                  log: Log = lambda line: print(line, file=sys.stderr)) -> dict[str, Any]:
+    """Every measurement, as one JSON-able dict (what :func:`write_report` writes)."""
+    names = [get_spec(n).name for n in (models or MODELS)]
+    threads = resolve_threads(threads)
+    dev = select_device(device)
+    before = torch.get_num_threads()
+    try:
+        set_threads(threads)
+        return _measure_all(names, dev, threads, quick, time_to_accuracy_too, data_dir, log) | {
+            "options": {"device": device, "time_to_accuracy": time_to_accuracy_too}}
+    finally:
+        torch.set_num_threads(before)  # a library call leaves the process as it found it
+
+
+def _measure_all(names: list[str], dev: torch.device, threads: int, quick: bool, time_to_accuracy_too: bool,
+                 data_dir: str | Path | None, log: Log) -> dict[str, Any]:
+    settings = QUICK if quick else FULL
+    mnist = data.load_mnist(data_dir)
+    results: dict[str, Any] = {
+        "machine": machine_info(dev, threads), "quick": quick, "models": names, "settings": asdict(settings),
+    }
+    results["flops"] = {name: count_flops(name) for name in names}
+    # A GPU needs a much larger matmul than a CPU to approach its peak.
+    size = settings.matmul_size if dev.type == "cpu" else max(settings.matmul_size, 8192)
+    log(f"matmul peak ({size}x{size} float32)")
+    results["peak"] = matmul_peak(size, dev)
+    results["training"] = {name: training_throughput(name, mnist, dev, settings, log) for name in names}
+    thread_model = "medium" if "medium" in names else names[0]
+    # CPU threads only matter when the CPU does the arithmetic.
+    results["threads"] = (thread_effect(thread_model, mnist, threads, settings, log)
+                          if dev.type == "cpu" else None)
+    results["time_to_accuracy"] = (time_to_accuracy(mnist, dev, threads, settings, log)
+                                   if time_to_accuracy_too else None)
+    results["inference"] = {name: inference(name, mnist, dev, threads, settings, log) for name in names}
+    results["memory"] = {name: {kind: peak_memory(kind, name, dev, threads, quick, data_dir, log)
+                                for kind in ("train", "infer")} for name in names}
+    return results
+
+
+def command_line(results: dict[str, Any], output: str | Path) -> str:
+    """The run as one canonical ``tinydigits bench`` line, whichever entry point made it."""
+    names, options = results["models"], results["options"]
+    parts = ["tinydigits bench"]
+    parts += [] if list(names) == list(MODELS) else [f"--models {n}" for n in names]
+    parts += [f"--device {options['device']}"] if options["device"] else []
+    parts += [f"--threads {results['machine']['threads']}"]
+    parts += ["--quick"] if results["quick"] else []
+    parts += [] if options["time_to_accuracy"] else ["--no-time-to-accuracy"]
+    return " ".join([*parts, f"-o {shlex.quote(str(output))}"])
+
+
+def write_report(results: dict[str, Any], output: str | Path) -> tuple[Path, Path]:
+    """Write the Markdown report to ``output`` and the raw figures to ``benchmarks.json`` beside it."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    json_path = output.with_name("benchmarks.json")
+    results = {**results, "command": command_line(results, output)}
+    output.write_text(render_markdown(results), encoding="utf-8")
+    json_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return output, json_path
+
+
+# ------------------------------------------------------------------------ markdown
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
+    """A Markdown table; the first ``left`` columns are left-aligned, the rest right-aligned."""
+    align = ["---" if i < left else "---:" for i in range(len(header))]
+    return [f"| {' | '.join(cells)} |" for cells in (header, align, *rows)] + [""]
+
+
+def _rate(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def _title(name: str) -> str:
+    return f"{get_spec(name).title} (`{name}`)"
+
+
+def _machine_section(results: dict[str, Any]) -> list[str]:
+    m = results["machine"]
+    cores = f"{m['logical_cpus']} logical CPUs" + (f", {m['usable_cpus']} usable by this process"
+                                                   if m["usable_cpus"] else "")
+    rows = [["CPU", m["cpu"]], ["cores", cores], ["device", m["gpu"] or m["device"]],
+            ["threads (torch intra-op, ONNX Runtime intra-op)", str(m["threads"])],
+            ["torch", m["torch"]], ["ONNX Runtime", m["onnxruntime"] or "not installed"],
+            ["Python", m["python"]], ["OS", m["platform"]],
+            *([["TF32 allowed (matmul, cuDNN)", f"{m['tf32']['matmul']}, {m['tf32']['cudnn']}"]]
+              if m.get("tf32") else []),
+            ["load average at the start (1, 5, 15 min)",
+             ", ".join(f"{x:.2f}" for x in m["load_average"]) if m["load_average"] else "unknown"],
+            ["date", m["date"]]]
+    return ["## Machine", "", *_table(["", ""], rows, left=2)]
+
+
+def _training_section(results: dict[str, Any]) -> list[str]:
+    s, training = results["settings"], results["training"]
+    first = next(iter(training.values()))
+    recipe = get_recipe("medium")
+    lines = [
+        "## Training throughput", "",
+        f"Training images per second, batch {BATCH}: the median of {s['windows']} timed windows of "
+        f"{s['window_batches']} batches ({first['images_per_window']:,} training images, the same for every "
+        f"rung) after {s['warmup_windows']} warm-up window(s). Every rung trains the same model with the "
+        f"default recipe's dropout ({recipe.dropout:g}) on {results['machine']['device']}, "
+        f"{results['machine']['threads']} thread(s).", "",
+        f"- **(a) reference-style**: a torch `Dataset` that rotates each PIL image by U(±"
+        f"{first['rotation_reference']:g}°) (nearest neighbour, fill 0) and converts it to a tensor "
+        f"normalized with ({data.MEAN}, {data.STD}), a shuffling `DataLoader` (batch {BATCH}, "
+        f"num_workers=0), SGD with momentum 0.9 (the reference recipe), `.item()` per step as the "
+        "notebooks do.",
+        f"- **(b) tensors, NCHW**: `tinydigits.train.train_one_epoch` with the model in NCHW (contiguous) "
+        f"layout: the images as one normalized tensor in memory, batched `random_affine` (rotation ±"
+        f"{recipe.rotation:g}°, shift ±{recipe.translate:.0%}, zoom ±{recipe.scale:.0%}), one-cycle SGD.",
+        "- **(c) trainer**: the same with the model in channels_last: what `tinydigits train` runs.", "",
+    ]
+    rows = [[_title(name), _rate(t["reference"]["images_per_s"]), _rate(t["tensors_nchw"]["images_per_s"]),
+             _rate(t["trainer"]["images_per_s"]),
+             _ratio(t["tensors_nchw"]["images_per_s"], t["reference"]["images_per_s"]),
+             _ratio(t["trainer"]["images_per_s"], t["tensors_nchw"]["images_per_s"]),
+             _ratio(t["trainer"]["images_per_s"], t["reference"]["images_per_s"])]
+            for name, t in training.items()]
+    lines += _table(["model", "(a) reference-style", "(b) tensors, NCHW", "(c) trainer",
+                     "(b) / (a)", "(c) / (b)", "(c) / (a)"], rows)
+    lines += ["Each input pipeline alone, on the same images: the reference-style `DataLoader` iterated "
+              "without training, and the trainer's `random_affine` on each batch; the share is the part of "
+              "that rung's training step it takes.", ""]
+    rows = [[_title(name), _rate(t["reference_pipeline_only"]["images_per_s"]),
+             f"{t['reference']['images_per_s'] / t['reference_pipeline_only']['images_per_s']:.0%} of (a)",
+             _rate(t["augmentation_only"]["images_per_s"]),
+             f"{t['trainer']['images_per_s'] / t['augmentation_only']['images_per_s']:.0%} of (c)"]
+            for name, t in training.items()]
+    lines += _table(["model", "PIL + DataLoader alone (images/s)", "share",
+                     "`random_affine` alone (images/s)", "share"], rows)
+    threads = results.get("threads")
+    if threads:
+        counts = list(threads["by_threads"])
+        rates = [threads["by_threads"][n]["images_per_s"] for n in counts]
+        lines += [f"The trainer (c) on {_title(threads['model'])} at different torch thread counts:", ""]
+        lines += _table(["threads", *counts, f"{counts[-1]} vs 1"],
+                        [["images/s", *map(_rate, rates), _ratio(rates[-1], rates[0])]])
+    return lines
+
+
+def _tta_section(results: dict[str, Any]) -> list[str]:
+    lines = ["## Time to accuracy", ""]
+    tta = results.get("time_to_accuracy")
+    if not tta:
+        return [*lines, "Not measured in this run (`--no-time-to-accuracy`).", ""]
+    lines += [f"MNIST-Medium trained to the end by `tinydigits.train.train(...)` in this process, once per "
+              f"recipe, seed 0; the target is a final test accuracy of at least "
+              f"{tta['target_accuracy']:.2f}%. Wall time is the whole call (data preparation, the epochs "
+              "with their validation and checkpoints, the final test evaluation); training time is the "
+              "epochs alone.", ""]
+    if results["quick"]:
+        lines += ["**Quick mode: one epoch on a slice of the training set. These are smoke-test figures, "
+                  "not the real ones.**", ""]
+    rows = [[kind, str(r["epochs"]), f"{r['wall_s']:.1f} s", f"{r['train_s']:.1f} s",
+             f"{r['test_accuracy']:.2f}%", "yes" if r["reached"] else "no"]
+            for kind, r in ((k, tta[k]) for k in ("default", "reference"))]
+    lines += _table(["recipe", "epochs", "wall time", "training time", "final test accuracy",
+                     f">= {tta['target_accuracy']:.2f}%"], rows)
+    return [*lines, f"Reference recipe / default recipe wall time: {tta['reference_over_default']:.2f}x.", ""]
+
+
+def _inference_section(results: dict[str, Any]) -> list[str]:
+    s, m = results["settings"], results["machine"]
+    sizes = ", ".join(f"{b:,}" for b in s["infer_batch_sizes"])
+    count = next(iter(results["inference"].values()))["images"]
+    lines = ["## Inference", "",
+             f"The shipped pretrained weights, on {count:,} test images already in memory"
+             f"{' on the GPU' if m['gpu'] else ''}. Throughput: the median of {s['infer_repeats']} passes "
+             f"over them, at each batch size tried ({sizes}); the best is shown with its batch size, and the "
+             f"accuracy is that of the outputs at that batch size. Batch-1 latency: {s['latency_calls']:,} "
+             f"calls on one preallocated image after {s['latency_warmup']} warm-up calls (ONNX Runtime "
+             f"through IOBinding). TorchScript is the traced export, frozen and passed through "
+             f"`torch.jit.optimize_for_inference`; ONNX Runtime runs the `tinydigits export` files with "
+             f"intra_op_num_threads={m['threads']}, inter_op_num_threads=1.", ""]
+    rows, skipped = [], []
+    for name, result in results["inference"].items():
+        for r in result["backends"]:
+            rows.append([_title(name), r["backend"], f"{r['accuracy']:.2f}%", _rate(r["images_per_s"]),
+                         f"{r['best_batch']:,}", f"{r['latency_us_median']:.0f} µs",
+                         f"{r['latency_us_p99']:.0f} µs"])
+        skipped += [f"- {name}: {s['backend']} skipped: {s['why']}" for s in result["skipped"]]
+    lines += _table(["model", "backend", "test accuracy", "throughput (images/s)", "at batch",
+                     "batch 1, median", "batch 1, p99"], rows, left=2)
+    return [*lines, *skipped, *([""] if skipped else [])]
+
+
+def _mib(kib: float) -> str:
+    return f"{kib / 1024:,.0f} MiB"
+
+
+def _memory_section(results: dict[str, Any]) -> list[str]:
+    gpu = results["machine"]["gpu"]
+    lines = ["## Peak memory", "",
+             "Peak resident set size (VmHWM from /proc/self/status) of a fresh "
+             "`python -m tinydigits.bench --child train|infer` process per figure. Training: one epoch of "
+             "`tinydigits.train.train` with the default recipe (the training set in memory, validation, "
+             "checkpoint, final test evaluation). Inference: the pretrained model in PyTorch eager over the "
+             "test set at batch 1000. The last column is the training process just after importing torch and "
+             "tinydigits, before any data.", ""]
+    header = ["model", "training", "inference", "after imports"]
+    header += ["GPU peak allocated, training / inference"] if gpu else []
+    rows = []
+    for name, r in results["memory"].items():
+        row = [_title(name), _mib(r["train"]["peak_kib"]), _mib(r["infer"]["peak_kib"]),
+               _mib(r["train"]["after_imports_kib"])]
+        if gpu:
+            row.append(" / ".join(f"{r[k].get('cuda_peak_allocated_bytes', 0) / 2**20:,.1f} MiB"
+                                  for k in ("train", "infer")))
+        rows.append(row)
+    if results["quick"]:
+        lines += [f"**Quick mode: training on a slice of the training set, inference on "
+                  f"{results['settings']['infer_images']:,} images.**", ""]
+    return [*lines, *_table(header, rows)]
+
+
+def _peak_fractions(results: dict[str, Any]) -> list[tuple[str, str, float, float]]:
+    """(model, figure, images/s, FLOPs per image) for every throughput figure of the run."""
+    out = []
+    for name, t in results["training"].items():
+        step = results["flops"][name]["train_step"]
+        out += [(name, f"training {label}", t[key]["images_per_s"], step)
+                for key, label in (("reference", "(a) reference-style"),
+                                   ("tensors_nchw", "(b) tensors, NCHW"), ("trainer", "(c) trainer"))]
+    for name, result in results["inference"].items():
+        out += [(name, f"inference, {r['backend']} (batch {r['best_batch']:,})", r["images_per_s"],
+                 results["flops"][name]["forward"]) for r in result["backends"]]
+    return out
+
+
+def _limit_section(results: dict[str, Any]) -> list[str]:
+    peak, threads = results["peak"], results["machine"]["threads"]
+    where = results["machine"]["gpu"] or f"{threads} CPU thread(s)"
+    lines = ["## The limit", "",
+             "FLOPs per image counted with `torch.utils.flop_counter.FlopCounterMode` (convolutions; "
+             "elementwise operations, pooling and the optimizer update are not counted):", ""]
+    rows = [[_title(n), f"{f['forward']:,.0f}", f"{f['train_step']:,.0f}",
+             _ratio(f["train_step"], f["forward"])] for n, f in results["flops"].items()]
+    lines += _table(["model", "forward", "training step (forward + backward)", "step / forward"], rows)
+    lines += [f"Peak: **{peak['gflop_per_s']:,.1f} GFLOP/s**, measured (not theoretical) as the best of "
+              f"{peak['repeats']} {peak['size']}x{peak['size']} float32 matmuls on {where} (median "
+              f"{peak['median_gflop_per_s']:,.1f} GFLOP/s). Each throughput figure as a fraction of it "
+              "(images/s x FLOPs per image / peak; int8 operations are counted as FLOPs against the float32 "
+              "peak):", ""]
+    rows = [[_title(n), figure, _rate(rate), f"{rate * flops / 1e9:,.2f}",
+             f"{rate * flops / 1e9 / peak['gflop_per_s']:.2%}"]
+            for n, figure, rate, flops in _peak_fractions(results)]
+    return [*lines, *_table(["model", "figure", "images/s", "GFLOP/s", "of peak"], rows, left=2)]
+
+
+def _limits_paragraph(results: dict[str, Any]) -> list[str]:
+    """'What limits it', built from this run's figures only."""
+    name = "medium" if "medium" in results["training"] else next(iter(results["training"]))
+    t, flops, peak = results["training"][name], results["flops"][name], results["peak"]["gflop_per_s"]
+    trainer, reference = t["trainer"]["images_per_s"], t["reference"]["images_per_s"]
+    fraction = trainer * flops["train_step"] / 1e9 / peak
+    pipeline = t["reference_pipeline_only"]["images_per_s"]
+    augmentation = t["augmentation_only"]["images_per_s"]
+    # Judgements are only printed where the figures bear them out.
+    sentences = [
+        f"On {_title(name)} the trainer (c) runs {trainer / reference:.2f}x as fast as the reference-style "
+        "loop (a).",
+        f"In (a) the per-image PIL pipeline alone runs at {_rate(pipeline)} images/s, "
+        f"{reference / pipeline:.0%} of (a)'s step time; in the trainer batched augmentation takes "
+        f"{trainer / augmentation:.0%} of the step.",
+        f"Moving from (b) to (c), channels_last alone changes throughput by "
+        f"{t['trainer']['images_per_s'] / t['tensors_nchw']['images_per_s']:.2f}x.",
+        f"A training step costs {flops['train_step'] / 1e6:.1f} MFLOP per image, so the trainer's "
+        f"{_rate(trainer)} images/s is {fraction:.2%} of the measured matmul peak"
+        + (": arithmetic is not the limit; convolutions of at most 16 channels are too small to keep "
+           "the matmul units busy." if fraction < 0.25 else "."),
+    ]
+    threads = results.get("threads")
+    if threads and len(threads["by_threads"]) > 1:
+        rates = threads["by_threads"]
+        counts = list(rates)
+        sentences.append(f"{counts[-1]} threads instead of 1 give "
+                         f"{rates[counts[-1]]['images_per_s'] / rates[counts[0]]['images_per_s']:.2f}x.")
+    rows = results["inference"].get(name, {}).get("backends", [])
+    if rows:
+        fastest = max(rows, key=lambda r: r["images_per_s"])
+        quickest = min(rows, key=lambda r: r["latency_us_median"])
+        # Batch-1 latency against the per-image time of the same backend at its best batch size.
+        per_image_us = 1e6 / quickest["images_per_s"]
+        slower = quickest["latency_us_median"] / per_image_us
+        sentences.append(
+            f"For inference the fastest is {fastest['backend']} at {_rate(fastest['images_per_s'])} images/s "
+            f"(batch {fastest['best_batch']:,}); at batch 1 the lowest median latency is "
+            f"{quickest['backend']}'s {quickest['latency_us_median']:.0f} µs, {slower:.1f}x its per-image "
+            f"time at batch {quickest['best_batch']:,} ({per_image_us:.0f} µs)"
+            + (": at batch 1 the fixed cost of a call, not the arithmetic, sets the latency." if slower > 3
+               else "."))
+    return ["## What limits it", "", " ".join(sentences), ""]
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    lines = ["# Benchmarks", "",
+             "Generated on this machine by (all numbers below come from this one run; the raw figures are in "
+             "`benchmarks.json` beside this file):", "", "```bash", results["command"], "```", ""]
+    if results["quick"]:
+        lines += ["**Quick mode (`--quick`): few, short windows on small subsets. A smoke test; do not quote "
+                  "these figures.**", ""]
+    for section in (_machine_section, _training_section, _tta_section, _inference_section, _memory_section,
+                    _limit_section, _limits_paragraph):
+        lines += section(results)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------- entry point
+
+
+def _child_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tinydigits.bench --child")
+    parser.add_argument("kind", choices=["train", "infer"])
+    parser.add_argument("--model", default="medium", choices=list(MODELS))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args(argv)
+    result = child_peak_memory(args.kind, args.model, args.device, resolve_threads(args.threads), args.quick,
+                               args.data_dir)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        raise SystemExit(_child_main(sys.argv[2:]))
+    from .cli import main as cli
+
+    cli.main(["bench", *sys.argv[1:]], prog_name="tinydigits")
