@@ -6,7 +6,7 @@ import statistics
 import pytest
 
 from tinydigits import data
-from tinydigits.reproduce import load_results, reproduce, results_path, summarize
+from tinydigits.reproduce import load_results, reproduce, results_path, seed_statistics
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_reproduce_reference_recipe_goes_to_its_own_file(tmp_path, small_mnist):
 
 
 def test_summarize_one_value_has_zero_spread():
-    assert summarize([99.5]) == {"mean": 99.5, "std": 0.0, "min": 99.5, "max": 99.5}
+    assert seed_statistics([99.5]) == {"mean": 99.5, "std": 0.0, "min": 99.5, "max": 99.5}
 
 
 def test_corrupt_results_file_is_a_clear_error(tmp_path):
@@ -67,3 +67,27 @@ def test_corrupt_results_file_is_a_clear_error(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_results("medium", root=tmp_path)
+
+
+def test_partial_and_foreign_run_directories(tmp_path, small_mnist):
+    kwargs = {"results_root": tmp_path / "results", "runs_root": tmp_path / "runs", "mnist": small_mnist,
+              "threads": 1, "log": lambda line: None}
+    # Killed before its first epoch was saved: only config.json exists; it is started afresh.
+    partial = tmp_path / "runs" / "ultrasmall-default-seed0"
+    partial.mkdir(parents=True)
+    (partial / "config.json").write_text("{}")
+    results = reproduce("ultrasmall", seeds=2, **kwargs, **QUICK)
+    assert results["seeds"] == 2 and (partial / "checkpoint.pt").exists()
+
+    # Asking for fewer seeds than recorded rewrites the file with just those.
+    assert reproduce("ultrasmall", seeds=1, **kwargs, **QUICK)["seeds"] == 1
+
+    # A run directory left by another recipe is never resumed as if it were this one.
+    (tmp_path / "results" / "ultrasmall.json").unlink()
+    with pytest.raises(ValueError, match="holds a run with another recipe"):
+        reproduce("ultrasmall", seeds=1, **kwargs, **{**QUICK, "epochs": 2})
+
+
+def test_reproduce_needs_a_validation_split(tmp_path, small_mnist):
+    with pytest.raises(ValueError, match="val_size > 0"):
+        reproduce("ultrasmall", seeds=1, results_root=tmp_path, mnist=small_mnist, val_size=0)

@@ -51,7 +51,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
 def test_recipe_command_lists_only_the_changed_fields():
     recipe = get_recipe("small").replace(lr=0.123456, nesterov=False, batch_size=64).to_dict()
     assert recipe_command("small", recipe) == (
-        "tinydigits train --model small --lr 0.1235 --no-nesterov --batch-size 64")
+        "tinydigits train --model small --lr 0.123456 --no-nesterov --batch-size 64")
 
 
 def test_bad_storage_url_is_a_one_line_error(tmp_path):

@@ -14,6 +14,7 @@ import click
 from . import data
 from .checkpoint import WeightsError
 from .models import MODELS
+from .reproduce import DEFAULT_SEEDS
 
 MODEL_CHOICE = click.Choice(list(MODELS), case_sensitive=False)
 EXPECTED_ERRORS = (data.DataError, WeightsError, ValueError)
@@ -58,6 +59,19 @@ threads_option = click.option(
     help="CPU threads for torch (default: $TINYDIGITS_THREADS, else torch's choice).",
 )
 device_option = click.option("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA if present).")
+results_dir_option = click.option(
+    "--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+    show_default=True, help="Where results/<model>.json files are.",
+)
+models_or_all_option = click.option(
+    "--model", "model_names", type=click.Choice([*MODELS, "all"], case_sensitive=False),
+    default="all", show_default=True,
+)
+
+
+def model_names_from(value: str) -> list[str]:
+    """The models a ``--model`` option names, ``all`` meaning every one."""
+    return list(MODELS) if value.lower() == "all" else [value.lower()]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -333,14 +347,12 @@ def fetch(data_dir: Path | None) -> None:
 
 
 @main.command()
-@click.option("--model", "model_names", type=click.Choice([*MODELS, "all"], case_sensitive=False),
-              default="all", show_default=True)
+@models_or_all_option
 @click.option("--recipe", "recipe_kind", type=click.Choice(["default", "reference"]),
               default="default", show_default=True)
-@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--seeds", type=click.IntRange(min=1), default=DEFAULT_SEEDS, show_default=True,
               help="Train seeds 0..N-1; seeds already recorded with the same recipe are kept.")
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
-              show_default=True)
+@results_dir_option
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("runs/reproduce"), show_default=True)
 @data_dir_option
@@ -353,8 +365,7 @@ def reproduce(model_names: str, recipe_kind: str, seeds: int, results_dir: Path,
     from .reproduce import reproduce as run_seeds
 
     mnist = data.load_mnist(data_dir)
-    names = list(MODELS) if model_names.lower() == "all" else [model_names.lower()]
-    for name in names:
+    for name in model_names_from(model_names):
         results = run_seeds(name, recipe_kind=recipe_kind, seeds=seeds, results_root=results_dir,
                             runs_root=runs_dir, mnist=mnist, device=device, threads=threads,
                             log=click.echo)
@@ -365,10 +376,8 @@ def reproduce(model_names: str, recipe_kind: str, seeds: int, results_dir: Path,
 
 
 @main.command()
-@click.option("--model", "model_names", type=click.Choice([*MODELS, "all"], case_sensitive=False),
-              default="all", show_default=True)
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
-              show_default=True)
+@models_or_all_option
+@results_dir_option
 @data_dir_option
 @friendly_errors
 def publish(model_names: str, results_dir: Path, data_dir: Path | None) -> None:
@@ -378,8 +387,7 @@ def publish(model_names: str, results_dir: Path, data_dir: Path | None) -> None:
     from .reproduce import load_results
 
     mnist = data.load_mnist(data_dir)
-    names = list(MODELS) if model_names.lower() == "all" else [model_names.lower()]
-    for name in names:
+    for name in model_names_from(model_names):
         results = load_results(name, "default", results_dir)
         if results is None:
             raise click.ClickException(f"no results for {name}; run: tinydigits reproduce --model {name}")
@@ -390,8 +398,7 @@ def publish(model_names: str, results_dir: Path, data_dir: Path | None) -> None:
 
 
 @main.command()
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
-              show_default=True)
+@results_dir_option
 @click.option("--update-readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table into this README, between its models-table markers.")
 @friendly_errors
@@ -432,10 +439,8 @@ def report(model_name: str, weights: Path | None, output_dir: Path, data_dir: Pa
 
 
 @main.command()
-@click.option("--model", "model_names", type=click.Choice([*MODELS, "all"], case_sensitive=False),
-              default="all", show_default=True)
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
-              show_default=True)
+@models_or_all_option
+@results_dir_option
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("docs"),
               show_default=True)
 @friendly_errors
@@ -445,8 +450,7 @@ def curves(model_names: str, results_dir: Path, output_dir: Path) -> None:
     from .pretrained import get_weights
     from .reproduce import load_results
 
-    names = list(MODELS) if model_names.lower() == "all" else [model_names.lower()]
-    for name in names:
+    for name in model_names_from(model_names):
         seed = get_weights(name).meta.get("seed")
         results = load_results(name, "default", results_dir) or {}
         runs = {run["seed"]: run for run in results.get("runs", [])}
@@ -479,7 +483,7 @@ def tune(model_name: str, trials: int, storage: str | None, study_name: str | No
 
     name = model_name.lower()
     study = run_study(name, trials, storage=storage, study_name=study_name, epochs=epochs,
-                      mnist=data.load_mnist(data_dir), device=device, threads=threads, log=click.echo)
+                      data_dir=data_dir, device=device, threads=threads, log=click.echo)
     best = study.best_trial
     click.echo(f"best of {len(study.trials)} trials: #{best.number}, validation accuracy {best.value:.2f}%")
     click.echo(f"train it with: {recipe_command(name, best.user_attrs['recipe'])}")

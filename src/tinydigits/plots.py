@@ -48,7 +48,8 @@ def plot_training_curves(history: list[dict[str, Any]], title: str, output: str 
         axis.grid(alpha=0.3)
         axis.legend()
     loss_axis.set_yscale("log")
-    accuracy_axis.set_ylim(max(90.0, min(h["train_accuracy"] for h in history) - 0.5), 100)
+    lowest = min(min(h["train_accuracy"], h["val_accuracy"]) for h in history)
+    accuracy_axis.set_ylim(lowest - 0.5, 100.2)
     figure.suptitle(title)
     return _save(figure, output)
 

@@ -34,11 +34,16 @@ class Weights:
 
     @property
     def test_accuracy(self) -> float:
-        return self.meta["test_accuracy"]
+        return self._field("test_accuracy")
 
     @property
     def val_accuracy(self) -> float:
-        return self.meta["val_accuracy"]
+        return self._field("val_accuracy")
+
+    def _field(self, key: str) -> Any:
+        if key not in self.meta:
+            raise WeightsError(f"{self.path}: its metadata has no {key!r}; ship it with `tinydigits publish`")
+        return self.meta[key]
 
     def verify(self) -> Path:
         """The file's path once its SHA-256 matches the manifest; a damaged file raises."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -20,11 +21,12 @@ import torch
 from . import data
 from .checkpoint import atomic_write
 from .models import get_spec
-from .recipes import get_recipe
+from .recipes import Recipe, get_recipe
 from .runtime import select_device
 from .train import train
 
 RESULTS_DIR = Path("results")
+DEFAULT_SEEDS = 5
 
 
 def results_path(model_name: str, recipe_kind: str = "default", root: str | Path = RESULTS_DIR) -> Path:
@@ -44,7 +46,7 @@ def load_results(model_name: str, recipe_kind: str = "default",
         raise ValueError(f"{path}: not valid JSON ({err})") from None
 
 
-def summarize(values: list[float]) -> dict[str, float]:
+def seed_statistics(values: list[float]) -> dict[str, float]:
     """Mean, sample standard deviation, min and max, rounded for publication."""
     return {
         "mean": round(statistics.fmean(values), 4),
@@ -58,11 +60,32 @@ def seed_command(model_name: str, recipe_kind: str, seed: int) -> str:
     return f"tinydigits train --model {model_name} --recipe {recipe_kind} --seed {seed}"
 
 
+def _saved_recipe(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / "config.json").read_text())["recipe"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _prepare_run_dir(run_dir: Path, recipe: Recipe) -> bool:
+    """Make ``run_dir`` ready for this seed; True when it holds a run to resume."""
+    if not run_dir.exists():
+        return False
+    if not (run_dir / "checkpoint.pt").exists():
+        # Stopped before its first epoch was saved: nothing in it is worth keeping.
+        shutil.rmtree(run_dir)
+        return False
+    if _saved_recipe(run_dir) != recipe.to_dict():
+        raise ValueError(f"{run_dir}: holds a run with another recipe; "
+                         "move it away or use another --runs-dir")
+    return True  # a run stopped part-way (Ctrl-C, a kill) continues from its last saved epoch
+
+
 def reproduce(
     model_name: str,
     *,
     recipe_kind: str = "default",
-    seeds: int = 5,
+    seeds: int = DEFAULT_SEEDS,
     results_root: str | Path = RESULTS_DIR,
     runs_root: str | Path = "runs/reproduce",
     mnist: data.MNIST | None = None,
@@ -80,20 +103,44 @@ def reproduce(
     """
     model_name = get_spec(model_name).name
     recipe = get_recipe(model_name, recipe_kind).replace(**recipe_changes)
+    if recipe.val_size <= 0:
+        raise ValueError("reproduce records validation accuracy, so it needs val_size > 0")
     path = results_path(model_name, recipe_kind, results_root)
     previous = load_results(model_name, recipe_kind, results_root) or {}
     runs: list[dict[str, Any]] = []
     if previous.get("recipe") == recipe.replace(seed=0).to_dict():
         runs = [run for run in previous.get("runs", []) if run["seed"] < seeds]
-    mnist = mnist if mnist is not None else data.load_mnist()
 
+    def write_results() -> dict[str, Any]:
+        results = {
+            "model": model_name,
+            "recipe_kind": recipe_kind,
+            "recipe": recipe.replace(seed=0).to_dict(),
+            "seeds": len(runs),
+            "test_accuracy": seed_statistics([run["test_accuracy"] for run in runs]),
+            "val_accuracy": seed_statistics([run["val_accuracy"] for run in runs]),
+            "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                        "device": str(select_device(device)), "threads": torch.get_num_threads()},
+            "command": f"tinydigits reproduce --model {model_name} --recipe {recipe_kind} --seeds {seeds}",
+            "runs": runs,
+        }
+        text = json.dumps(results, indent=2) + "\n"
+        atomic_write(path, lambda tmp: tmp.write_text(text))
+        summary = results["test_accuracy"]
+        log(f"{model_name} {recipe_kind}: {len(runs)} seed(s), test accuracy "
+            f"{summary['mean']:.2f}% +- {summary['std']:.2f} -> {path}")
+        return results
+
+    if runs and runs != previous.get("runs"):
+        write_results()  # fewer seeds asked for than were recorded
     for seed in range(seeds):
         if any(run["seed"] == seed for run in runs):
             log(f"{model_name} {recipe_kind} seed {seed}: already in {path}")
             continue
+        if mnist is None:
+            mnist = data.load_mnist()
         run_dir = Path(runs_root) / f"{model_name}-{recipe_kind}-seed{seed}"
-        # A run stopped part-way (Ctrl-C, a kill) continues from its last saved epoch.
-        resume = (run_dir / "checkpoint.pt").exists()
+        resume = _prepare_run_dir(run_dir, recipe.replace(seed=seed))
         result = train(model_name, recipe.replace(seed=seed), mnist=mnist, run_dir=run_dir,
                        resume=resume, device=device, threads=threads, progress=progress, log=log)
         assert result.test is not None  # train() evaluates the test set by default
@@ -108,24 +155,5 @@ def reproduce(
             "history": result.history,
         })
         runs.sort(key=lambda run: run["seed"])
-        results = {
-            "model": model_name,
-            "recipe_kind": recipe_kind,
-            "recipe": recipe.replace(seed=0).to_dict(),
-            "seeds": len(runs),
-            "test_accuracy": summarize([run["test_accuracy"] for run in runs]),
-            "val_accuracy": summarize([run["val_accuracy"] for run in runs]),
-            "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                        "device": str(select_device(device)),
-                        "threads": torch.get_num_threads()},
-            "command": f"tinydigits reproduce --model {model_name} --recipe {recipe_kind} "
-                       f"--seeds {seeds}",
-            "runs": runs,
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(results, indent=2) + "\n"
-        atomic_write(path, lambda tmp, text=text: tmp.write_text(text))
-        summary = results["test_accuracy"]
-        log(f"{model_name} {recipe_kind}: {len(runs)} seed(s), test accuracy "
-            f"{summary['mean']:.2f}% +- {summary['std']:.2f} -> {path}")
+        write_results()
     return load_results(model_name, recipe_kind, results_root) or {}

@@ -97,7 +97,7 @@ def train_one_epoch(
             scale=recipe.scale, background=BACKGROUND, generator=generator,
         )
         targets = labels[index]
-        log_probs = model(batch.contiguous(memory_format=torch.channels_last))
+        log_probs = model(batch)
         loss = F.nll_loss(log_probs, targets)
         if recipe.label_smoothing:
             # NLL against a target mixed with the uniform distribution.
@@ -162,8 +162,9 @@ def train(
     val_x = data.normalize(val_x)
 
     torch.manual_seed(recipe.seed)
-    # channels_last: on CPU the oneDNN convolutions run about 1.3-1.5x faster in this layout
-    # (docs/BENCHMARKS.md); the saved weights are made contiguous again.
+    # channels_last weights make every activation after the first convolution channels_last,
+    # the layout oneDNN's CPU convolutions are fastest in (docs/BENCHMARKS.md, rungs b -> c).
+    # A 1-channel input batch is the same in either layout; saved weights are made contiguous.
     model = build_model(model_name, dropout=recipe.dropout).to(dev, memory_format=torch.channels_last)
     steps_per_epoch = -(-len(train_x) // recipe.batch_size)
     optimizer = make_optimizer(model.parameters(), recipe)

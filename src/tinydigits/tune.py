@@ -8,6 +8,7 @@ set is never evaluated here.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ def tune(
     study_name: str | None = None,
     epochs: int | None = None,
     mnist: data.MNIST | None = None,
+    data_dir: str | Path | None = None,
     runs_root: str | Path = "runs/tune",
     device: str | None = None,
     threads: int | None = None,
@@ -70,17 +72,21 @@ def tune(
     base = get_recipe(model_name).replace(**recipe_changes)
     if epochs is not None:
         base = base.replace(epochs=epochs)
-    mnist = mnist if mnist is not None else data.load_mnist()
+    if base.val_size <= 0:
+        raise ValueError("tuning scores validation accuracy, so it needs val_size > 0")
     try:
         study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
                                     load_if_exists=True)
     except Exception as err:  # sqlalchemy and optuna raise many types for a bad URL
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"cannot open Optuna storage {storage!r}: {first_line}") from None
+    mnist = mnist if mnist is not None else data.load_mnist(data_dir)
 
     def objective(trial: Any) -> float:
         recipe = suggest_recipe(trial, base)
-        run_dir = Path(runs_root) / f"{study_name}-trial{trial.number:04d}"
+        # A fresh directory per trial, so another storage's study of the same name never collides.
+        Path(runs_root).mkdir(parents=True, exist_ok=True)
+        run_dir = Path(tempfile.mkdtemp(prefix=f"{study_name}-trial{trial.number:04d}-", dir=runs_root))
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("recipe", recipe.to_dict())
         result = train(model_name, recipe, mnist=mnist, run_dir=run_dir, device=device, threads=threads,
@@ -104,5 +110,5 @@ def recipe_command(model_name: str, recipe: dict[str, Any]) -> str:
         if isinstance(value, bool):
             options.append(f"--{flag}" if value else f"--no-{flag}")
         else:
-            options.append(f"--{flag} {value:.4g}" if isinstance(value, float) else f"--{flag} {value}")
+            options.append(f"--{flag} {value!r}" if isinstance(value, float) else f"--{flag} {value}")
     return " ".join([f"tinydigits train --model {model_name}", *options])
