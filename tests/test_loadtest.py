@@ -5,13 +5,23 @@ the `tinydigits loadtest` command writes its report."""
 from __future__ import annotations
 
 import re
+import sys
+import time
 
 import pytest
 from click.testing import CliRunner
 from web_helpers import shipped_models
 
 from tinydigits.cli import main
-from tinydigits.loadtest import Sample, ServerProcess, drawn_samples, run_load
+from tinydigits.loadtest import (
+    LoadResult,
+    LoadTestError,
+    Sample,
+    ServerProcess,
+    drawn_samples,
+    parse_url,
+    run_load,
+)
 from tinydigits.predict import predict_image
 
 pytest.importorskip("flask")
@@ -67,11 +77,74 @@ def test_the_checker_counts_wrong_answers_and_errors(server, samples):
 def test_loadtest_command_writes_the_report(tmp_path):
     report = tmp_path / "LOADTEST.md"
     result = CliRunner().invoke(main, ["loadtest", "--clients", "3", "--duration", "1", "--samples", "20",
-                                       "--server-threads", "2", "-o", str(report)])
+                                       "--server-threads", "2", "--threads", "1", "-o", str(report)])
     assert result.exit_code == 0, result.output + result.stderr
     assert re.search(r"0 errors, 0 wrong answers; latency median [\d.]+ ms, p99 [\d.]+ ms; server peak RSS "
                      r"\d+ MiB", result.output)
     text = report.read_text()
     assert text.startswith("# Load test of `tinydigits serve`")
     assert f"tinydigits loadtest --clients 3 --duration 1 --model medium --samples 20 --server-threads 2 " \
-           f"-o {report}" in text
+           f"--threads 1 -o {report}" in text
+    # The threads the server really ran with, as it announced them.
+    assert "server with 2 waitress threads and 1 torch threads (--threads);" in text
+
+
+def test_the_report_names_the_servers_real_threads():
+    result = LoadResult("http://127.0.0.1:1", "medium", 1, 1.0, [5.0], server_threads=4, torch_threads=2,
+                        torch_threads_from="torch's default")
+    text = result.to_markdown()
+    assert "server with 4 waitress threads and 2 torch threads (torch's default);" in text
+    assert "TINYDIGITS_THREADS" not in text
+    given = LoadResult("http://127.0.0.1:1", "medium", 1, 1.0, [5.0]).to_markdown()
+    assert "a server the test did not start, its threads and memory unknown" in given
+
+
+# ------------------------------------------------------------------ failures are one line
+
+
+def test_urls_must_be_plain_http_with_host_and_port():
+    assert parse_url("http://127.0.0.1:8000") == ("127.0.0.1", 8000)
+    assert parse_url("http://[::1]:8000/") == ("::1", 8000)
+    assert parse_url("http://localhost") == ("localhost", 80)
+    for url, message in [("localhost:8000", "not an http:// URL"), ("127.0.0.1", "not an http:// URL"),
+                         ("https://127.0.0.1:8000", "plain HTTP only"), ("http://:8000", "not an http://"),
+                         ("http://127.0.0.1:port", "not a valid port"), ("http://127.0.0.1:99999", "port"),
+                         ("http://127.0.0.1:8000/demo", "give no path"), ("http://a@127.0.0.1:80", "user")]:
+        with pytest.raises(LoadTestError, match=message) as info:
+            parse_url(url)
+        assert isinstance(info.value, ValueError) and "expected http://HOST:PORT" in str(info.value)
+    with pytest.raises(LoadTestError, match="not an http:// URL"):
+        run_load("localhost:8000", [Sample(7, b"")], clients=1, duration=0.1)
+
+
+@pytest.mark.parametrize("url", ["localhost:8000", "https://127.0.0.1:8000", "http://127.0.0.1:8000/api"])
+def test_loadtest_command_refuses_a_bad_url_in_one_line(url):
+    started = time.perf_counter()
+    result = CliRunner().invoke(main, ["loadtest", "--url", url, "--duration", "0.1"])
+    output = result.output.strip()  # stdout and stderr together
+    assert result.exit_code == 1 and output.startswith("Error: ") and "\n" not in output, output
+    assert "expected http://HOST:PORT" in output and "Traceback" not in output
+    assert time.perf_counter() - started < 5  # before any sample is made
+
+
+def test_a_server_that_exits_is_reported_at_once_with_its_last_line():
+    started = time.perf_counter()
+    with pytest.raises(LoadTestError) as info, ServerProcess(["nope"], startup_timeout=60):
+        pass
+    message = str(info.value)
+    assert time.perf_counter() - started < 30  # not the startup timeout
+    assert message.startswith("the server stopped before it started serving (exit status 2): Error: ")
+    assert "'nope'" in message and "\n" not in message
+    fake = ServerProcess(startup_timeout=60)
+    fake.command = [sys.executable, "-c", "print('starting'); print('no model here'); raise SystemExit(3)"]
+    with pytest.raises(LoadTestError, match=r"\(exit status 3\): no model here$"), fake:
+        pass
+
+
+def test_a_silent_server_is_reported_after_the_startup_timeout():
+    silent = ServerProcess(startup_timeout=1)
+    silent.command = [sys.executable, "-c", "import time; time.sleep(60)"]
+    started = time.perf_counter()
+    with pytest.raises(LoadTestError, match="did not announce its URL within 1 s"), silent:
+        pass
+    assert time.perf_counter() - started < 20 and silent.process.poll() is not None  # and it was stopped

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from test_preprocess import huge_png, on_paper, truncated_jpeg
+from web_helpers import huge_png, on_paper, truncated_jpeg
 
 import tinydigits
 from tinydigits.cli import main

@@ -2,8 +2,6 @@
 MNIST conventions (polarity, 20x20 box, centre of mass), odd image modes, bad input."""
 
 import io
-import struct
-import zlib
 from collections import Counter
 
 import numpy as np
@@ -11,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 from scan_images import scan_like
+from web_helpers import BAD_INPUTS, huge_png, on_paper, png_bytes
 
 import tinydigits
 from tinydigits.predict import classify, predict_files
@@ -22,21 +21,6 @@ N_SCANS = 250  # a few hundred pictures; about 0.1 s each to make, save and clas
 @pytest.fixture(scope="module")
 def model():
     return tinydigits.load_model("medium", pretrained=True)
-
-
-def png_bytes(image: Image.Image, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", **options)
-    return buffer.getvalue()
-
-
-def on_paper(digit: torch.Tensor, size: int = 160, canvas: tuple[int, int] = (400, 300),
-             at: tuple[int, int] = (30, 90)) -> Image.Image:
-    """A plain black-on-white rendering of an MNIST digit, off-centre on a larger sheet."""
-    ink = Image.fromarray(digit.numpy()).resize((size, size), Image.Resampling.BICUBIC)
-    sheet = Image.new("L", canvas, 0)
-    sheet.paste(ink, at)
-    return Image.eval(sheet, lambda v: 255 - v)
 
 
 def test_scan_like_pictures_are_classified_at_least_98_percent(mnist, model, tmp_path):
@@ -175,42 +159,6 @@ def test_exif_orientation_is_applied(mnist):
     loaded = load_image(buffer.getvalue())
     assert loaded.size == upright.size
     assert np.abs(np.asarray(to_mnist(loaded), float) - np.asarray(to_mnist(upright), float)).mean() < 6
-
-
-def huge_png(width: int, height: int) -> bytes:
-    """A tiny PNG file whose header claims ``width`` x ``height`` pixels (a decompression bomb)."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    rows = zlib.compress(b"\x00" * 1000, 9)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
-
-
-def truncated_jpeg() -> bytes:
-    buffer = io.BytesIO()
-    Image.effect_noise((300, 300), 60).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()[:3000]
-
-
-BAD_INPUTS = {
-    "empty": (lambda: b"", "empty file"),
-    "text": (lambda: b"hello, not a picture\n", "not an image"),
-    "truncated": (truncated_jpeg, "truncated"),
-    "blank": (lambda: png_bytes(Image.new("RGB", (640, 480), (235, 230, 210))), "no ink"),
-    "blank_noisy_jpeg": (lambda: _noisy_blank(), "no ink"),
-    "bomb_40mp": (lambda: huge_png(8000, 6000), "too large"),
-    "bomb_pil_limit": (lambda: huge_png(30000, 30000), "too large"),
-}
-
-
-def _noisy_blank() -> bytes:
-    rng = np.random.default_rng(0)
-    _, xx = np.mgrid[0:480, 0:640]
-    sheet = 220 - 40 * xx / 640 + rng.normal(0, 4, (480, 640))
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(sheet, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=60)
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("name", list(BAD_INPUTS))

@@ -16,8 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
-from test_preprocess import BAD_INPUTS, huge_png
-from web_helpers import DIGITS, draw_png, shipped_models
+from web_helpers import BAD_INPUTS, DIGITS, blank_png, draw_png, huge_png, shipped_models
 
 import tinydigits
 import tinydigits.serve as serve_module
@@ -26,7 +25,8 @@ from tinydigits.cli import main
 from tinydigits.loadtest import Sample, ServerProcess, encode_multipart
 from tinydigits.models import MODELS
 from tinydigits.predict import predict_image
-from tinydigits.serve import MAX_UPLOAD_BYTES, BackgroundServer, create_app
+from tinydigits.preprocess import MAX_PIXELS
+from tinydigits.serve import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES, BackgroundServer, create_app
 
 pytest.importorskip("flask")
 pytest.importorskip("waitress")
@@ -161,6 +161,28 @@ def test_the_page_and_its_files_are_served_locally(client):
         assert response.status_code == 404 and response.mimetype == "text/html"
 
 
+# Ways out of the static folder (src/tinydigits/web/) to the package's source, as sent on the
+# wire: dot segments plain and percent-encoded, encoded slashes and backslashes, absolute paths.
+TRAVERSALS = ["/static/../serve.py", "/static/%2e%2e/serve.py", "/static/%2E%2E/serve.py",
+              "/static/..%2fserve.py", "/static/%2e%2e%2fserve.py", "/static/..%5cserve.py",
+              "/static/..\\serve.py", "/static/../../tinydigits/serve.py", "/static/./../serve.py",
+              "/static/%2e%2e/%2e%2e/tinydigits/__init__.py", "/static/../weights/manifest.json",
+              "/static//etc/passwd", "/static/%2fetc%2fpasswd", "/static/../../../../../../etc/passwd",
+              "/../serve.py", "/%2e%2e/serve.py", "/static/app.js/../../serve.py"]
+
+
+@pytest.mark.parametrize("path", TRAVERSALS)
+def test_no_path_outside_the_static_folder_is_served(live, path):
+    status, headers, body = request(live.url, "GET", path)
+    if status == 308:  # "//" is merged into "/" by a redirect, which must stay inside /static/
+        target = urlsplit(headers["location"])
+        assert target.path.startswith("/static/") and ".." not in target.path, target
+        status, _, body = request(live.url, "GET", target.path)
+    assert status == 404, (status, body[:200])
+    assert b"import " not in body and b"sha256" not in body and b"root:" not in body
+    assert request(live.url, "GET", "/static/app.js")[0] == 200  # the real files still are
+
+
 # ------------------------------------------------------------------ errors
 
 
@@ -180,12 +202,20 @@ def as_json(payload) -> tuple[bytes, dict[str, str]]:
     return json.dumps(payload).encode(), {"Content-Type": "application/json"}
 
 
+LIMIT_MP = f"{MAX_IMAGE_PIXELS / 1e6:g}"
+
 # (method, path, body and headers, status, text in the error message)
 ERROR_CASES = {
     **{f"image_{name}": ("POST", "/api/predict", upload(make()), 422 if message == "no ink" else 400, message)
        for name, (make, message) in BAD_INPUTS.items()},
     "bomb_json": ("POST", "/api/predict", as_json({"image": data_url(huge_png(20000, 20000))}), 400,
                   "too large"),
+    # Valid 1-bit PNGs of a few KB: one of 400 MP, one over the server's limit but under
+    # load_image's own (which would have decoded it).
+    "bomb_1bit_400mp": ("POST", "/api/predict", upload(blank_png(20000, 20000)), 400,
+                        f"image too large (refused before decoding; the limit is {LIMIT_MP} megapixels)"),
+    "over_server_pixel_limit": ("POST", "/api/predict", as_json({"image": data_url(blank_png(5000, 4000))}),
+                                400, f"5000x4000 is 20.0 megapixels, the limit is {LIMIT_MP} (refused"),
     "too_large_upload": ("POST", "/api/predict", upload(b"\x89PNG" + bytes(MAX_UPLOAD_BYTES + 1000)), 413,
                          "upload too large"),
     "too_large_json": ("POST", "/api/predict", as_json({"image": "A" * (MAX_UPLOAD_BYTES + 8)}), 413,
@@ -207,6 +237,8 @@ ERROR_CASES = {
     "unknown_model": ("POST", "/api/predict", upload(SEVEN, "huge"), 404, "unknown model 'huge'"),
     "unknown_model_json": ("POST", "/api/predict", as_json({"image": data_url(SEVEN), "model": "x"}), 404,
                            "unknown model"),
+    "unknown_model_long": ("POST", "/api/predict", as_json({"image": data_url(SEVEN), "model": "m" * 10**6}),
+                           404, f"unknown model '{'m' * 40}'...; this server has: medium, small, ultrasmall"),
     "get_predict": ("GET", "/api/predict", (None, {}), 405, "method GET not allowed"),
     "put_predict": ("PUT", "/api/predict", upload(SEVEN), 405, "method PUT not allowed"),
     "post_models": ("POST", "/api/models", as_json({}), 405, "method POST not allowed"),
@@ -231,7 +263,7 @@ def test_bad_requests_get_json_errors_and_the_server_keeps_serving(live, case):
     assert answer_headers["content-type"] == "application/json"
     error = json.loads(answer)
     assert list(error) == ["error"] and message in error["error"]
-    assert "\n" not in error["error"] and "Traceback" not in error["error"]
+    assert "\n" not in error["error"] and "Traceback" not in error["error"] and len(error["error"]) < 200
     if status == 405:
         assert answer_headers["allow"]
     # ... and the next request is answered normally.
@@ -250,6 +282,31 @@ def test_an_unexpected_failure_is_a_json_500_without_traceback(monkeypatch, capl
     assert "secret internal detail" in caplog.text  # logged on the server, not sent
 
 
+def test_the_pixel_limit_is_below_load_images_and_lets_a_phone_photo_through(client):
+    assert 4080 * 3072 < MAX_IMAGE_PIXELS < 5000 * 4000 < MAX_PIXELS  # what the cases above rely on
+    # A 12.5 MP picture is decoded (then found blank), not refused.
+    response = client.post("/api/predict", data={"image": (io.BytesIO(blank_png(4080, 3072)), "a.png")})
+    assert response.status_code == 422 and "no ink" in response.get_json()["error"]
+    small = create_app({"small": shipped_models()["small"]}, max_image_pixels=10_000).test_client()
+    status, body = post_json(small, {"image": data_url(SEVEN)})  # 280x280 = 78,400 pixels
+    assert status == 400 and "280x280 is 0.1 megapixels, the limit is 0.01" in body["error"]
+
+
+def test_an_unforeseen_preprocessing_failure_is_a_400_and_logged(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("internal detail")
+
+    monkeypatch.setattr(serve_module, "to_mnist", broken)
+    client = create_app({"medium": shipped_models()["medium"]}).test_client()
+    with caplog.at_level("WARNING", logger="tinydigits.serve"):
+        status, body = post_json(client, {"image": data_url(SEVEN)})
+    assert status == 400 and body == {"error": "cannot process this image (ZeroDivisionError)"}
+    [record] = [r for r in caplog.records if r.name == "tinydigits.serve"]
+    assert record.levelname == "WARNING" and "cannot process an uploaded image" in record.getMessage()
+    assert record.exc_info and record.exc_info[0] is ZeroDivisionError  # the traceback, on the server
+    assert "internal detail" in caplog.text
+
+
 def test_same_answers_over_keep_alive_from_the_load_test_client(live):
     """The load test's request bodies are valid API requests."""
     sample = Sample(7, SEVEN)
@@ -264,6 +321,7 @@ def test_same_answers_over_keep_alive_from_the_load_test_client(live):
 def test_serve_command_starts_answers_and_stops_on_ctrl_c():
     with ServerProcess(["small", "ultrasmall"], server_threads=2, torch_threads=1) as server:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", server.url)
+        assert server.torch_threads == 1  # announced by the server: its --threads
         status, _, body = request(server.url, "GET", "/api/models")
         assert status == 200 and [m["name"] for m in json.loads(body)["models"]] == ["small", "ultrasmall"]
         status, _, body = request(server.url, "POST", "/api/predict", *upload(SEVEN))

@@ -55,7 +55,7 @@ from .export import (
 )
 from .models import MODELS, build_model, get_spec
 from .recipes import Recipe, get_recipe
-from .runtime import select_device, set_threads
+from .runtime import load_average, peak_rss_kib, select_device, set_threads
 from .train import BACKGROUND, make_optimizer, make_schedule, train, train_one_epoch
 
 __all__ = [
@@ -143,7 +143,7 @@ def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         # Other work on the machine skews every figure; the load average shows whether there was any.
-        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "load_average": [round(x, 2) for x in average] if (average := load_average()) else None,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
@@ -488,25 +488,13 @@ def inference(name: str, mnist: data.MNIST, device: torch.device, threads: int, 
 # -------------------------------------------------------------------------- memory
 
 
-def _peak_rss_kib() -> int:
-    """This process's peak resident set size in KiB: VmHWM, which exec resets. Not ru_maxrss first: on
-    Linux that keeps the parent's peak across fork + exec, so a child would report the bench's own."""
-    hwm = _proc_field("/proc/self/status", "VmHWM")
-    if hwm is not None:
-        return int(hwm.split()[0])
-    import resource  # POSIX only
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # elsewhere: KiB, or bytes on macOS
-    return peak // 1024 if sys.platform == "darwin" else peak
-
-
 def child_peak_memory(kind: str, name: str, device: str, threads: int, quick: bool,
                       data_dir: str | Path | None) -> dict[str, Any]:
     """Run in a fresh process (``--child``): train one epoch, or run inference, and return the
     process's peak memory."""
     set_threads(threads)
     dev = select_device(device)
-    after_imports = _peak_rss_kib()
+    after_imports = peak_rss_kib()
     mnist = data.load_mnist(data_dir)
     if kind == "train":
         mnist, recipe = _smoke_slice(mnist, get_recipe(name).replace(epochs=1),
@@ -521,7 +509,7 @@ def child_peak_memory(kind: str, name: str, device: str, threads: int, quick: bo
     else:
         raise ValueError(f"unknown child kind {kind!r}; choose train or infer")
     result: dict[str, Any] = {"kind": kind, "model": name, "after_imports_kib": after_imports,
-                              "peak_kib": _peak_rss_kib()}
+                              "peak_kib": peak_rss_kib()}
     if dev.type == "cuda":
         result["cuda_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(dev)
     return result

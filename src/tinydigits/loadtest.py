@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import queue
+import re
 import signal
 import statistics
 import subprocess
@@ -31,16 +32,42 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import torch
 from PIL import Image
 from torch import nn
 
-__all__ = ["LoadResult", "Sample", "ServerProcess", "drawn_samples", "encode_multipart", "load_test",
-           "peak_rss_kib", "run_load"]
+from .runtime import load_average, peak_rss_kib
+
+__all__ = ["LoadResult", "LoadTestError", "Sample", "ServerProcess", "drawn_samples", "encode_multipart",
+           "load_test", "parse_url", "run_load"]
 
 BOUNDARY = "tinydigits-load-test-boundary"
+
+
+class LoadTestError(ValueError):
+    """A load test that cannot run (a bad URL, a server that does not start); one-line message.
+    A ValueError, so the command line reports it as one ``Error:`` line."""
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """The host and port of a plain-HTTP server URL ``http://HOST:PORT`` (port 80 if left out)."""
+    expected = f"expected http://HOST:PORT, got {url[:80]!r}"
+    parts = urlsplit(url.strip())
+    if parts.scheme == "https":
+        raise LoadTestError(f"the load test speaks plain HTTP only, not https; {expected}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise LoadTestError(f"not an http:// URL; {expected}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise LoadTestError(f"not a valid port; {expected}") from None
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise LoadTestError(f"requests go to /api/predict at the server's root, so give no path, query "
+                            f"or user; {expected}")
+    return parts.hostname, 80 if port is None else port
 
 
 def encode_multipart(fields: Mapping[str, str | tuple[str, bytes, str]]) -> tuple[bytes, str]:
@@ -98,22 +125,6 @@ def drawn_samples(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return samples
 
 
-def peak_rss_kib(pid: int) -> int | None:
-    """A process's peak resident memory (VmHWM) in KiB, or None where /proc does not tell."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _load_average() -> tuple[float, ...]:
-    return os.getloadavg() if hasattr(os, "getloadavg") else ()
-
-
 def _percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (the value below which q% of the observations fall)."""
     ordered = sorted(values)
@@ -136,7 +147,11 @@ class LoadResult:
     wrong: int = 0  # 200 answers with another digit (or model) than the input's
     examples: list[str] = field(default_factory=list)  # the first few problems, for the report
     peak_rss_kib: int | None = None
+    # Of a server the test started (None for one given by URL): waitress threads, and torch
+    # threads as the server itself announced them, with where that number came from.
     server_threads: int | None = None
+    torch_threads: int | None = None
+    torch_threads_from: str = ""
     load_before: tuple[float, ...] = ()  # the machine's load average as the test began
 
     @property
@@ -169,7 +184,14 @@ class LoadResult:
         rss = (f"{self.peak_rss_kib / 1024:.1f} MiB ({self.peak_rss_kib:,} KiB)" if self.peak_rss_kib
                else "unknown")
         before = ", ".join(f"{x:.2f}" for x in self.load_before) or "unknown"
-        after = ", ".join(f"{x:.2f}" for x in _load_average()) or "unknown"
+        after = ", ".join(f"{x:.2f}" for x in load_average() or ()) or "unknown"
+        if self.server_threads is None:
+            server = "a server the test did not start, its threads and memory unknown"
+        else:
+            torch_threads = "unknown" if self.torch_threads is None else str(self.torch_threads)
+            source = f" ({self.torch_threads_from})" if self.torch_threads_from else ""
+            server = (f"server with {self.server_threads} waitress threads and {torch_threads} torch "
+                      f"threads{source}")
         rows = [
             ("clients (concurrent, each one request at a time)", str(self.clients)),
             ("duration", f"{self.duration_s:.1f} s"),
@@ -198,9 +220,7 @@ class LoadResult:
             "",
             f"Machine: {os.cpu_count()} CPUs ({platform.machine()}, Python {platform.python_version()}, "
             f"torch {torch.__version__}), shared by the server, the clients and whatever else runs "
-            f"(load average before the run {before}, after it {after}); server with "
-            f"{self.server_threads or 'its default'} waitress threads, torch threads from "
-            f"`$TINYDIGITS_THREADS`={os.environ.get('TINYDIGITS_THREADS', 'unset')}; "
+            f"(load average before the run {before}, after it {after}); {server}; "
             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
         ]
         if self.examples:
@@ -213,10 +233,9 @@ def run_load(url: str, samples: Sequence[Sample], *, clients: int = 20, duration
     """``clients`` threads, each with its own keep-alive connection, post samples to
     ``url``/api/predict back to back for ``duration`` seconds; every answer is checked."""
     if not samples:
-        raise ValueError("no samples to send")
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    result = LoadResult(url, model, clients, duration, load_before=_load_average())
+        raise LoadTestError("no samples to send")
+    host, port = parse_url(url)
+    result = LoadResult(url, model, clients, duration, load_before=load_average() or ())
     lock = threading.Lock()
     start = threading.Barrier(clients + 1)
     deadline = 0.0
@@ -282,7 +301,9 @@ def run_load(url: str, samples: Sequence[Sample], *, clients: int = 20, duration
 class ServerProcess:
     """``python -m tinydigits serve`` on a free loopback port in a subprocess; a context manager.
 
-    Stopped with SIGINT (as Ctrl-C) on exit; ``peak_rss_kib()`` reads its VmHWM meanwhile."""
+    Stopped with SIGINT (as Ctrl-C) on exit; ``peak_rss_kib()`` reads its VmHWM meanwhile. A
+    server that exits or stays silent instead of announcing its URL raises :class:`LoadTestError`
+    with its last line of output (at once when it exits; after ``startup_timeout`` seconds else)."""
 
     def __init__(self, models: Sequence[str] = ("medium",), *, server_threads: int = 4,
                  torch_threads: int | None = None, startup_timeout: float = 60.0) -> None:
@@ -295,33 +316,55 @@ class ServerProcess:
         self.server_threads = server_threads
         self.startup_timeout = startup_timeout
         self.url = ""
+        self.torch_threads: int | None = None  # as the server announced them
         self.process: subprocess.Popen[str] | None = None
         self._stderr: collections.deque[str] = collections.deque(maxlen=200)  # for failure reports
+        self._stdout: collections.deque[str] = collections.deque(maxlen=20)  # before the URL
+        self._stderr_reader: threading.Thread | None = None
 
     def __enter__(self) -> ServerProcess:
         process = self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE,
                                                   stderr=subprocess.PIPE, text=True)
-        first: queue.Queue[str] = queue.Queue()
+        lines: queue.Queue[str | None] = queue.Queue()
 
         # Both pipes are drained for the server's whole life, so it never blocks on a full one
         # (waitress warns on stderr when its queue builds up).
         def drain_stdout() -> None:
             for line in process.stdout:
-                first.put(line)
+                lines.put(line)
+            lines.put(None)  # end of output: the server has exited (or closed its stdout)
 
         threading.Thread(target=drain_stdout, daemon=True).start()
-        threading.Thread(target=lambda: self._stderr.extend(process.stderr), daemon=True).start()
-        try:
-            words = first.get(timeout=self.startup_timeout).split()
-        except queue.Empty:
-            words = []
-        urls = [w for w in words if w.startswith("http://")]
-        if not urls:
-            self.__exit__(None, None, None)
-            raise RuntimeError(f"the server did not start: {' '.join(words) or 'no output'}; "
-                               f"stderr: {self.stderr()[-2000:]}")
+        self._stderr_reader = threading.Thread(target=lambda: self._stderr.extend(process.stderr),
+                                               daemon=True)
+        self._stderr_reader.start()
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self._fail(f"the server did not announce its URL within {self.startup_timeout:g} s")
+            if line is None:
+                self._fail("the server stopped before it started serving")
+            urls = [word for word in line.split() if word.startswith("http://")]
+            if urls:
+                break
+            self._stdout.append(line)
         self.url = urls[0]
+        threads = re.search(r"\b(\d+) torch threads?\b", line)
+        self.torch_threads = int(threads.group(1)) if threads else None
         return self
+
+    def _fail(self, what: str) -> NoReturn:
+        """Stop the server and raise a one-line error with its last line of output."""
+        self.__exit__(None, None, None)
+        if self._stderr_reader is not None:
+            self._stderr_reader.join(timeout=5)  # the pipe closes when the process has gone
+        output = [line.strip() for line in (*self._stderr, *self._stdout) if line.strip()]
+        last = output[-1][:300] if output else "no output"
+        code = self.process.returncode if self.process else None
+        status = f" (exit status {code})" if code is not None else ""
+        raise LoadTestError(f"{what}{status}: {last}")
 
     def peak_rss_kib(self) -> int | None:
         return peak_rss_kib(self.process.pid) if self.process else None
@@ -349,6 +392,8 @@ def load_test(*, clients: int = 20, duration: float = 20.0, model: str = "medium
     from .checkpoint import load_model
     from .data import load_mnist
 
+    if url is not None:
+        parse_url(url)  # a bad URL fails before the samples are made
     mnist = load_mnist(data_dir)
     samples = drawn_samples(load_model(model, pretrained=True), mnist.test_images, mnist.test_labels, count)
     server = ServerProcess([model], server_threads=server_threads, torch_threads=torch_threads) \
@@ -358,6 +403,10 @@ def load_test(*, clients: int = 20, duration: float = 20.0, model: str = "medium
         if server is not None:
             result.peak_rss_kib = server.peak_rss_kib()
             result.server_threads = server_threads
+            result.torch_threads = server.torch_threads
+            result.torch_threads_from = (
+                "--threads" if torch_threads is not None
+                else "$TINYDIGITS_THREADS" if os.environ.get("TINYDIGITS_THREADS") else "torch's default")
     return result
 
 

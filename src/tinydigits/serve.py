@@ -40,13 +40,17 @@ from .predict import classify
 from .preprocess import PreprocessError, load_image, to_mnist
 from .pretrained import get_weights
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MAX_UPLOAD_BYTES", "ApiError",
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MAX_IMAGE_PIXELS", "MAX_UPLOAD_BYTES", "ApiError",
            "BackgroundServer", "create_app", "serve"]
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: the demo is for this machine unless asked otherwise
 DEFAULT_PORT = 8000
 # A phone photo is a few MB; anything much larger is refused before it is read (413).
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+# And a picture of more pixels than a phone's usual 12-megapixel photo (4032x3024, 4080x3072)
+# is refused from its header, before decoding: a few KB of PNG can claim 40 MP, which decode
+# to 40-160 MB, times the worker threads. (`tinydigits predict` keeps load_image's 40 MP.)
+MAX_IMAGE_PIXELS = 13_000_000
 WEB_DIR = Path(__file__).parent / "web"
 # Everything the page loads comes from this server; data: and blob: URLs are the
 # canvas snapshot, the returned 28x28 image and the local preview of an uploaded photo.
@@ -129,13 +133,15 @@ def _read_request() -> tuple[bytes, str | None]:
 
 
 def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
-               pretrained: bool = True, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> Flask:
+               pretrained: bool = True, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+               max_image_pixels: int = MAX_IMAGE_PIXELS) -> Flask:
     """The Flask application: the page at ``/`` and the JSON API under ``/api``.
 
     ``models`` are model names (their shipped weights are loaded), or loaded modules by
     name, taken to hold the shipped weights unless ``pretrained`` is False (then no
     accuracy is reported); by default all three. ``medium`` is the default model when a
-    request names none, else the first one.
+    request names none, else the first one. Uploads over ``max_upload_bytes`` get a 413,
+    images of more than ``max_image_pixels`` a 400, before they are decoded.
     """
     if models is None:
         models = list(MODELS)
@@ -200,18 +206,23 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
         data, name = _read_request()
         name = (name or default).lower()
         if name not in loaded:
-            raise ApiError(404, f"unknown model {name!r}; this server has: {', '.join(loaded)}")
+            shown = f"{name[:40]!r}" + ("..." if len(name) > 40 else "")  # not megabytes of it
+            raise ApiError(404, f"unknown model {shown}; this server has: {', '.join(loaded)}")
         # The same three steps as `tinydigits predict` (predict.predict_image), kept apart
         # here so a bad file (400) is told from a picture without a digit (422) and the
         # model's own time can be reported.
         status = 400
         try:
-            image = load_image(data)
+            image = load_image(data, max_pixels=max_image_pixels)
             status = 422  # decoded: from here a PreprocessError means no ink
             seen = to_mnist(image)
         except PreprocessError as err:
             raise ApiError(status, str(err)) from None
-        except Exception as err:  # an unforeseen picture is a bad input, not a server fault
+        except Exception as err:
+            # Most likely a picture preprocessing does not foresee, so a 400 for the client;
+            # but it may be a bug, so it is logged with its traceback.
+            log.warning("cannot process an uploaded image (%d bytes) on %s", len(data), request.path,
+                        exc_info=True)
             raise ApiError(400, f"cannot process this image ({type(err).__name__})") from None
         inference_started = time.perf_counter()
         ranked = classify(loaded[name], seen[None], top_k=10)[0]
@@ -267,7 +278,8 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, models: Sequence[s
     import signal
 
     server = _create_server(create_app(models), host, port, threads)
-    announce(f"tinydigits web demo on {' and '.join(_urls(server))} (Ctrl-C to stop)")
+    announce(f"tinydigits web demo on {' and '.join(_urls(server))} ({threads} server threads, "
+             f"{torch.get_num_threads()} torch threads; Ctrl-C to stop)")
 
     def stop(signum: int, frame: Any) -> None:  # SIGTERM stops as cleanly as Ctrl-C
         raise KeyboardInterrupt
