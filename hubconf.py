@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 from tinydigits.checkpoint import load_model
 from tinydigits.models import TinyDigitNet
 
-dependencies = ["torch", "safetensors", "numpy", "pillow", "tqdm"]
+dependencies = ["torch", "safetensors", "numpy", "PIL", "tqdm"]  # import names
 
 
 def mnist_medium(pretrained: bool = True) -> TinyDigitNet:
