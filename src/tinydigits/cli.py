@@ -446,19 +446,10 @@ def report(model_name: str, weights: Path | None, output_dir: Path, data_dir: Pa
 @friendly_errors
 def curves(model_names: str, results_dir: Path, output_dir: Path) -> None:
     """Plot the training curves of each shipped model's run, from results/<model>.json."""
-    from .plots import plot_training_curves
-    from .pretrained import get_weights
-    from .reproduce import load_results
+    from .plots import plot_shipped_curves
 
     for name in model_names_from(model_names):
-        seed = get_weights(name).meta.get("seed")
-        results = load_results(name, "default", results_dir) or {}
-        runs = {run["seed"]: run for run in results.get("runs", [])}
-        if seed not in runs:
-            raise click.ClickException(f"{name}: the shipped weights' run (seed {seed}) is not in "
-                                       f"{results_dir}; run tinydigits reproduce and publish first")
-        title = f"{MODELS[name].title}, shipped weights (seed {seed}): default recipe"
-        path = plot_training_curves(runs[seed]["history"], title, output_dir / f"curves-{name}.png")
+        path = plot_shipped_curves(name, results_dir, output_dir / f"curves-{name}.png")
         click.echo(f"wrote {path}")
 
 

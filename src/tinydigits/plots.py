@@ -14,6 +14,9 @@ import torch
 from . import data
 from .checkpoint import atomic_write
 from .evaluate import evaluate_log_probs, predict_log_probs
+from .models import get_spec
+from .pretrained import get_weights
+from .reproduce import load_results
 
 
 def _pyplot() -> Any:
@@ -52,6 +55,17 @@ def plot_training_curves(history: list[dict[str, Any]], title: str, output: str 
     accuracy_axis.set_ylim(lowest - 0.5, 100.2)
     figure.suptitle(title)
     return _save(figure, output)
+
+
+def plot_shipped_curves(name: str, results_root: str | Path, output: str | Path) -> Path:
+    """The training curves of the run whose final weights ship in the package."""
+    seed = get_weights(name).meta.get("seed")
+    runs = {run["seed"]: run for run in (load_results(name, "default", results_root) or {}).get("runs", [])}
+    if seed not in runs:
+        raise ValueError(f"{name}: the shipped weights' run (seed {seed}) is not in {results_root}; "
+                         "run tinydigits reproduce and publish first")
+    title = f"{get_spec(name).title}, shipped weights (seed {seed}): default recipe"
+    return plot_training_curves(runs[seed]["history"], title, output)
 
 
 def plot_confusion_matrix(confusion: list[list[int]], title: str, output: str | Path) -> Path:
