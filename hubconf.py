@@ -1,31 +1,33 @@
 """torch.hub entry points: ``torch.hub.load("<this repo or checkout>", "mnist_medium", pretrained=True)``.
 
-The weights ship inside the package (src/tinydigits/weights), so loading works offline
+The weights ship inside the package (src/tinydigits/pretrained), so loading works offline
 from a local checkout: ``torch.hub.load("path/to/tinydigits", "mnist_medium", source="local")``.
 """
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 # torch.hub puts the repository root on sys.path; the package lives under src/.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from tinydigits.checkpoint import load_model
-from tinydigits.models import TinyDigitNet
+from tinydigits.models import MODELS, TinyDigitNet
+from tinydigits.weights import load_model
 
 dependencies = ["torch", "safetensors", "numpy", "PIL", "tqdm"]  # import names
 
 
-def mnist_medium(pretrained: bool = True) -> TinyDigitNet:
-    """MNIST-Medium, 7,632 parameters; the shipped weights when ``pretrained``."""
-    return load_model("medium", pretrained=pretrained)
+def _entry_point(name: str) -> Callable[..., TinyDigitNet]:
+    def entry_point(pretrained: bool = True) -> TinyDigitNet:
+        return load_model(name, pretrained=pretrained)
+
+    spec = MODELS[name]
+    entry_point.__name__ = f"mnist_{name}"
+    entry_point.__doc__ = (f"{spec.title}, {spec.parameters:,} parameters; "
+                           "the shipped weights when ``pretrained``.")
+    return entry_point
 
 
-def mnist_small(pretrained: bool = True) -> TinyDigitNet:
-    """MNIST-Small, 5,616 parameters; the shipped weights when ``pretrained``."""
-    return load_model("small", pretrained=pretrained)
-
-
-def mnist_ultrasmall(pretrained: bool = True) -> TinyDigitNet:
-    """MNIST-UltraSmall, 4,464 parameters; the shipped weights when ``pretrained``."""
-    return load_model("ultrasmall", pretrained=pretrained)
+mnist_medium = _entry_point("medium")
+mnist_small = _entry_point("small")
+mnist_ultrasmall = _entry_point("ultrasmall")

@@ -9,8 +9,9 @@ from click.testing import CliRunner
 
 from tinydigits import data
 from tinydigits.analysis import summarize
-from tinydigits.bench import BATCH, ReferenceStyleDataset, count_flops, render_markdown
 from tinydigits.cli import main
+from tinydigits.lab.bench import render_markdown
+from tinydigits.lab.bench.measure import BATCH, ReferenceStyleDataset, count_flops
 from tinydigits.models import MODELS, build_model
 
 

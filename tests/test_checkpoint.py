@@ -6,15 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from tinydigits.checkpoint import (
-    WeightsError,
-    atomic_write,
-    load_model,
-    load_state_dict,
-    read_metadata,
-    save_weights,
-)
+from tinydigits.io import WeightsError, atomic_write, load_state_dict, read_metadata, save_weights
 from tinydigits.models import build_model
+from tinydigits.weights import load_model
 
 
 def reference_medium(dropout: float = 0.1) -> nn.Module:

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from tinydigits.checkpoint import save_weights
 from tinydigits.cli import main
+from tinydigits.io import save_weights
 from tinydigits.models import build_model
 
 # Training on 5,000 images (the rest held out as validation) keeps a real run short.
@@ -35,7 +35,9 @@ def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     (["eval", "--model", "medium", "--weights", "missing.safetensors"], 1, "no such weights file"),
     (["summary", "--model", "tiny"], 2, "Invalid value for '--model'"),
     (["train", "--device", "gpu0"], 1, "unknown device 'gpu0'"),
-    (["eval", "--model", "medium", "--weights", "x.pth", "--backend", "tpu"], 1, "unknown backend 'tpu'"),
+    (["eval", "--model", "medium", "--weights", "x.pth", "--backend", "tpu"], 2,
+     "Invalid value for '--backend'"),
+    (["export", "--model", "medium", "--format", "tflite"], 2, "Invalid value for '--format'"),
 ])
 def test_bad_arguments_give_one_clear_line(args, code, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -19,17 +19,13 @@ from torch import nn
 
 import tinydigits
 from tinydigits import data
-from tinydigits.checkpoint import pretrained_path
 from tinydigits.cli import main
+from tinydigits.deploy import ExportError
+from tinydigits.deploy.engines import compare_with_torch, predict_log_probs_file
+from tinydigits.deploy.export import check_format, export_onnx, export_torchscript
+from tinydigits.deploy.fold import ChannelAffine, fold_batchnorm
 from tinydigits.evaluate import evaluate_log_probs, predict_log_probs
-from tinydigits.export import (
-    ChannelAffine,
-    compare_with_torch,
-    export_onnx,
-    export_torchscript,
-    fold_batchnorm,
-    predict_log_probs_file,
-)
+from tinydigits.weights import pretrained_path
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -206,7 +202,6 @@ def test_export_command_torchscript_verifies(tmp_path: Path, test_set) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--format", "keras", "-o", "{tmp}/m.keras"], "unknown format"),
         (["--format", "torchscript", "--int8", "-o", "{tmp}/m.pt"], "--int8 is only supported"),
         (["--weights", "{tmp}/missing.safetensors", "-o", "{tmp}/m.onnx"], "no such weights file"),
         (["--format", "torchscript", "-o", "{tmp}/file.txt/m.pt"], "is not a directory"),
@@ -218,6 +213,12 @@ def test_export_errors_are_one_line(args: list[str], message: str, tmp_path: Pat
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     result = CliRunner().invoke(main, ["export", "--model", "medium", "--no-verify", *args])
     assert message in _one_line_error(result)
+
+
+def test_unknown_format_is_an_export_error_in_the_library() -> None:
+    # The CLI's --format is a click.Choice; the Python API checks the name itself.
+    with pytest.raises(ExportError, match="unknown format 'keras'"):
+        check_format("keras")
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")

@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 from web_helpers import shipped_models
 
+from tinydigits import TinyDigitsError
 from tinydigits.cli import main
-from tinydigits.loadtest import (
+from tinydigits.lab.loadtest import (
     LoadResult,
     LoadTestError,
     Sample,
@@ -57,7 +58,7 @@ def test_twenty_clients_for_five_seconds_without_an_error(server, samples):
     assert 0 < result.median_ms <= result.p99_ms < 30_000
     assert peak is not None and 50_000 < peak < 2_000_000  # KiB: the server's VmHWM was read
     result.peak_rss_kib = peak
-    report = result.to_markdown("tinydigits loadtest --duration 5")
+    report = result.to_markdown()
     assert "| errors (transport or non-200) | 0 |" in report and "| wrong answers | 0 |" in report
     assert re.search(r"\| latency, 99th percentile \| [\d.]+ ms \|", report)
     assert re.search(r"\| server peak memory \(VmHWM\) \| [\d.]+ MiB", report)
@@ -84,7 +85,7 @@ def test_loadtest_command_writes_the_report(tmp_path):
     text = report.read_text()
     assert text.startswith("# Load test of `tinydigits serve`")
     assert f"tinydigits loadtest --clients 3 --duration 1 --model medium --samples 20 --server-threads 2 " \
-           f"--threads 1 -o {report}" in text
+           f"--threads 1 --output {report}" in text
     # The threads the server really ran with, as it announced them.
     assert "server with 2 waitress threads and 1 torch threads (--threads);" in text
 
@@ -112,7 +113,7 @@ def test_urls_must_be_plain_http_with_host_and_port():
                          ("http://127.0.0.1:8000/demo", "give no path"), ("http://a@127.0.0.1:80", "user")]:
         with pytest.raises(LoadTestError, match=message) as info:
             parse_url(url)
-        assert isinstance(info.value, ValueError) and "expected http://HOST:PORT" in str(info.value)
+        assert isinstance(info.value, TinyDigitsError) and "expected http://HOST:PORT" in str(info.value)
     with pytest.raises(LoadTestError, match="not an http:// URL"):
         run_load("localhost:8000", [Sample(7, b"")], clients=1, duration=0.1)
 

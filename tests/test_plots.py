@@ -9,7 +9,7 @@ from PIL import Image
 
 from tinydigits import data
 from tinydigits.cli import main
-from tinydigits.plots import plot_misclassified, plot_training_curves, write_report
+from tinydigits.lab.plots import plot_misclassified, plot_training_curves, write_report
 
 pytest.importorskip("matplotlib")
 

@@ -12,6 +12,7 @@ from scan_images import scan_like
 from web_helpers import BAD_INPUTS, huge_png, on_paper, png_bytes
 
 import tinydigits
+from tinydigits import TinyDigitsError
 from tinydigits.predict import classify, predict_files
 from tinydigits.preprocess import MAX_PIXELS, PreprocessError, load_image, to_mnist
 
@@ -167,7 +168,7 @@ def test_bad_input_raises_one_line_preprocess_error(name):
     with pytest.raises(PreprocessError) as info:
         to_mnist(make())
     assert message in str(info.value) and "\n" not in str(info.value)
-    assert isinstance(info.value, ValueError)  # the CLI's friendly_errors catches it
+    assert isinstance(info.value, TinyDigitsError)  # the CLI's friendly_errors catches it
 
 
 def test_size_limit_is_checked_from_the_header():

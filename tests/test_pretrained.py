@@ -3,6 +3,7 @@ validation, and reach exactly the test accuracy their metadata records."""
 
 import json
 import shutil
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,12 @@ import torch
 
 import tinydigits
 from tinydigits import data
-from tinydigits.checkpoint import WeightsError, load_model, save_weights
-from tinydigits.models import MODELS, build_model
-from tinydigits.pretrained import PRETRAINED_DIR, get_weights, pick_seed, publish
-from tinydigits.recipes import get_recipe
-from tinydigits.reproduce import load_results
+from tinydigits.io import WeightsError, read_metadata, save_weights
+from tinydigits.lab.publish import pick_seed, publish
+from tinydigits.lab.reproduce import load_results
+from tinydigits.models import MODELS, build_model, count_parameters
+from tinydigits.recipes import Recipe, get_recipe
+from tinydigits.weights import PRETRAINED_DIR, WeightsMeta, get_weights, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,13 +26,37 @@ def test_shipped_weights_reach_their_recorded_test_accuracy(name, mnist):
     weights = get_weights(name)
     weights.verify()
     meta = weights.meta
-    assert meta["model"] == name and meta["parameters"] == MODELS[name].parameters
-    assert meta["recipe"] == get_recipe(name).replace(seed=meta["seed"]).to_dict()
-    assert meta["epochs"] <= 15
+    assert meta.recipe == get_recipe(name).replace(seed=meta.seed)
+    assert meta.epochs <= 15
     model = tinydigits.load_model(name, pretrained=True)
     result = tinydigits.evaluate(model, data.normalize(mnist.test_images), mnist.test_labels)
     assert result.count == 10_000
-    assert round(result.accuracy, 4) == meta["test_accuracy"]
+    assert round(result.accuracy, 4) == meta.test_accuracy
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_shipped_file_meets_the_metadata_schema(name):
+    """Every field is present with its type, the parameter count is the architecture's, and
+    the recipe parses; read from the file itself, not through get_weights."""
+    raw = read_metadata(PRETRAINED_DIR / f"{name}.safetensors")
+    required = {f.name for f in fields(WeightsMeta) if f.default is MISSING}
+    assert required <= set(raw), required - set(raw)
+    meta = WeightsMeta.from_dict(raw)
+    assert meta.model == name
+    assert meta.parameters == count_parameters(build_model(name)) == MODELS[name].parameters
+    assert isinstance(meta.recipe, Recipe) and meta.recipe.seed == meta.seed
+    assert 0 < meta.val_accuracy <= 100 and 0 < meta.test_accuracy <= 100
+    assert meta.command.startswith("tinydigits train ")
+
+
+def test_malformed_metadata_is_one_clear_line(tmp_path):
+    good = read_metadata(PRETRAINED_DIR / "small.safetensors")
+    for broken, message in [({k: v for k, v in good.items() if k != "seed"}, "metadata lacks seed"),
+                            ({**good, "recipe": {**good["recipe"], "lr": -1}}, "malformed metadata"),
+                            ({**good, "parameters": "many"}, "parameters should be int")]:
+        with pytest.raises(WeightsError, match=message) as info:
+            WeightsMeta.from_dict(broken, "small.safetensors")
+        assert "\n" not in str(info.value) and str(info.value).startswith("small.safetensors: ")
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -39,8 +65,8 @@ def test_shipped_weights_are_the_best_validation_seed_of_the_results(name):
     assert results is not None, "results/<model>.json is committed"
     meta = get_weights(name).meta
     chosen = pick_seed(results)
-    assert meta["seed"] == chosen["seed"]
-    assert meta["val_accuracy"] == chosen["val_accuracy"] == max(r["val_accuracy"] for r in results["runs"])
+    assert meta.seed == chosen["seed"]
+    assert meta.val_accuracy == chosen["val_accuracy"] == max(r["val_accuracy"] for r in results["runs"])
 
 
 def test_pick_seed_uses_validation_only_and_breaks_ties_by_lowest_seed():
@@ -83,17 +109,21 @@ def test_publish_ships_the_best_validation_run_with_full_metadata(tmp_path, mnis
         run_dir = tmp_path / f"run{seed}"
         save_weights(build_model("ultrasmall"), run_dir / "final.safetensors", {"seed": seed})
         runs.append({"seed": seed, "val_accuracy": val, "test_accuracy": 0.0, "epochs": 15,
-                     "run_dir": str(run_dir), "command": f"tinydigits train --seed {seed}"})
+                     "run_dir": str(run_dir), "command": f"tinydigits train --seed {seed}",
+                     "package_version": "0.1.0", "git_commit": f"{seed:040d}"})
     results = {"model": "ultrasmall", "recipe": get_recipe("ultrasmall").to_dict(), "runs": runs}
 
     weights = publish(results, mnist=mnist, weights_dir=tmp_path / "weights")
 
-    assert weights.meta["seed"] == 1 and weights.meta["val_accuracy"] == 98.5
-    assert weights.meta["recipe"]["seed"] == 1 and weights.meta["parameters"] == 4_464
+    assert weights.meta.seed == 1 and weights.meta.val_accuracy == 98.5
+    assert weights.meta.recipe.seed == 1 and weights.meta.parameters == 4_464
+    # The code that trained the chosen run, as reproduce recorded it.
+    assert weights.meta.package_version == "0.1.0" and weights.meta.git_commit == f"{1:040d}"
+    assert WeightsMeta.from_dict(read_metadata(weights.path)) == weights.meta
     assert weights.verify() == tmp_path / "weights" / "ultrasmall.safetensors"
     model = load_model("ultrasmall", weights.path)
     accuracy = tinydigits.evaluate(model, data.normalize(mnist.test_images), mnist.test_labels).accuracy
-    assert weights.meta["test_accuracy"] == round(accuracy, 4)
+    assert weights.meta.test_accuracy == round(accuracy, 4)
     source = load_model("ultrasmall", Path(runs[1]["run_dir"]) / "final.safetensors")
     for name, tensor in source.state_dict().items():
         assert torch.equal(tensor, model.state_dict()[name])

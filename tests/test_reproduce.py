@@ -6,7 +6,7 @@ import statistics
 import pytest
 
 from tinydigits import data
-from tinydigits.reproduce import load_results, reproduce, results_path, seed_statistics
+from tinydigits.lab.reproduce import load_results, reproduce, results_path, seed_statistics
 
 
 @pytest.fixture(scope="module")

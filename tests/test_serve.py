@@ -19,14 +19,14 @@ from PIL import Image
 from web_helpers import BAD_INPUTS, DIGITS, blank_png, draw_png, huge_png, shipped_models
 
 import tinydigits
-import tinydigits.serve as serve_module
+import tinydigits.deploy.serve as serve_module
 from tinydigits import evaluate, normalize
 from tinydigits.cli import main
-from tinydigits.loadtest import Sample, ServerProcess, encode_multipart
+from tinydigits.deploy.serve import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES, BackgroundServer, create_app
+from tinydigits.lab.loadtest import Sample, ServerProcess, encode_multipart
 from tinydigits.models import MODELS
 from tinydigits.predict import predict_image
 from tinydigits.preprocess import MAX_PIXELS
-from tinydigits.serve import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES, BackgroundServer, create_app
 
 pytest.importorskip("flask")
 pytest.importorskip("waitress")
@@ -298,10 +298,10 @@ def test_an_unforeseen_preprocessing_failure_is_a_400_and_logged(monkeypatch, ca
 
     monkeypatch.setattr(serve_module, "to_mnist", broken)
     client = create_app({"medium": shipped_models()["medium"]}).test_client()
-    with caplog.at_level("WARNING", logger="tinydigits.serve"):
+    with caplog.at_level("WARNING", logger="tinydigits.deploy.serve"):
         status, body = post_json(client, {"image": data_url(SEVEN)})
     assert status == 400 and body == {"error": "cannot process this image (ZeroDivisionError)"}
-    [record] = [r for r in caplog.records if r.name == "tinydigits.serve"]
+    [record] = [r for r in caplog.records if r.name == "tinydigits.deploy.serve"]
     assert record.levelname == "WARNING" and "cannot process an uploaded image" in record.getMessage()
     assert record.exc_info and record.exc_info[0] is ZeroDivisionError  # the traceback, on the server
     assert "internal detail" in caplog.text

@@ -6,10 +6,10 @@ import pytest
 from click.testing import CliRunner
 
 from tinydigits.cli import main
+from tinydigits.lab.reproduce import load_results
+from tinydigits.lab.table import README_END, README_START, models_table, readme_table, update_readme
 from tinydigits.models import MODELS
-from tinydigits.pretrained import get_weights
-from tinydigits.reproduce import load_results
-from tinydigits.table import README_END, README_START, models_table, readme_table, update_readme
+from tinydigits.weights import get_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def test_table_rows_carry_the_measured_figures():
         ours = load_results(name, root=ROOT / "results")
         reference = load_results(name, "reference", root=ROOT / "results")
         assert row.startswith(f"| {spec.title} | {spec.parameters:,} | {weights.file_bytes:,} B")
-        assert f"{weights.test_accuracy:.2f}% (seed {weights.meta['seed']})" in row
+        assert f"{weights.test_accuracy:.2f}% (seed {weights.meta.seed})" in row
         assert f"{ours['test_accuracy']['mean']:.2f} ± {ours['test_accuracy']['std']:.2f}% (5 seeds)" in row
         assert f"{reference['test_accuracy']['mean']:.2f}" in row and reference["seeds"] >= 3
         assert f"tinydigits reproduce --model {name} --seeds 5" in row

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from tinydigits import data
-from tinydigits.checkpoint import WeightsError, read_metadata
+from tinydigits.io import WeightsError, read_metadata
 from tinydigits.recipes import DEFAULT_RECIPES, REFERENCE_RECIPES, Recipe, get_recipe
 from tinydigits.train import train
 

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from tinydigits.cli import main
+from tinydigits.lab.tune import recipe_command
 from tinydigits.recipes import get_recipe
-from tinydigits.tune import recipe_command
 
 optuna = pytest.importorskip("optuna")
 
@@ -17,7 +17,7 @@ optuna = pytest.importorskip("optuna")
 WORKER = textwrap.dedent("""
     import sys
     from tinydigits import data
-    from tinydigits.tune import tune
+    from tinydigits.lab.tune import tune
     full = data.load_mnist()
     mnist = data.MNIST(full.train_images[:1000], full.train_labels[:1000],
                        full.test_images[:10], full.test_labels[:10])

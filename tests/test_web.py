@@ -31,7 +31,7 @@ pytest.importorskip("flask")
 
 @pytest.fixture(scope="module")
 def live():
-    from tinydigits.serve import BackgroundServer, create_app
+    from tinydigits.deploy.serve import BackgroundServer, create_app
 
     server = BackgroundServer(create_app(shipped_models()))
     yield server

@@ -28,6 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import ConfigError
+from .markdown import markdown_table
+
 # Layers that act on each spatial position independently: they keep rf/jump.
 _POINTWISE = (
     nn.BatchNorm2d,
@@ -79,24 +82,14 @@ class ModelSummary:
         """A readable Markdown table followed by totals lines."""
         global_start = self._global_start()
         title = self.model or "model"
-        lines = [
-            f"### Model summary: {title}",
-            "",
-            "| Layer | Kind | Output (C x H x W) | Params | RF (px) | Jump (px) | MACs |",
-            "|---|---|---|---:|---:|---:|---:|",
-        ]
+        rows = []
         for index, layer in enumerate(self.layers):
-            shape = " x ".join(str(d) for d in layer.output_shape)
             # After global pooling the RF is the whole image; say so rather than imply a size.
-            rf = (
-                f"global ({layer.receptive_field})"
-                if index >= global_start
-                else str(layer.receptive_field)
-            )
-            lines.append(
-                f"| {layer.name} | {layer.kind} | {shape} | {layer.parameters:,} "
-                f"| {rf} | {layer.jump} | {layer.macs:,} |"
-            )
+            rf = f"global ({layer.receptive_field})" if index >= global_start else layer.receptive_field
+            rows.append((layer.name, layer.kind, " x ".join(str(d) for d in layer.output_shape),
+                         f"{layer.parameters:,}", rf, layer.jump, f"{layer.macs:,}"))
+        header = ("Layer", "Kind", "Output (C x H x W)", "Params", "RF (px)", "Jump (px)", "MACs")
+        lines = [f"### Model summary: {title}", "", *markdown_table(header, rows, left=3)]
         lines += [
             "",
             f"- Total parameters: {self.total_parameters:,}",
@@ -132,7 +125,7 @@ def receptive_field_step(
 ) -> tuple[int, int]:
     """Propagate (rf, jump) through one sliding-window layer along one axis."""
     if min(rf, jump, kernel, stride, dilation) < 1:
-        raise ValueError("rf, jump, kernel, stride and dilation must all be >= 1")
+        raise ConfigError("rf, jump, kernel, stride and dilation must all be >= 1")
     k_eff = dilation * (kernel - 1) + 1
     return rf + (k_eff - 1) * jump, jump * stride
 
@@ -254,7 +247,7 @@ def summarize(
             rf_w, jump_w = receptive_field_step(rf_w, jump_w, kw, sw, dw)
         elif isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
             if in_hw is None or out_hw is None:
-                raise ValueError(f"{call.name}: adaptive pooling needs a (C, H, W) input")
+                raise ConfigError(f"{call.name}: adaptive pooling needs a (C, H, W) input")
             if out_hw == (1, 1):
                 # Global pooling: every output unit sees the whole image.
                 is_global = True

@@ -1,4 +1,8 @@
-"""The ``tinydigits`` command line: a thin layer over the library."""
+"""The ``tinydigits`` command line: a thin layer over the library, ``deploy`` and ``lab``.
+
+Commands parse options and print; the work is done by the functions they call, imported
+inside each command so that ``tinydigits --help`` stays quick.
+"""
 
 from __future__ import annotations
 
@@ -12,22 +16,27 @@ from typing import Any
 import click
 
 from . import data
-from .checkpoint import WeightsError
+from .deploy.engines import BACKENDS
+from .deploy.export import FORMATS
+from .errors import TinyDigitsError, require
+from .lab import DEFAULT_SEEDS
 from .models import MODELS
-from .reproduce import DEFAULT_SEEDS
+from .runtime import set_threads
+from .weights import load_model, pretrained_path
 
 MODEL_CHOICE = click.Choice(list(MODELS), case_sensitive=False)
-EXPECTED_ERRORS = (data.DataError, WeightsError, ValueError)
+RECIPE_CHOICE = click.Choice(["default", "reference"], case_sensitive=False)
 
 
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's expected failures into one ``Error: ...`` line, not a traceback."""
+    """Turn the errors tinydigits raises on purpose into one ``Error: ...`` line and exit
+    code 1; anything else is a bug and keeps its traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except EXPECTED_ERRORS as err:
+        except TinyDigitsError as err:
             raise click.ClickException(str(err)) from None
 
     return wrapper
@@ -71,7 +80,7 @@ models_or_all_option = click.option(
 
 def model_names_from(value: str) -> list[str]:
     """The models a ``--model`` option names, ``all`` meaning every one."""
-    return list(MODELS) if value.lower() == "all" else [value.lower()]
+    return list(MODELS) if value == "all" else [value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -82,7 +91,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--model", "model_name", type=MODEL_CHOICE, default="medium", show_default=True)
-@click.option("--recipe", "recipe_kind", type=click.Choice(["default", "reference"]),
+@click.option("--recipe", "recipe_kind", type=RECIPE_CHOICE,
               default="default", show_default=True,
               help="The tuned default recipe or the original reference one.")
 @recipe_options
@@ -106,9 +115,9 @@ def train(model_name: str, recipe_kind: str, run_dir: Path | None, resume_dir: P
     if resume_dir and changes:
         raise click.UsageError("--resume continues a run with its saved recipe; "
                                "recipe options cannot be combined with it")
-    recipe = get_recipe(model_name.lower(), recipe_kind).replace(**changes)
+    recipe = get_recipe(model_name, recipe_kind).replace(**changes)
     try:
-        run_training(model_name.lower(), recipe, data_dir=data_dir,
+        run_training(model_name, recipe, data_dir=data_dir,
                      run_dir=resume_dir or run_dir, resume=resume_dir is not None,
                      device=device, threads=threads, progress=progress, log=click.echo)
     except KeyboardInterrupt:
@@ -123,7 +132,8 @@ def train(model_name: str, recipe_kind: str, run_dir: Path | None, resume_dir: P
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="A .safetensors file or a reference .pt/.pth state_dict (--backend torch), "
                    "a TorchScript export (--backend torchscript) or an ONNX file (--backend onnxruntime).")
-@click.option("--backend", default="torch", show_default=True,
+@click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="torch",
+              show_default=True,
               help="torch (weights files), torchscript (runs the file's code: only files you trust) "
                    "or onnxruntime (ONNX files, fp32 or int8).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
@@ -134,39 +144,19 @@ def train(model_name: str, recipe_kind: str, run_dir: Path | None, resume_dir: P
 def evaluate_command(model_name: str, weights: Path, backend: str, as_json: bool, data_dir: Path | None,
                      device: str | None, threads: int | None) -> None:
     """Evaluate weights, or an exported model, on the 10,000 test images."""
-    from .checkpoint import load_model
-    from .evaluate import evaluate, evaluate_log_probs
-    from .export import is_torchscript_file, predict_log_probs_file
-    from .runtime import select_device, set_threads
+    from .deploy.engines import open_engine
+    from .evaluate import evaluate_log_probs
 
     set_threads(threads)
-    backend = backend.lower()
-    if backend not in ("torch", "torchscript", "onnxruntime"):
-        raise click.ClickException(f"unknown backend {backend!r}; choose torch, torchscript or onnxruntime")
-    if not weights.is_file():
-        raise WeightsError(f"{weights}: no such weights file")
-    if backend == "torch" and weights.suffix.lower() == ".onnx":
-        raise click.ClickException(f"{weights}: an ONNX file; evaluate it with --backend onnxruntime")
-    if backend == "torch" and is_torchscript_file(weights):
-        # Loading TorchScript runs code from the file, so it is never done implicitly.
-        raise click.ClickException(f"{weights}: a TorchScript program, not a state_dict; "
-                                   "evaluate it with --backend torchscript if you trust it")
-    # Load what is evaluated before the data, so a bad file fails fast (and fetches nothing).
-    model = None if backend != "torch" else load_model(model_name.lower(), weights,
-                                                        device=select_device(device))
+    # Open what is evaluated before the data, so a bad file fails fast (and fetches nothing).
+    log_probs = open_engine(model_name, weights, backend, device)
     mnist = data.load_mnist(data_dir)
-    images = data.normalize(mnist.test_images)
-    if model is None:
-        # Exported files: the same figures, from the file's own log-probabilities.
-        file_backend = "torch" if backend == "torchscript" else backend
-        result = evaluate_log_probs(predict_log_probs_file(weights, images, file_backend), mnist.test_labels)
-    else:
-        result = evaluate(model, images, mnist.test_labels)
+    result = evaluate_log_probs(log_probs(data.normalize(mnist.test_images)), mnist.test_labels)
     if as_json:
-        click.echo(json.dumps({"model": model_name.lower(), "weights": str(weights), "backend": backend,
+        click.echo(json.dumps({"model": model_name, "weights": str(weights), "backend": backend,
                                **result.to_dict()}))
         return
-    click.echo(f"{model_name.lower()} {weights}: test accuracy {result.accuracy:.2f}% "
+    click.echo(f"{model_name} {weights}: test accuracy {result.accuracy:.2f}% "
                f"({result.count} images), loss {result.loss:.4f}")
     click.echo("per-class accuracy: " + "  ".join(
         f"{digit}: {acc:.2f}%" for digit, acc in enumerate(result.per_class_accuracy)))
@@ -184,7 +174,7 @@ def summary(model_name: str, as_json: bool) -> None:
     from .analysis import summarize
     from .models import build_model
 
-    result = summarize(build_model(model_name.lower()), name=model_name.lower())
+    result = summarize(build_model(model_name), name=model_name)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_markdown())
 
 
@@ -192,7 +182,8 @@ def summary(model_name: str, as_json: bool) -> None:
 @click.option("--model", "model_name", type=MODEL_CHOICE, required=True)
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Weights to export (default: the pretrained weights shipped with the package).")
-@click.option("--format", "fmt", default="onnx", show_default=True, help="onnx or torchscript.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS, case_sensitive=False), default="onnx",
+              show_default=True)
 @click.option("--int8", is_flag=True,
               help="ONNX only: BatchNorm folded, static int8 quantization calibrated on training images.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The file to write.")
@@ -204,15 +195,12 @@ def summary(model_name: str, as_json: bool) -> None:
 def export_command(model_name: str, weights: Path | None, fmt: str, int8: bool, output: Path,
                    verify: bool, data_dir: Path | None, threads: int | None) -> None:
     """Export a model to ONNX (fp32 or int8) or TorchScript."""
-    from .checkpoint import load_model, pretrained_path
-    from .export import ExportError, calibration_subset, check_format, compare_with_torch, export_model
-    from .runtime import set_threads
+    from .deploy.export import calibration_subset, check_export, check_format, export_model
 
     set_threads(threads)
-    name = model_name.lower()
-    fmt = check_format(fmt, int8)  # before any slow work
-    source = weights if weights is not None else pretrained_path(name)
-    model = load_model(name, source)
+    check_format(fmt, int8)  # before any slow work
+    source = weights if weights is not None else pretrained_path(model_name)
+    model = load_model(model_name, source)
     mnist = data.load_mnist(data_dir) if (int8 or verify) else None
     calibration = calibration_subset(mnist.train_images) if mnist is not None and int8 else None
     result = export_model(model, output, fmt, int8=int8, calibration_images=calibration)
@@ -221,13 +209,10 @@ def export_command(model_name: str, weights: Path | None, fmt: str, int8: bool, 
                f"the fp32 weights file {source} is {source.stat().st_size:,} bytes")
     if mnist is None:
         return
-    check = compare_with_torch(model, result.path, data.normalize(mnist.test_images), mnist.test_labels)
+    check = check_export(model, result, data.normalize(mnist.test_images), mnist.test_labels)
     click.echo(f"test accuracy {check.accuracy:.2f}% ({kind}) vs {check.reference_accuracy:.2f}% "
                f"(PyTorch fp32) on {check.count:,} images; {check.prediction_mismatches} predictions "
                f"differ, max |log-prob difference| {check.max_abs_diff:.2e}")
-    tolerance = 1e-4
-    if not int8 and not check.ok(tolerance):
-        raise ExportError(f"{result.path}: does not match PyTorch within {tolerance:g}")
 
 
 @main.command()
@@ -244,14 +229,10 @@ def view(model_name: str, weights: Path | None, browser: bool, port: int | None)
     import logging
     import tempfile
 
-    from .checkpoint import load_model
-    from .export import export_onnx
+    from .deploy.export import export_onnx
 
-    try:
-        import netron
-    except ImportError:
-        raise click.ClickException("view needs Netron: pip install netron (or 'tinydigits[viz]')") from None
-    name = model_name.lower()
+    netron = require("netron", "viz", "view")
+    name = model_name
     model = load_model(name, weights, pretrained=weights is None)
     logging.getLogger("netron").setLevel(logging.WARNING)  # we print the URL ourselves
     with tempfile.TemporaryDirectory(prefix="tinydigits-view-") as tmp:
@@ -274,9 +255,9 @@ def view(model_name: str, weights: Path | None, browser: bool, port: int | None)
 @friendly_errors
 def diagram(model_name: str, output: Path) -> None:
     """Draw the architecture with each layer's output shape (needs Graphviz's `dot`)."""
-    from .diagram import render_diagram
+    from .lab.diagram import render_diagram
 
-    click.echo(f"wrote {render_diagram(model_name.lower(), output)}")
+    click.echo(f"wrote {render_diagram(model_name, output)}")
 
 
 @main.command()
@@ -299,12 +280,10 @@ def predict(sources: tuple[Path, ...], model_name: str, weights: Path | None, to
     error line on stderr and the rest are still classified; the exit code is 1 if
     any file failed.
     """
-    from .checkpoint import load_model
     from .predict import predict_files
-    from .runtime import set_threads
 
     set_threads(None)
-    name = model_name.lower()
+    name = model_name
     model = load_model(name, weights, pretrained=weights is None)
     failed = 0
     for result in predict_files(model, sources, top_k, save_dir=save_preprocessed):
@@ -348,7 +327,7 @@ def fetch(data_dir: Path | None) -> None:
 
 @main.command()
 @models_or_all_option
-@click.option("--recipe", "recipe_kind", type=click.Choice(["default", "reference"]),
+@click.option("--recipe", "recipe_kind", type=RECIPE_CHOICE,
               default="default", show_default=True)
 @click.option("--seeds", type=click.IntRange(min=1), default=DEFAULT_SEEDS, show_default=True,
               help="Train seeds 0..N-1; seeds already recorded with the same recipe are kept.")
@@ -362,7 +341,7 @@ def fetch(data_dir: Path | None) -> None:
 def reproduce(model_names: str, recipe_kind: str, seeds: int, results_dir: Path, runs_dir: Path,
               data_dir: Path | None, device: str | None, threads: int | None) -> None:
     """Train over several seeds and write results/<model>[-reference].json."""
-    from .reproduce import reproduce as run_seeds
+    from .lab.reproduce import reproduce as run_seeds
 
     mnist = data.load_mnist(data_dir)
     for name in model_names_from(model_names):
@@ -382,9 +361,9 @@ def reproduce(model_names: str, recipe_kind: str, seeds: int, results_dir: Path,
 @friendly_errors
 def publish(model_names: str, results_dir: Path, data_dir: Path | None) -> None:
     """Ship the best-validation seed's weights from results/<model>.json in the package."""
-    from .pretrained import pick_seed
-    from .pretrained import publish as publish_weights
-    from .reproduce import load_results
+    from .lab.publish import pick_seed
+    from .lab.publish import publish as publish_weights
+    from .lab.reproduce import load_results
 
     mnist = data.load_mnist(data_dir)
     for name in model_names_from(model_names):
@@ -404,8 +383,8 @@ def publish(model_names: str, results_dir: Path, data_dir: Path | None) -> None:
 @friendly_errors
 def table(results_dir: Path, update_readme: Path | None) -> None:
     """Print the Markdown models table (the README's table is this output)."""
-    from .table import models_table
-    from .table import update_readme as write_readme
+    from .lab.table import models_table
+    from .lab.table import update_readme as write_readme
 
     text = models_table(results_dir)
     click.echo(text, nl=False)
@@ -426,12 +405,10 @@ def table(results_dir: Path, update_readme: Path | None) -> None:
 def report(model_name: str, weights: Path | None, output_dir: Path, data_dir: Path | None,
            threads: int | None) -> None:
     """Write the confusion matrix and the misclassified test digits as PNG files."""
-    from .checkpoint import load_model
-    from .plots import write_report
-    from .runtime import set_threads
+    from .lab.plots import write_report
 
     set_threads(threads)
-    name = model_name.lower()
+    name = model_name
     model = load_model(name, weights, pretrained=weights is None)
     written = write_report(model, name, data.load_mnist(data_dir), output_dir)
     click.echo(f"{name}: test accuracy {written['accuracy']:.2f}%, {written['errors']} misclassified")
@@ -446,7 +423,7 @@ def report(model_name: str, weights: Path | None, output_dir: Path, data_dir: Pa
 @friendly_errors
 def curves(model_names: str, results_dir: Path, output_dir: Path) -> None:
     """Plot the training curves of each shipped model's run, from results/<model>.json."""
-    from .plots import plot_shipped_curves
+    from .lab.plots import plot_shipped_curves
 
     for name in model_names_from(model_names):
         path = plot_shipped_curves(name, results_dir, output_dir / f"curves-{name}.png")
@@ -469,25 +446,15 @@ def curves(model_names: str, results_dir: Path, output_dir: Path) -> None:
 def tune(model_name: str, trials: int, storage: str | None, study_name: str | None, epochs: int | None,
          data_dir: Path | None, device: str | None, threads: int | None) -> None:
     """Search recipe hyper-parameters with Optuna, scored on validation accuracy only."""
-    from .tune import recipe_command
-    from .tune import tune as run_study
+    from .lab.tune import recipe_command
+    from .lab.tune import tune as run_study
 
-    name = model_name.lower()
+    name = model_name
     study = run_study(name, trials, storage=storage, study_name=study_name, epochs=epochs,
                       data_dir=data_dir, device=device, threads=threads, log=click.echo)
     best = study.best_trial
     click.echo(f"best of {len(study.trials)} trials: #{best.number}, validation accuracy {best.value:.2f}%")
     click.echo(f"train it with: {recipe_command(name, best.user_attrs['recipe'])}")
-
-
-def _web_module() -> Any:
-    """tinydigits.serve, imported only when asked for: Flask and waitress are an optional extra."""
-    try:
-        from . import serve as web
-    except ImportError as err:
-        raise click.ClickException(f"the web demo needs Flask and waitress ({err}): "
-                                   "pip install 'tinydigits[web]'") from None
-    return web
 
 
 @main.command(name="serve")
@@ -504,11 +471,12 @@ def _web_module() -> Any:
 def serve_command(host: str, port: int, model_names: tuple[str, ...], server_threads: int,
                   threads: int | None) -> None:
     """Serve the web demo (draw a digit, see the models read it) and its JSON API with waitress."""
-    from .runtime import set_threads
+    for needed in ("flask", "waitress"):
+        require(needed, "web", "the web demo")
+    from .deploy import serve as web
 
-    web = _web_module()
     set_threads(threads)
-    names = list(dict.fromkeys(name.lower() for name in model_names)) or None
+    names = list(dict.fromkeys(model_names)) or None
     try:
         web.serve(host, port, names, threads=server_threads, announce=click.echo)
     except OSError as err:
@@ -540,24 +508,15 @@ def loadtest_command(clients: int, duration: float, model_name: str, samples: in
     Starts `tinydigits serve` in a subprocess on a free loopback port (unless --url is
     given), reports median and 99th-percentile latency and the server's peak memory, and
     exits with 1 if any request failed or was answered wrongly."""
-    import shlex
-
-    from .loadtest import load_test
-    from .runtime import set_threads
+    from .io import write_text
+    from .lab.loadtest import load_test
 
     set_threads(threads)  # for choosing the samples here; the server gets --threads too
-    result = load_test(clients=clients, duration=duration, model=model_name.lower(), count=samples,
+    result = load_test(clients=clients, duration=duration, model=model_name, count=samples,
                        server_threads=server_threads, torch_threads=threads, url=url, data_dir=data_dir)
     click.echo(result.summary())
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        # The command as a canonical line, whichever entry point ran it.
-        options = [f"--clients {clients}", f"--duration {duration:g}", f"--model {model_name.lower()}",
-                   f"--samples {samples}", f"--server-threads {server_threads}"]
-        options += [f"--url {shlex.quote(url)}"] if url else []
-        options += [f"--threads {threads}"] if threads else []
-        command = "tinydigits loadtest " + " ".join([*options, f"-o {shlex.quote(str(output))}"])
-        output.write_text(result.to_markdown(command), encoding="utf-8")
+        write_text(output, result.to_markdown(output))
         click.echo(f"wrote {output}")
     for example in result.examples:
         click.echo(f"problem: {example}", err=True)
@@ -582,9 +541,9 @@ def loadtest_command(clients: int, duration: float, model_name: str, samples: in
 def bench_command(model_names: tuple[str, ...], threads: int | None, output: Path, quick: bool,
                   time_to_accuracy: bool, data_dir: Path | None, device: str | None) -> None:
     """Measure training and inference speed here and write docs/BENCHMARKS.md (+ benchmarks.json)."""
-    from .bench import run_benchmark, write_report
+    from .lab.bench import run_benchmark, write_report
 
-    names = list(dict.fromkeys(name.lower() for name in model_names)) or None
+    names = list(dict.fromkeys(model_names)) or None
     results = run_benchmark(names, device=device, threads=threads, quick=quick,
                             time_to_accuracy_too=time_to_accuracy, data_dir=data_dir,
                             log=lambda line: click.echo(f"bench: {line}", err=True))

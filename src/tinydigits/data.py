@@ -12,7 +12,6 @@ file under a final name.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
@@ -30,6 +29,9 @@ from typing import IO, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+
+from .errors import ConfigError, TinyDigitsError
+from .io import atomic_write
 
 __all__ = [
     "FILES",
@@ -79,7 +81,7 @@ _MAX_BYTES = 64 * 1024 * 1024
 _FETCH_HINT = "run `tinydigits data fetch` to download a fresh copy"
 
 
-class DataError(Exception):
+class DataError(TinyDigitsError):
     """A data file is missing, corrupt or could not be fetched (one-line message)."""
 
 
@@ -196,7 +198,7 @@ def _check_hash(data: bytes, path: Path, name: str) -> None:
 def verify_file(path: Path, name: str) -> None:
     """Check the SHA-256 of the (decompressed) file against ``FILES[name]``."""
     if name not in FILES:
-        raise ValueError(f"unknown MNIST file {name!r}; expected one of {sorted(FILES)}")
+        raise ConfigError(f"unknown MNIST file {name!r}; expected one of {sorted(FILES)}")
     path = Path(path)
     _check_hash(_read_bytes(path), path, name)
 
@@ -374,21 +376,8 @@ def default_sources() -> list[Source]:
 
 
 def _install(data: bytes, data_dir: Path, name: str) -> Path:
-    """Write ``data`` to ``data_dir/name`` atomically (temp file in the same dir + replace)."""
-    final = data_dir / name
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=data_dir)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())  # durable before it becomes visible under the final name
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a data cache should be readable
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return final
+    """Write ``data`` to ``data_dir/name`` atomically, so a file under its final name is whole."""
+    return atomic_write(data_dir / name, lambda tmp: tmp.write_bytes(data))
 
 
 def _fetch(data_dir: Path, names: Sequence[str], sources: Sequence[Source], quiet: bool) -> None:
@@ -542,9 +531,9 @@ def split_train_val(
     """
     n = len(images)
     if len(labels) != n:
-        raise ValueError(f"images ({n}) and labels ({len(labels)}) differ in length")
+        raise ConfigError(f"images ({n}) and labels ({len(labels)}) differ in length")
     if not 0 <= val_size < n:
-        raise ValueError(f"val_size must be in [0, {n}), got {val_size}")
+        raise ConfigError(f"val_size must be in [0, {n}), got {val_size}")
     # Own generator: independent of (and not disturbing) the global RNG state.
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=gen)
@@ -560,7 +549,7 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     if images.ndim == 3:
         images = images.unsqueeze(1)
     if images.ndim != 4 or images.shape[1] != 1:
-        raise ValueError(
+        raise ConfigError(
             f"normalize expects [N, 28, 28] or [N, 1, 28, 28], got {tuple(images.shape)}"
         )
     return (images.to(torch.float32) / 255.0 - MEAN) / STD

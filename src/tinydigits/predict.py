@@ -16,6 +16,7 @@ from PIL import Image
 from torch import nn
 
 from .data import normalize
+from .errors import ConfigError
 from .evaluate import predict_log_probs
 from .preprocess import PreprocessError, Source, load_image, to_mnist
 
@@ -56,7 +57,7 @@ class Prediction:
 def classify(model: nn.Module, images: torch.Tensor, top_k: int = 3) -> list[list[tuple[int, float]]]:
     """The ``top_k`` (digit, probability) pairs, most likely first, for uint8 images [N, 28, 28]."""
     if not 1 <= top_k <= 10:
-        raise ValueError(f"top_k must be between 1 and 10, got {top_k}")
+        raise ConfigError(f"top_k must be between 1 and 10, got {top_k}")
     probs = predict_log_probs(model, normalize(images)).exp()  # the models output log-probabilities
     values, digits = probs.topk(top_k, dim=1)
     return [[(int(d), round(float(p), 6)) for d, p in zip(row_d, row_p, strict=True)]
@@ -103,7 +104,7 @@ def predict_files(model: nn.Module, paths: Iterable[str | Path], top_k: int = 3,
     """One :class:`Prediction` per file, in order; a bad file yields an error result and
     the batch goes on. With ``save_dir`` each 28x28 input is also saved there as PNG."""
     if not 1 <= top_k <= 10:
-        raise ValueError(f"top_k must be between 1 and 10, got {top_k}")
+        raise ConfigError(f"top_k must be between 1 and 10, got {top_k}")
     if save_dir is not None:
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import TinyDigitsError, first_line
+
 __all__ = ["FORMATS", "MAX_PIXELS", "PreprocessError", "load_image", "to_mnist"]
 
 Source = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
@@ -47,13 +49,8 @@ MIN_STROKE = 1.2  # output stroke widths below this (MNIST's median is 2.0) get 
 TARGET_STROKE = 1.8
 
 
-class PreprocessError(ValueError):
+class PreprocessError(TinyDigitsError):
     """An input that cannot be turned into a digit image; the message is one line."""
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _open_source(source: Source) -> tuple[IO[bytes], bool]:
@@ -69,7 +66,7 @@ def _open_source(source: Source) -> tuple[IO[bytes], bool]:
         except FileNotFoundError:
             raise PreprocessError("no such file") from None
         except OSError as err:
-            raise PreprocessError(f"cannot read the file ({err.strerror or _first_line(err)})") from None
+            raise PreprocessError(f"cannot read the file ({err.strerror or first_line(err)})") from None
     if not hasattr(source, "read"):
         raise TypeError(f"load_image expects a path, bytes or a binary file, got {type(source).__name__}")
     try:
@@ -110,7 +107,7 @@ def load_image(source: Source, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
                     "not an image, or not a supported format (" + ", ".join(FORMATS) + ")"
                 ) from None
             except Exception as err:  # decoders raise many types for garbage headers
-                raise PreprocessError(f"not a readable image ({_first_line(err)})") from None
+                raise PreprocessError(f"not a readable image ({first_line(err)})") from None
             width, height = image.size
             if width * height > max_pixels:
                 raise PreprocessError(
@@ -122,7 +119,7 @@ def load_image(source: Source, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
             try:
                 image.load()
             except Exception as err:  # truncated JPEG: OSError; broken PNG: SyntaxError, zlib...
-                raise PreprocessError(f"corrupt or truncated image ({_first_line(err)})") from None
+                raise PreprocessError(f"corrupt or truncated image ({first_line(err)})") from None
         try:
             upright = ImageOps.exif_transpose(image)
         except Exception:  # a broken EXIF block is no reason to refuse the pixels

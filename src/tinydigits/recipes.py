@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -54,13 +56,13 @@ class Recipe:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
-            raise ValueError(f"invalid recipe value(s): {values} (see `tinydigits train --help`)")
+            raise ConfigError(f"invalid recipe value(s): {values} (see `tinydigits train --help`)")
 
     def replace(self, **changes: Any) -> Recipe:
         """A copy with some fields changed; unknown names raise a clear error."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise ValueError(f"unknown recipe field(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown recipe field(s): {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,7 +98,7 @@ def get_recipe(model: str, kind: str = "default") -> Recipe:
     """The ``default`` (tuned) or ``reference`` recipe for a model."""
     table = {"default": DEFAULT_RECIPES, "reference": REFERENCE_RECIPES}.get(kind)
     if table is None:
-        raise ValueError(f"unknown recipe {kind!r}; choose 'default' or 'reference'")
+        raise ConfigError(f"unknown recipe {kind!r}; choose 'default' or 'reference'")
     if model not in table:
-        raise ValueError(f"no recipe for model {model!r}; choose one of: {', '.join(table)}")
+        raise ConfigError(f"no recipe for model {model!r}; choose one of: {', '.join(table)}")
     return table[model]

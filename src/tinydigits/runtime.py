@@ -1,12 +1,20 @@
 """Where and how to run: device choice and CPU thread count; what the machine and a
-process use (load average, peak memory)."""
+process use (load average, peak memory); which code ran (package version, git commit)."""
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import torch
+
+from .errors import ConfigError
+
+UNKNOWN = "unknown"
 
 
 def select_device(name: str | None = None) -> torch.device:
@@ -15,9 +23,9 @@ def select_device(name: str | None = None) -> torch.device:
         try:
             device = torch.device(name)
         except RuntimeError:
-            raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+            raise ConfigError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+            raise ConfigError(f"device {name!r} asked for, but CUDA is not available here")
         return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -32,7 +40,7 @@ def set_threads(threads: int | None = None) -> int:
         threads = int(os.environ["TINYDIGITS_THREADS"])
     if threads is not None:
         if threads < 1:
-            raise ValueError(f"threads must be at least 1, got {threads}")
+            raise ConfigError(f"threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     return torch.get_num_threads()
 
@@ -70,3 +78,35 @@ def load_average() -> tuple[float, float, float] | None:
     except (AttributeError, OSError):  # no getloadavg (Windows), or it cannot be read
         return None
     return one, five, fifteen
+
+
+def package_version() -> str:
+    """The installed tinydigits version, or "unknown" when it is run from a bare source tree."""
+    try:
+        return importlib.metadata.version("tinydigits")
+    except importlib.metadata.PackageNotFoundError:
+        return UNKNOWN
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The git commit of the checkout this package runs from, with ``-dirty`` when the package's
+    own files differ from it; "unknown" outside a checkout or without git."""
+    package_dir = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(package_dir), *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+
+    try:
+        git("ls-files", "--error-unmatch", "__init__.py")  # these files, not an enclosing repository's
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    except (OSError, subprocess.SubprocessError):
+        return UNKNOWN
+    return f"{commit}-dirty" if dirty else commit
+
+
+def provenance() -> dict[str, str]:
+    """Which code produced a result, recorded beside it like a paper's code hash."""
+    return {"package_version": package_version(), "git_commit": git_commit()}

@@ -1,7 +1,7 @@
 """The training loop: one function, data already in memory, batched augmentation.
 
 A run directory holds everything a run produced:
-    config.json         the model, resolved recipe, device and thread count
+    config.json         the model, resolved recipe, device, thread count and code version
     metrics.jsonl       one JSON line per epoch
     checkpoint.pt       written atomically after every epoch; ``resume`` continues from it
     best.safetensors    the weights with the best validation accuracy so far
@@ -25,11 +25,12 @@ from tqdm import tqdm
 
 from . import data
 from .augment import random_affine
-from .checkpoint import WeightsError, load_checkpoint, save_checkpoint, save_weights
+from .errors import ConfigError
 from .evaluate import evaluate
+from .io import WeightsError, load_checkpoint, save_checkpoint, save_weights
 from .models import build_model, count_parameters, get_spec
 from .recipes import Recipe
-from .runtime import select_device, set_threads
+from .runtime import provenance, select_device, set_threads
 
 BACKGROUND = (0.0 - data.MEAN) / data.STD  # an empty pixel after normalization
 
@@ -54,7 +55,7 @@ def make_optimizer(params: Any, recipe: Recipe) -> torch.optim.Optimizer:
         )
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    raise ValueError(f"unknown optimizer {recipe.optimizer!r}; choose 'sgd' or 'adamw'")
+    raise ConfigError(f"unknown optimizer {recipe.optimizer!r}; choose 'sgd' or 'adamw'")
 
 
 def make_schedule(
@@ -71,7 +72,7 @@ def make_schedule(
             # It overrides recipe.momentum, which applies to the constant schedule.
             base_momentum=0.85, max_momentum=0.95,
         )
-    raise ValueError(f"unknown schedule {recipe.schedule!r}; choose 'constant' or 'onecycle'")
+    raise ConfigError(f"unknown schedule {recipe.schedule!r}; choose 'constant' or 'onecycle'")
 
 
 def train_one_epoch(
@@ -194,14 +195,14 @@ def train(
         config = {
             "model": model_name, "recipe": recipe.to_dict(), "device": str(dev),
             "threads": threads, "torch": torch.__version__,
-            "parameters": count_parameters(model),
+            "parameters": count_parameters(model), **provenance(),
         }
         (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (run_dir / "metrics.jsonl").write_text("")
 
     def weights_metadata(epoch: int) -> dict[str, Any]:
         return {"model": model_name, "recipe": recipe.to_dict(), "seed": recipe.seed,
-                "epoch": epoch, "metrics": history[-1] if history else {}}
+                "epoch": epoch, "metrics": history[-1] if history else {}, **provenance()}
 
     started = time.perf_counter() - sum(h["seconds"] for h in history)
     for epoch in range(len(history) + 1, recipe.epochs + 1):

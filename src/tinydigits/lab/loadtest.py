@@ -7,8 +7,7 @@ against its input: an answer is right only if it is the digit drawn. The server 
 a subprocess (``python -m tinydigits serve``) so its peak memory can be read from
 ``/proc/<pid>/status`` (``VmHWM``) and nothing in the load generator inflates it.
 
-    python -m tinydigits.loadtest --clients 20 --duration 20 -o docs/LOADTEST.md
-    tinydigits loadtest ...                                # the same
+    tinydigits loadtest --clients 20 --duration 20 -o docs/LOADTEST.md
 """
 
 from __future__ import annotations
@@ -26,20 +25,24 @@ import re
 import signal
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import torch
 from PIL import Image
 from torch import nn
 
-from .runtime import load_average, peak_rss_kib
+from ..data import load_mnist
+from ..errors import TinyDigitsError
+from ..markdown import markdown_table
+from ..runtime import load_average, peak_rss_kib
+from ..weights import load_model
+from .commands import python_module_argv, tinydigits_line
 
 __all__ = ["LoadResult", "LoadTestError", "Sample", "ServerProcess", "drawn_samples", "encode_multipart",
            "load_test", "parse_url", "run_load"]
@@ -47,9 +50,8 @@ __all__ = ["LoadResult", "LoadTestError", "Sample", "ServerProcess", "drawn_samp
 BOUNDARY = "tinydigits-load-test-boundary"
 
 
-class LoadTestError(ValueError):
-    """A load test that cannot run (a bad URL, a server that does not start); one-line message.
-    A ValueError, so the command line reports it as one ``Error:`` line."""
+class LoadTestError(TinyDigitsError):
+    """A load test that cannot run (a bad URL, a server that does not start); one-line message."""
 
 
 def parse_url(url: str) -> tuple[str, int]:
@@ -113,7 +115,7 @@ def drawn_samples(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                   count: int = 200) -> list[Sample]:
     """The first ``count`` test digits, drawn as PNGs, that ``model`` reads correctly in-process
     (preprocessing included), so each one's right answer is known."""
-    from .predict import predict_image
+    from ..predict import predict_image
 
     samples: list[Sample] = []
     for image, label in zip(images, labels.tolist(), strict=True):
@@ -153,6 +155,7 @@ class LoadResult:
     torch_threads: int | None = None
     torch_threads_from: str = ""
     load_before: tuple[float, ...] = ()  # the machine's load average as the test began
+    options: dict[str, Any] = field(default_factory=dict)  # of load_test(), as command-line options
 
     @property
     def requests(self) -> int:
@@ -180,7 +183,12 @@ class LoadResult:
                 f"({self.throughput:.1f}/s): {self.errors} errors, {self.wrong} wrong answers; latency "
                 f"median {self.median_ms:.1f} ms, p99 {self.p99_ms:.1f} ms; server peak RSS {rss}")
 
-    def to_markdown(self, command: str = "") -> str:
+    def command_line(self, output: str | os.PathLike | None = None) -> str:
+        """The test as one canonical ``tinydigits loadtest`` line, whichever entry point ran it."""
+        return tinydigits_line("loadtest", {**self.options, "output": output and str(output)})
+
+    def to_markdown(self, output: str | os.PathLike | None = None) -> str:
+        command = self.command_line(output) if self.options else ""
         rss = (f"{self.peak_rss_kib / 1024:.1f} MiB ({self.peak_rss_kib:,} KiB)" if self.peak_rss_kib
                else "unknown")
         before = ", ".join(f"{x:.2f}" for x in self.load_before) or "unknown"
@@ -214,9 +222,7 @@ class LoadResult:
             f"used, and every answer is checked against the digit sent. Latency is measured by the "
             f"client, from sending the request to the end of the answer.",
             "",
-            "| measure | value |",
-            "|---|---:|",
-            *[f"| {name} | {value} |" for name, value in rows],
+            *markdown_table(("measure", "value"), rows, left=1),
             "",
             f"Machine: {os.cpu_count()} CPUs ({platform.machine()}, Python {platform.python_version()}, "
             f"torch {torch.__version__}), shared by the server, the clients and whatever else runs "
@@ -307,12 +313,9 @@ class ServerProcess:
 
     def __init__(self, models: Sequence[str] = ("medium",), *, server_threads: int = 4,
                  torch_threads: int | None = None, startup_timeout: float = 60.0) -> None:
-        self.command = [sys.executable, "-m", "tinydigits", "serve", "--host", "127.0.0.1", "--port", "0",
-                        "--server-threads", str(server_threads)]
-        for name in models:
-            self.command += ["--models", name]
-        if torch_threads is not None:
-            self.command += ["--threads", str(torch_threads)]
+        self.command = python_module_argv("tinydigits", ["serve"], {
+            "host": "127.0.0.1", "port": 0, "server_threads": server_threads, "models": list(models),
+            "threads": torch_threads})
         self.server_threads = server_threads
         self.startup_timeout = startup_timeout
         self.url = ""
@@ -389,9 +392,6 @@ def load_test(*, clients: int = 20, duration: float = 20.0, model: str = "medium
               data_dir: str | os.PathLike | None = None) -> LoadResult:
     """The whole test: pick samples, start a server (unless ``url`` is given), load it, read its
     peak memory, stop it."""
-    from .checkpoint import load_model
-    from .data import load_mnist
-
     if url is not None:
         parse_url(url)  # a bad URL fails before the samples are made
     mnist = load_mnist(data_dir)
@@ -407,19 +407,6 @@ def load_test(*, clients: int = 20, duration: float = 20.0, model: str = "medium
             result.torch_threads_from = (
                 "--threads" if torch_threads is not None
                 else "$TINYDIGITS_THREADS" if os.environ.get("TINYDIGITS_THREADS") else "torch's default")
+    result.options = {"clients": clients, "duration": f"{duration:g}", "model": model, "samples": count,
+                      "server_threads": server_threads, "url": url, "threads": torch_threads}
     return result
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tinydigits.loadtest``: the same as ``tinydigits loadtest``."""
-    from .cli import main as cli
-
-    try:
-        cli.main(["loadtest", *(sys.argv[1:] if argv is None else argv)], prog_name="tinydigits")
-    except SystemExit as stop:
-        return int(stop.code or 0)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

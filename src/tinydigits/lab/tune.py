@@ -13,18 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import data
-from .models import get_spec
-from .recipes import Recipe, get_recipe
-from .train import train
-
-
-def _optuna() -> Any:
-    try:
-        import optuna
-    except ImportError:
-        raise ValueError("tuning needs optuna: pip install 'tinydigits[tune]'") from None
-    return optuna
+from .. import data
+from ..errors import ConfigError, first_line, require
+from ..models import get_spec
+from ..recipes import Recipe, get_recipe
+from ..train import train
+from .commands import tinydigits_line
 
 
 def default_storage(model_name: str) -> str:
@@ -63,7 +57,7 @@ def tune(
 ) -> Any:
     """Run ``trials`` more trials of the study (created on first use); returns the study.
     ``recipe_changes`` fix recipe fields outside the search space (e.g. ``val_size``)."""
-    optuna = _optuna()
+    optuna = require("optuna", "tune", "tuning")
     model_name = get_spec(model_name).name
     storage = storage or default_storage(model_name)
     if storage.startswith("sqlite:///"):
@@ -73,13 +67,12 @@ def tune(
     if epochs is not None:
         base = base.replace(epochs=epochs)
     if base.val_size <= 0:
-        raise ValueError("tuning scores validation accuracy, so it needs val_size > 0")
+        raise ConfigError("tuning scores validation accuracy, so it needs val_size > 0")
     try:
         study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
                                     load_if_exists=True)
     except Exception as err:  # sqlalchemy and optuna raise many types for a bad URL
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"cannot open Optuna storage {storage!r}: {first_line}") from None
+        raise ConfigError(f"cannot open Optuna storage {storage!r}: {first_line(err)}") from None
     mnist = mnist if mnist is not None else data.load_mnist(data_dir)
 
     def objective(trial: Any) -> float:
@@ -100,15 +93,8 @@ def tune(
 
 
 def recipe_command(model_name: str, recipe: dict[str, Any]) -> str:
-    """The ``tinydigits train`` command that trains with a trial's recipe."""
+    """The ``tinydigits train`` command that trains with a trial's recipe (the fields that
+    differ from the model's default recipe, as options)."""
     default = get_recipe(model_name).to_dict()
-    options = []
-    for key, value in recipe.items():
-        if value == default.get(key):
-            continue
-        flag = key.replace("_", "-")
-        if isinstance(value, bool):
-            options.append(f"--{flag}" if value else f"--no-{flag}")
-        else:
-            options.append(f"--{flag} {value!r}" if isinstance(value, float) else f"--{flag} {value}")
-    return " ".join([f"tinydigits train --model {model_name}", *options])
+    changed = {key: value for key, value in recipe.items() if value != default.get(key)}
+    return tinydigits_line("train", {"model": model_name, **changed})

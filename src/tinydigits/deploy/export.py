@@ -1,19 +1,7 @@
-"""Exporting trained models: ONNX (fp32 or int8) and TorchScript, plus running the exports.
+"""Writing exported models: ONNX (fp32, or int8 after BatchNorm folding) and TorchScript.
 
-BatchNorm folding: every block here is Conv(no bias) -> ReLU -> BatchNorm -> Dropout, so
-BatchNorm sits *after* the ReLU and cannot be folded into its own conv the usual way.
-:func:`fold_batchnorm` removes it exactly instead:
-
-* the BN scale ``s`` is split as ``|s| * sign(s)``; ``|s|`` moves back into the preceding
-  conv through the ReLU (``relu(a*x) == a*relu(x)`` for ``a >= 0``);
-* what is left, ``y = sign * z + t``, moves forward through Dropout (identity at eval),
-  average pooling (any affine map commutes with an average) and max pooling (a shift
-  commutes with max; ``sign`` does only where it is all +1, otherwise it is applied
-  before the pool), into the next conv: ``sign`` always goes into its weights, ``t``
-  into its bias when the conv has no padding. A padded conv would see the zero padding
-  become ``t`` if ``t`` were folded in, so there ``t`` stays as a per-channel Add.
-
-The folded network gives the same outputs as the original to float rounding.
+Every file is written atomically and, by default, checked against PyTorch on the test
+images (:func:`check_export`); :mod:`tinydigits.deploy.engines` runs the files.
 """
 
 from __future__ import annotations
@@ -24,7 +12,6 @@ import logging
 import os
 import tempfile
 import warnings
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,150 +19,20 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import atomic_write
-from .evaluate import evaluate_log_probs, predict_log_probs
-
-__all__ = [
-    "FORMATS",
-    "ChannelAffine",
-    "Comparison",
-    "ExportError",
-    "ExportResult",
-    "FoldedNet",
-    "calibration_subset",
-    "check_format",
-    "compare_with_torch",
-    "export_model",
-    "export_onnx",
-    "export_onnx_int8",
-    "export_torchscript",
-    "fold_batchnorm",
-    "is_torchscript_file",
-    "predict_log_probs_file",
-]
+from ..data import normalize
+from ..errors import require
+from ..io import atomic_write
+from . import ExportError
+from .engines import Comparison, compare_with_torch
+from .fold import fold_batchnorm
 
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME = "images"
 OUTPUT_NAME = "log_probs"
 OPSET = 18
-
-
-class ExportError(ValueError):
-    """An export or exported file that cannot be used; the message is one line.
-
-    A ValueError, so the command line's error handling prints it as ``Error: ...``."""
-
-
-# ------------------------------------------------------------------ BatchNorm folding
-
-
-class ChannelAffine(nn.Module):
-    """``x * scale + shift`` per channel; either part may be absent (exports as Mul / Add)."""
-
-    def __init__(self, scale: torch.Tensor | None, shift: torch.Tensor | None) -> None:
-        super().__init__()
-        self.scale = None if scale is None else nn.Parameter(scale.detach().clone(), requires_grad=False)
-        self.shift = None if shift is None else nn.Parameter(shift.detach().clone(), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.scale is not None:
-            x = x * self.scale.view(1, -1, 1, 1)
-        if self.shift is not None:
-            x = x + self.shift.view(1, -1, 1, 1)
-        return x
-
-
-class FoldedNet(nn.Module):
-    """A TinyDigitNet with BatchNorm and Dropout folded away: a layer chain, then log-softmax."""
-
-    def __init__(self, layers: list[nn.Module]) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(self.layers(x).flatten(1), dim=1)
-
-
-def _flat_layers(model: nn.Module) -> list[nn.Module]:
-    """The leaf modules of a TinyDigitNet in forward order (its blocks are plain Sequentials)."""
-    if not hasattr(model, "num_blocks") or not hasattr(model, "gap_linear"):
-        raise ExportError(f"cannot fold {type(model).__name__}: expected a tinydigits model")
-    blocks = [getattr(model, f"conv{i}") for i in range(1, model.num_blocks + 1)] + [model.gap_linear]
-    return [layer for block in blocks for layer in block]
-
-
-def _is_unpadded(conv: nn.Conv2d) -> bool:
-    return all(p == 0 for p in conv.padding) if isinstance(conv.padding, tuple) else conv.padding == 0
-
-
-@torch.no_grad()
-def fold_batchnorm(model: nn.Module) -> FoldedNet:
-    """An equivalent eval-mode :class:`FoldedNet` without BatchNorm or Dropout layers.
-
-    ``model`` is not modified. See the module docstring for why each step is exact."""
-    out: list[nn.Module] = []
-    # The affine map still to apply, y = sign * z + shift, or None.
-    pending: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def flush() -> None:
-        nonlocal pending
-        if pending is not None:
-            sign, shift = pending
-            out.append(ChannelAffine(None if bool((sign > 0).all()) else sign, shift))
-            pending = None
-
-    for layer in _flat_layers(model):
-        if isinstance(layer, (nn.Dropout, nn.Dropout2d, nn.Identity)):
-            continue
-        if isinstance(layer, nn.BatchNorm2d):
-            flush()
-            assert layer.running_mean is not None and layer.running_var is not None
-            std = torch.sqrt(layer.running_var + layer.eps)
-            weight = layer.weight if layer.weight is not None else torch.ones_like(std)
-            bias = layer.bias if layer.bias is not None else torch.zeros_like(std)
-            scale = weight / std
-            shift = bias - layer.running_mean * scale
-            if len(out) >= 2 and isinstance(out[-1], nn.ReLU) and isinstance(out[-2], nn.Conv2d):
-                conv = out[-2]
-                conv.weight.mul_(scale.abs().view(-1, 1, 1, 1))
-                if conv.bias is not None:
-                    conv.bias.mul_(scale.abs())
-                pending = (torch.where(scale < 0, -1.0, 1.0), shift)
-            else:
-                out.append(ChannelAffine(scale, shift))
-        elif isinstance(layer, nn.MaxPool2d):
-            if pending is not None and bool((pending[0] < 0).any()):
-                # max does not commute with a negative scale: apply the sign first; the shift
-                # (which does commute) moves on.
-                out.append(ChannelAffine(pending[0], None))
-                pending = (torch.ones_like(pending[0]), pending[1])
-            out.append(copy.deepcopy(layer))
-        elif isinstance(layer, nn.AdaptiveAvgPool2d):
-            out.append(copy.deepcopy(layer))
-        elif isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.padding_mode == "zeros":
-            conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                             layer.padding, layer.dilation, bias=True)
-            weight = layer.weight.detach().clone()
-            bias = layer.bias.detach().clone() if layer.bias is not None else torch.zeros(layer.out_channels)
-            if pending is not None:
-                sign, shift = pending
-                weight.mul_(sign.view(1, -1, 1, 1))
-                if _is_unpadded(layer):
-                    bias += (weight * (sign * shift).view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
-                else:
-                    out.append(ChannelAffine(None, sign * shift))
-                pending = None
-            conv.weight.copy_(weight)
-            conv.bias.copy_(bias)
-            out.append(conv)
-        else:
-            flush()
-            out.append(copy.deepcopy(layer))
-    flush()
-    return FoldedNet(out).eval()
+FP32_TOLERANCE = 1e-4  # largest |log-prob difference| an fp32 export may show against PyTorch
 
 
 # ------------------------------------------------------------------------ exporting
@@ -336,11 +193,8 @@ def _shrink_onnx(model: Any) -> None:
 
 def _onnx_proto(model: nn.Module) -> Any:
     """The ONNX ModelProto of an eval-mode model, batch dimension dynamic, all weights inline."""
-    try:
-        import onnx  # the exporter needs onnx and onnxscript
-        import onnxscript  # noqa: F401
-    except ImportError:
-        raise ExportError("ONNX export needs onnx and onnxscript: pip install 'tinydigits[export]'") from None
+    require("onnx", "export", "ONNX export")
+    require("onnxscript", "export", "ONNX export")  # torch's ONNX exporter runs on it
     model = copy.deepcopy(model).cpu().eval()
     batch = torch.export.Dim("batch", min=1)
     with _quiet(), tempfile.TemporaryDirectory() as tmp:
@@ -412,11 +266,9 @@ def export_onnx_int8(model: nn.Module, path: str | Path, calibration_images: tor
     """Write an int8 ONNX model: BatchNorm folded, then ONNX Runtime's post-training static
     quantization (per-channel int8 weights, uint8 activations) calibrated on
     ``calibration_images`` (normalized, [N, 1, 28, 28]; use training images, never test ones)."""
-    try:
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    except ImportError:
-        raise ExportError("int8 export needs onnxruntime: pip install 'tinydigits[export]'") from None
+    require("onnxruntime", "export", "int8 export")
     import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     path = Path(path)
     _check_writable(path)
@@ -435,78 +287,6 @@ def export_onnx_int8(model: nn.Module, path: str | Path, calibration_images: tor
     _compact_onnx(quantized)
     _shrink_onnx(quantized)
     return _write_onnx(quantized, path)
-
-
-# ------------------------------------------------------------------ running exports
-
-
-def is_torchscript_file(path: str | Path) -> bool:
-    """True for a TorchScript archive (a zip holding ``constants.pkl``/``code/``), not a state_dict."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
-    return any(name.endswith("/constants.pkl") or "/code/" in name for name in names)
-
-
-def _onnx_log_probs(path: Path, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ExportError("the onnxruntime backend needs onnxruntime: pip install 'tinydigits[export]'") \
-            from None
-    options = ort.SessionOptions()
-    threads = int(os.environ.get("TINYDIGITS_THREADS", "0") or 0)
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ExportError(f"{path}: not a usable ONNX model ({first})") from None
-    name = session.get_inputs()[0].name
-    outputs = [
-        torch.from_numpy(session.run(None, {name: images[i : i + batch_size].numpy()})[0])
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(outputs) if outputs else torch.empty(0, 10)
-
-
-def _torchscript_log_probs(path: Path, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # still the way to load TorchScript
-            module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ExportError(f"{path}: not a loadable TorchScript file ({first})") from None
-    return predict_log_probs(module, images, batch_size)
-
-
-def predict_log_probs_file(
-    path: str | Path, images: torch.Tensor, backend: str | None = None, batch_size: int = 1000
-) -> torch.Tensor:
-    """Log-probabilities [N, 10] from an exported file: ONNX through ONNX Runtime, a
-    TorchScript archive through ``torch.jit.load``. ``backend`` (``onnxruntime`` or ``torch``)
-    defaults to what the file is."""
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"{path}: no such file")
-    images = images.detach().cpu().float().contiguous()
-    torchscript = is_torchscript_file(path)
-    if backend is None:
-        backend = "torch" if torchscript else "onnxruntime"
-    if backend == "onnxruntime":
-        if torchscript:
-            raise ExportError(f"{path}: a TorchScript archive; use --backend torch")
-        return _onnx_log_probs(path, images, batch_size)
-    if backend == "torch":
-        if not torchscript:
-            raise ExportError(f"{path}: not a TorchScript archive; use --backend onnxruntime for ONNX")
-        return _torchscript_log_probs(path, images, batch_size)
-    raise ExportError(f"unknown backend {backend!r}; choose torch or onnxruntime")
 
 
 # --------------------------------------------------------------------- one call
@@ -554,42 +334,19 @@ def export_model(
 
 def calibration_subset(train_images: torch.Tensor, count: int = 2000, seed: int = 0) -> torch.Tensor:
     """A fixed, seeded sample of ``count`` training images (uint8 [N, 28, 28]), normalized."""
-    from .data import normalize
-
     generator = torch.Generator().manual_seed(seed)
     index = torch.randperm(len(train_images), generator=generator)[:count]
     return normalize(train_images[index])
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """An exported file against the PyTorch model it came from, on the same images."""
-
-    count: int
-    max_abs_diff: float  # largest |log-prob difference| over all images and classes
-    prediction_mismatches: int  # images whose argmax differs
-    accuracy: float | None = None  # the export's, percent, when labels were given
-    reference_accuracy: float | None = None  # the PyTorch model's
-
-    def ok(self, tolerance: float = 1e-4) -> bool:
-        return self.prediction_mismatches == 0 and self.max_abs_diff <= tolerance
-
-
-def compare_with_torch(
-    model: nn.Module,
-    path: str | Path,
-    images: torch.Tensor,
-    labels: torch.Tensor | None = None,
-    backend: str | None = None,
-) -> Comparison:
-    """Run the exported ``path`` and ``model`` on the same normalized images and compare;
-    with ``labels``, also both accuracies."""
-    exported = predict_log_probs_file(path, images, backend)
-    reference = predict_log_probs(copy.deepcopy(model).cpu(), images.cpu())
-    return Comparison(
-        count=len(images),
-        max_abs_diff=float((exported - reference).abs().max()) if len(images) else 0.0,
-        prediction_mismatches=int((exported.argmax(1) != reference.argmax(1)).sum()),
-        accuracy=None if labels is None else evaluate_log_probs(exported, labels).accuracy,
-        reference_accuracy=None if labels is None else evaluate_log_probs(reference, labels).accuracy,
-    )
+def check_export(model: nn.Module, result: ExportResult, images: torch.Tensor,
+                 labels: torch.Tensor) -> Comparison:
+    """Run the exported file and ``model`` on the same normalized images and compare them.
+    An fp32 export must give the same predictions with log-probabilities within
+    :data:`FP32_TOLERANCE`, or this raises; int8 is reported, not held to it."""
+    check = compare_with_torch(model, result.path, images, labels)
+    if not result.int8 and not check.ok(FP32_TOLERANCE):
+        raise ExportError(f"{result.path}: does not match PyTorch within {FP32_TOLERANCE:g} "
+                          f"({check.prediction_mismatches} predictions differ, max |log-prob difference| "
+                          f"{check.max_abs_diff:.2e})")
+    return check

@@ -11,19 +11,17 @@ from typing import Any
 
 import torch
 
-from . import data
-from .checkpoint import atomic_write
-from .evaluate import evaluate_log_probs, predict_log_probs
-from .models import get_spec
-from .pretrained import get_weights
+from .. import data
+from ..errors import ConfigError, require
+from ..evaluate import evaluate_log_probs, predict_log_probs
+from ..io import atomic_write
+from ..models import get_spec
+from ..weights import get_weights
 from .reproduce import load_results
 
 
 def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError:
-        raise ValueError("plots need matplotlib: pip install 'tinydigits[plots]'") from None
+    matplotlib = require("matplotlib", "plots", "plotting")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -59,10 +57,10 @@ def plot_training_curves(history: list[dict[str, Any]], title: str, output: str 
 
 def plot_shipped_curves(name: str, results_root: str | Path, output: str | Path) -> Path:
     """The training curves of the run whose final weights ship in the package."""
-    seed = get_weights(name).meta.get("seed")
+    seed = get_weights(name).meta.seed
     runs = {run["seed"]: run for run in (load_results(name, "default", results_root) or {}).get("runs", [])}
     if seed not in runs:
-        raise ValueError(f"{name}: the shipped weights' run (seed {seed}) is not in {results_root}; "
+        raise ConfigError(f"{name}: the shipped weights' run (seed {seed}) is not in {results_root}; "
                          "run tinydigits reproduce and publish first")
     title = f"{get_spec(name).title}, shipped weights (seed {seed}): default recipe"
     return plot_training_curves(runs[seed]["history"], title, output)

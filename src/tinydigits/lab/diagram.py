@@ -7,14 +7,14 @@ same numbers ``tinydigits summary`` prints) and rendered by the ``dot`` program.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
-from .analysis import LayerInfo, summarize
-from .checkpoint import atomic_write
-from .models import build_model, get_spec
+from ..analysis import LayerInfo, summarize
+from ..errors import TinyDigitsError
+from ..io import atomic_write
+from ..models import build_model, get_spec
 
 __all__ = ["DIAGRAM_FORMATS", "DiagramError", "diagram_dot", "render_diagram"]
 
@@ -23,7 +23,7 @@ DIAGRAM_FORMATS = ("svg", "png")
 _FOLLOWERS = ("ReLU", "BatchNorm2d", "Dropout")
 
 
-class DiagramError(ValueError):
+class DiagramError(TinyDigitsError):
     """A diagram that cannot be drawn or written; the message is one line."""
 
 
@@ -108,11 +108,6 @@ def render_diagram(name: str, path: str | Path, fmt: str | None = None) -> Path:
     if path.is_dir():
         raise DiagramError(f"{path}: is a directory; give a file name")
     try:
-        written = atomic_write(path, lambda tmp: tmp.write_bytes(proc.stdout))
-        # The temporary file was private (0600); give the result the usual umask-based mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        written.chmod(0o666 & ~umask)
-        return written
+        return atomic_write(path, lambda tmp: tmp.write_bytes(proc.stdout))
     except OSError as err:
         raise DiagramError(f"{path}: cannot write ({err.strerror or err})") from None

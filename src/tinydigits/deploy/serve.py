@@ -34,11 +34,12 @@ from PIL import Image
 from torch import nn
 from werkzeug.exceptions import HTTPException
 
-from .checkpoint import WeightsError, load_model
-from .models import MODELS, count_parameters, get_spec
-from .predict import classify
-from .preprocess import PreprocessError, load_image, to_mnist
-from .pretrained import get_weights
+from ..errors import ConfigError, TinyDigitsError
+from ..io import WeightsError
+from ..models import MODELS, count_parameters, get_spec
+from ..predict import classify
+from ..preprocess import PreprocessError, load_image, to_mnist
+from ..weights import get_weights, load_model
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MAX_IMAGE_PIXELS", "MAX_UPLOAD_BYTES", "ApiError",
            "BackgroundServer", "create_app", "serve"]
@@ -61,7 +62,7 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; styl
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
+class ApiError(TinyDigitsError):
     """A request the API refuses, with its HTTP status and a one-line message."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -73,10 +74,10 @@ class ApiError(Exception):
 def _accuracies(name: str) -> tuple[float | None, float | None]:
     """Test and validation accuracy (percent) of the shipped weights of ``name``, where known."""
     try:  # read from the weights file itself, so the figures cannot drift from it
-        meta = get_weights(name).meta
+        weights = get_weights(name)
     except WeightsError:  # no shipped file: serve the model, leave the figures out
         return None, None
-    return meta.get("test_accuracy"), meta.get("val_accuracy")
+    return weights.test_accuracy, weights.val_accuracy
 
 
 def _model_info(name: str, model: nn.Module, pretrained: bool) -> dict[str, Any]:
@@ -150,7 +151,7 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
     else:
         loaded = {get_spec(name).name: load_model(name, pretrained=True) for name in models}
     if not loaded:
-        raise ValueError("no models to serve")
+        raise ConfigError("no models to serve")
     default = "medium" if "medium" in loaded else next(iter(loaded))
     infos = [_model_info(name, model, pretrained) for name, model in loaded.items()]
 

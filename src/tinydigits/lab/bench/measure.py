@@ -1,8 +1,7 @@
-"""``tinydigits bench``: training and inference speed on this machine, as docs/BENCHMARKS.md.
+"""The measurements of ``tinydigits bench``: training and inference speed, memory and FLOPs.
 
-Every number in the report comes from a measurement taken by the same run; the raw figures
-go to ``benchmarks.json`` beside it. Training throughput is measured on three rungs, all on
-the same model, batch 128:
+Every number in the report comes from a measurement taken by the same run. Training
+throughput is measured on three rungs, all on the same model, batch 128:
 
 (a) reference-style: a torch ``Dataset`` rotating each image with PIL and converting it to
     a normalized tensor, a shuffling ``DataLoader`` (num_workers=0), SGD; the way the
@@ -11,13 +10,12 @@ the same model, batch 128:
     in-memory tensors, batched :func:`tinydigits.augment.random_affine`;
 (c) the same with the model in channels_last, which is what ``tinydigits train`` runs.
 
-Peak memory is measured in fresh subprocesses (``python -m tinydigits.bench --child
+Peak memory is measured in fresh subprocesses (``python -m tinydigits.lab.bench.child
 train|infer``) so that no measurement inherits another's peak.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -41,26 +39,25 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from . import data
-from .augment import random_affine
-from .checkpoint import load_model
-from .evaluate import evaluate, evaluate_log_probs
-from .export import (
-    ExportError,
-    calibration_subset,
-    export_onnx,
-    export_onnx_int8,
-    export_torchscript,
-    fold_batchnorm,
-)
-from .models import MODELS, build_model, get_spec
-from .recipes import Recipe, get_recipe
-from .runtime import load_average, peak_rss_kib, select_device, set_threads
-from .train import BACKGROUND, make_optimizer, make_schedule, train, train_one_epoch
+from ... import data
+from ...augment import random_affine
+from ...deploy.engines import onnx_session
+from ...deploy.export import calibration_subset, export_onnx, export_onnx_int8, export_torchscript
+from ...deploy.fold import fold_batchnorm
+from ...errors import ConfigError, TinyDigitsError
+from ...evaluate import evaluate, evaluate_log_probs
+from ...models import MODELS, build_model, get_spec
+from ...recipes import Recipe, get_recipe
+from ...runtime import load_average, peak_rss_kib, select_device, set_threads
+from ...train import BACKGROUND, make_optimizer, make_schedule, train, train_one_epoch
+from ...weights import load_model
+from ..commands import python_module_argv
+
+CHILD_MODULE = "tinydigits.lab.bench.child"
 
 __all__ = [
-    "FULL", "QUICK", "ReferenceStyleDataset", "Settings", "command_line", "count_flops", "machine_info",
-    "matmul_peak", "render_markdown", "resolve_threads", "run_benchmark", "write_report",
+    "BATCH", "FULL", "QUICK", "ReferenceStyleDataset", "Settings", "count_flops", "machine_info",
+    "matmul_peak", "resolve_threads", "run_benchmark",
 ]
 
 BATCH = 128
@@ -98,7 +95,7 @@ def resolve_threads(threads: int | None = None) -> int:
     if threads is None:
         threads = int(os.environ.get("TINYDIGITS_THREADS") or 2)
     if threads < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
+        raise ConfigError(f"threads must be at least 1, got {threads}")
     return threads
 
 
@@ -386,11 +383,7 @@ def _torch_backend(name: str, module: nn.Module, device: torch.device, first: to
 def _ort_backend(name: str, path: Path, threads: int, first: torch.Tensor) -> Backend:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(path, threads)
     input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
     # Batch 1 through IOBinding on preallocated buffers: no per-call allocation or dict building.
     one = ort.OrtValue.ortvalue_from_numpy(first.numpy().copy())
@@ -422,7 +415,7 @@ def inference_backends(name: str, mnist: data.MNIST, device: torch.device, threa
             int8 = export_onnx_int8(model, workdir / f"{name}-int8.onnx", calibration)
             onnx_backends = [_ort_backend("ONNX Runtime fp32", fp32, threads, first),
                              _ort_backend("ONNX Runtime int8", int8, threads, first)]
-        except (ExportError, ImportError) as err:
+        except TinyDigitsError as err:  # an export failed, or onnx is not installed
             skipped.append({"backend": "ONNX Runtime fp32 and int8", "why": str(err)})
     # Moved to the device only now (Module.to works in place): folding and exporting need the CPU model.
     backends = [_torch_backend("PyTorch eager", model, device, first),
@@ -490,8 +483,8 @@ def inference(name: str, mnist: data.MNIST, device: torch.device, threads: int, 
 
 def child_peak_memory(kind: str, name: str, device: str, threads: int, quick: bool,
                       data_dir: str | Path | None) -> dict[str, Any]:
-    """Run in a fresh process (``--child``): train one epoch, or run inference, and return the
-    process's peak memory."""
+    """Run in a fresh process (:mod:`tinydigits.lab.bench.child`): train one epoch, or run
+    inference, and return the process's peak memory."""
     set_threads(threads)
     dev = select_device(device)
     after_imports = peak_rss_kib()
@@ -507,7 +500,7 @@ def child_peak_memory(kind: str, name: str, device: str, threads: int, quick: bo
         evaluate(load_model(name, pretrained=True, device=dev), data.normalize(mnist.test_images[:count]),
                  mnist.test_labels[:count], batch_size=1000)
     else:
-        raise ValueError(f"unknown child kind {kind!r}; choose train or infer")
+        raise ConfigError(f"unknown child kind {kind!r}; choose train or infer")
     result: dict[str, Any] = {"kind": kind, "model": name, "after_imports_kib": after_imports,
                               "peak_kib": peak_rss_kib()}
     if dev.type == "cuda":
@@ -517,17 +510,16 @@ def child_peak_memory(kind: str, name: str, device: str, threads: int, quick: bo
 
 def peak_memory(kind: str, name: str, device: torch.device, threads: int, quick: bool,
                 data_dir: str | Path | None, log: Log) -> dict[str, Any]:
-    """:func:`child_peak_memory` in a fresh ``python -m tinydigits.bench --child`` process."""
-    command = [sys.executable, "-m", "tinydigits.bench", "--child", kind, "--model", name,
-               "--device", str(device), "--threads", str(threads)]
-    command += ["--quick"] if quick else []
-    command += ["--data-dir", str(data_dir)] if data_dir else []
+    """:func:`child_peak_memory` in a fresh ``python -m tinydigits.lab.bench.child`` process."""
+    command = python_module_argv(CHILD_MODULE, [kind], {"model": name, "device": device, "threads": threads,
+                                                         "quick": quick or None, "data_dir": data_dir})
     log(f"peak memory: {name} {kind} (subprocess)")
     proc = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"the {kind} memory measurement failed (exit {proc.returncode}): "
-                           f"{proc.stderr.strip()[-1000:]}")
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        raise TinyDigitsError(f"the {kind} memory measurement failed (exit {proc.returncode}): {last}; "
+                              f"run {shlex.join(['python', *command[1:]])} to see all of it")
     return json.loads(lines[-1])
 
 
@@ -574,305 +566,3 @@ def _measure_all(names: list[str], dev: torch.device, threads: int, quick: bool,
     results["memory"] = {name: {kind: peak_memory(kind, name, dev, threads, quick, data_dir, log)
                                 for kind in ("train", "infer")} for name in names}
     return results
-
-
-def command_line(results: dict[str, Any], output: str | Path) -> str:
-    """The run as one canonical ``tinydigits bench`` line, whichever entry point made it."""
-    names, options = results["models"], results["options"]
-    parts = ["tinydigits bench"]
-    parts += [] if list(names) == list(MODELS) else [f"--models {n}" for n in names]
-    parts += [f"--device {options['device']}"] if options["device"] else []
-    parts += [f"--threads {results['machine']['threads']}"]
-    parts += ["--quick"] if results["quick"] else []
-    parts += [] if options["time_to_accuracy"] else ["--no-time-to-accuracy"]
-    return " ".join([*parts, f"-o {shlex.quote(str(output))}"])
-
-
-def write_report(results: dict[str, Any], output: str | Path) -> tuple[Path, Path]:
-    """Write the Markdown report to ``output`` and the raw figures to ``benchmarks.json`` beside it."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    json_path = output.with_name("benchmarks.json")
-    results = {**results, "command": command_line(results, output)}
-    output.write_text(render_markdown(results), encoding="utf-8")
-    json_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    return output, json_path
-
-
-# ------------------------------------------------------------------------ markdown
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
-    """A Markdown table; the first ``left`` columns are left-aligned, the rest right-aligned."""
-    align = ["---" if i < left else "---:" for i in range(len(header))]
-    return [f"| {' | '.join(cells)} |" for cells in (header, align, *rows)] + [""]
-
-
-def _rate(x: float) -> str:
-    return f"{x:,.0f}"
-
-
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b else "n/a"
-
-
-def _title(name: str) -> str:
-    return f"{get_spec(name).title} (`{name}`)"
-
-
-def _machine_section(results: dict[str, Any]) -> list[str]:
-    m = results["machine"]
-    cores = f"{m['logical_cpus']} logical CPUs" + (f", {m['usable_cpus']} usable by this process"
-                                                   if m["usable_cpus"] else "")
-    rows = [["CPU", m["cpu"]], ["cores", cores], ["device", m["gpu"] or m["device"]],
-            ["threads (torch intra-op, ONNX Runtime intra-op)", str(m["threads"])],
-            ["torch", m["torch"]], ["ONNX Runtime", m["onnxruntime"] or "not installed"],
-            ["Python", m["python"]], ["OS", m["platform"]],
-            *([["TF32 allowed (matmul, cuDNN)", f"{m['tf32']['matmul']}, {m['tf32']['cudnn']}"]]
-              if m.get("tf32") else []),
-            ["load average at the start (1, 5, 15 min)",
-             ", ".join(f"{x:.2f}" for x in m["load_average"]) if m["load_average"] else "unknown"],
-            ["date", m["date"]]]
-    return ["## Machine", "", *_table(["", ""], rows, left=2)]
-
-
-def _training_section(results: dict[str, Any]) -> list[str]:
-    s, training = results["settings"], results["training"]
-    first = next(iter(training.values()))
-    recipe = get_recipe("medium")
-    lines = [
-        "## Training throughput", "",
-        f"Training images per second, batch {BATCH}: the median of {s['windows']} timed windows of "
-        f"{s['window_batches']} batches ({first['images_per_window']:,} training images, the same for every "
-        f"rung) after {s['warmup_windows']} warm-up window(s). Every rung trains the same model with the "
-        f"default recipe's dropout ({recipe.dropout:g}) on {results['machine']['device']}, "
-        f"{results['machine']['threads']} thread(s).", "",
-        f"- **(a) reference-style**: a torch `Dataset` that rotates each PIL image by U(±"
-        f"{first['rotation_reference']:g}°) (nearest neighbour, fill 0) and converts it to a tensor "
-        f"normalized with ({data.MEAN}, {data.STD}), a shuffling `DataLoader` (batch {BATCH}, "
-        f"num_workers=0), SGD with momentum 0.9 (the reference recipe), `.item()` per step as the "
-        "notebooks do.",
-        f"- **(b) tensors, NCHW**: `tinydigits.train.train_one_epoch` with the model in NCHW (contiguous) "
-        f"layout: the images as one normalized tensor in memory, batched `random_affine` (rotation ±"
-        f"{recipe.rotation:g}°, shift ±{recipe.translate:.0%}, zoom ±{recipe.scale:.0%}), one-cycle SGD.",
-        "- **(c) trainer**: the same with the model in channels_last: what `tinydigits train` runs.", "",
-    ]
-    rows = [[_title(name), _rate(t["reference"]["images_per_s"]), _rate(t["tensors_nchw"]["images_per_s"]),
-             _rate(t["trainer"]["images_per_s"]),
-             _ratio(t["tensors_nchw"]["images_per_s"], t["reference"]["images_per_s"]),
-             _ratio(t["trainer"]["images_per_s"], t["tensors_nchw"]["images_per_s"]),
-             _ratio(t["trainer"]["images_per_s"], t["reference"]["images_per_s"])]
-            for name, t in training.items()]
-    lines += _table(["model", "(a) reference-style", "(b) tensors, NCHW", "(c) trainer",
-                     "(b) / (a)", "(c) / (b)", "(c) / (a)"], rows)
-    lines += ["Each input pipeline alone, on the same images: the reference-style `DataLoader` iterated "
-              "without training, and the trainer's `random_affine` on each batch; the share is the part of "
-              "that rung's training step it takes.", ""]
-    rows = [[_title(name), _rate(t["reference_pipeline_only"]["images_per_s"]),
-             f"{t['reference']['images_per_s'] / t['reference_pipeline_only']['images_per_s']:.0%} of (a)",
-             _rate(t["augmentation_only"]["images_per_s"]),
-             f"{t['trainer']['images_per_s'] / t['augmentation_only']['images_per_s']:.0%} of (c)"]
-            for name, t in training.items()]
-    lines += _table(["model", "PIL + DataLoader alone (images/s)", "share",
-                     "`random_affine` alone (images/s)", "share"], rows)
-    threads = results.get("threads")
-    if threads:
-        counts = list(threads["by_threads"])
-        rates = [threads["by_threads"][n]["images_per_s"] for n in counts]
-        lines += [f"The trainer (c) on {_title(threads['model'])} at different torch thread counts:", ""]
-        lines += _table(["threads", *counts, f"{counts[-1]} vs 1"],
-                        [["images/s", *map(_rate, rates), _ratio(rates[-1], rates[0])]])
-    return lines
-
-
-def _tta_section(results: dict[str, Any]) -> list[str]:
-    lines = ["## Time to accuracy", ""]
-    tta = results.get("time_to_accuracy")
-    if not tta:
-        return [*lines, "Not measured in this run (`--no-time-to-accuracy`).", ""]
-    lines += [f"MNIST-Medium trained to the end by `tinydigits.train.train(...)` in this process, once per "
-              f"recipe, seed 0; the target is a final test accuracy of at least "
-              f"{tta['target_accuracy']:.2f}%. Wall time is the whole call (data preparation, the epochs "
-              "with their validation and checkpoints, the final test evaluation); training time is the "
-              "epochs alone.", ""]
-    if results["quick"]:
-        lines += ["**Quick mode: one epoch on a slice of the training set. These are smoke-test figures, "
-                  "not the real ones.**", ""]
-    rows = [[kind, str(r["epochs"]), f"{r['wall_s']:.1f} s", f"{r['train_s']:.1f} s",
-             f"{r['test_accuracy']:.2f}%", "yes" if r["reached"] else "no"]
-            for kind, r in ((k, tta[k]) for k in ("default", "reference"))]
-    lines += _table(["recipe", "epochs", "wall time", "training time", "final test accuracy",
-                     f">= {tta['target_accuracy']:.2f}%"], rows)
-    return [*lines, f"Reference recipe / default recipe wall time: {tta['reference_over_default']:.2f}x.", ""]
-
-
-def _inference_section(results: dict[str, Any]) -> list[str]:
-    s, m = results["settings"], results["machine"]
-    sizes = ", ".join(f"{b:,}" for b in s["infer_batch_sizes"])
-    count = next(iter(results["inference"].values()))["images"]
-    lines = ["## Inference", "",
-             f"The shipped pretrained weights, on {count:,} test images already in memory"
-             f"{' on the GPU' if m['gpu'] else ''}. Throughput: the median of {s['infer_repeats']} passes "
-             f"over them, at each batch size tried ({sizes}); the best is shown with its batch size, and the "
-             f"accuracy is that of the outputs at that batch size. Batch-1 latency: {s['latency_calls']:,} "
-             f"calls on one preallocated image after {s['latency_warmup']} warm-up calls (ONNX Runtime "
-             f"through IOBinding). TorchScript is the traced export, frozen and passed through "
-             f"`torch.jit.optimize_for_inference`; ONNX Runtime runs the `tinydigits export` files with "
-             f"intra_op_num_threads={m['threads']}, inter_op_num_threads=1.", ""]
-    rows, skipped = [], []
-    for name, result in results["inference"].items():
-        for r in result["backends"]:
-            rows.append([_title(name), r["backend"], f"{r['accuracy']:.2f}%", _rate(r["images_per_s"]),
-                         f"{r['best_batch']:,}", f"{r['latency_us_median']:.0f} µs",
-                         f"{r['latency_us_p99']:.0f} µs"])
-        skipped += [f"- {name}: {s['backend']} skipped: {s['why']}" for s in result["skipped"]]
-    lines += _table(["model", "backend", "test accuracy", "throughput (images/s)", "at batch",
-                     "batch 1, median", "batch 1, p99"], rows, left=2)
-    return [*lines, *skipped, *([""] if skipped else [])]
-
-
-def _mib(kib: float) -> str:
-    return f"{kib / 1024:,.0f} MiB"
-
-
-def _memory_section(results: dict[str, Any]) -> list[str]:
-    gpu = results["machine"]["gpu"]
-    lines = ["## Peak memory", "",
-             "Peak resident set size (VmHWM from /proc/self/status) of a fresh "
-             "`python -m tinydigits.bench --child train|infer` process per figure. Training: one epoch of "
-             "`tinydigits.train.train` with the default recipe (the training set in memory, validation, "
-             "checkpoint, final test evaluation). Inference: the pretrained model in PyTorch eager over the "
-             "test set at batch 1000. The last column is the training process just after importing torch and "
-             "tinydigits, before any data.", ""]
-    header = ["model", "training", "inference", "after imports"]
-    header += ["GPU peak allocated, training / inference"] if gpu else []
-    rows = []
-    for name, r in results["memory"].items():
-        row = [_title(name), _mib(r["train"]["peak_kib"]), _mib(r["infer"]["peak_kib"]),
-               _mib(r["train"]["after_imports_kib"])]
-        if gpu:
-            row.append(" / ".join(f"{r[k].get('cuda_peak_allocated_bytes', 0) / 2**20:,.1f} MiB"
-                                  for k in ("train", "infer")))
-        rows.append(row)
-    if results["quick"]:
-        lines += [f"**Quick mode: training on a slice of the training set, inference on "
-                  f"{results['settings']['infer_images']:,} images.**", ""]
-    return [*lines, *_table(header, rows)]
-
-
-def _peak_fractions(results: dict[str, Any]) -> list[tuple[str, str, float, float]]:
-    """(model, figure, images/s, FLOPs per image) for every throughput figure of the run."""
-    out = []
-    for name, t in results["training"].items():
-        step = results["flops"][name]["train_step"]
-        out += [(name, f"training {label}", t[key]["images_per_s"], step)
-                for key, label in (("reference", "(a) reference-style"),
-                                   ("tensors_nchw", "(b) tensors, NCHW"), ("trainer", "(c) trainer"))]
-    for name, result in results["inference"].items():
-        out += [(name, f"inference, {r['backend']} (batch {r['best_batch']:,})", r["images_per_s"],
-                 results["flops"][name]["forward"]) for r in result["backends"]]
-    return out
-
-
-def _limit_section(results: dict[str, Any]) -> list[str]:
-    peak, threads = results["peak"], results["machine"]["threads"]
-    where = results["machine"]["gpu"] or f"{threads} CPU thread(s)"
-    lines = ["## The limit", "",
-             "FLOPs per image counted with `torch.utils.flop_counter.FlopCounterMode` (convolutions; "
-             "elementwise operations, pooling and the optimizer update are not counted):", ""]
-    rows = [[_title(n), f"{f['forward']:,.0f}", f"{f['train_step']:,.0f}",
-             _ratio(f["train_step"], f["forward"])] for n, f in results["flops"].items()]
-    lines += _table(["model", "forward", "training step (forward + backward)", "step / forward"], rows)
-    lines += [f"Peak: **{peak['gflop_per_s']:,.1f} GFLOP/s**, measured (not theoretical) as the best of "
-              f"{peak['repeats']} {peak['size']}x{peak['size']} float32 matmuls on {where} (median "
-              f"{peak['median_gflop_per_s']:,.1f} GFLOP/s). Each throughput figure as a fraction of it "
-              "(images/s x FLOPs per image / peak; int8 operations are counted as FLOPs against the float32 "
-              "peak):", ""]
-    rows = [[_title(n), figure, _rate(rate), f"{rate * flops / 1e9:,.2f}",
-             f"{rate * flops / 1e9 / peak['gflop_per_s']:.2%}"]
-            for n, figure, rate, flops in _peak_fractions(results)]
-    return [*lines, *_table(["model", "figure", "images/s", "GFLOP/s", "of peak"], rows, left=2)]
-
-
-def _limits_paragraph(results: dict[str, Any]) -> list[str]:
-    """'What limits it', built from this run's figures only."""
-    name = "medium" if "medium" in results["training"] else next(iter(results["training"]))
-    t, flops, peak = results["training"][name], results["flops"][name], results["peak"]["gflop_per_s"]
-    trainer, reference = t["trainer"]["images_per_s"], t["reference"]["images_per_s"]
-    fraction = trainer * flops["train_step"] / 1e9 / peak
-    pipeline = t["reference_pipeline_only"]["images_per_s"]
-    augmentation = t["augmentation_only"]["images_per_s"]
-    # Judgements are only printed where the figures bear them out.
-    sentences = [
-        f"On {_title(name)} the trainer (c) runs {trainer / reference:.2f}x as fast as the reference-style "
-        "loop (a).",
-        f"In (a) the per-image PIL pipeline alone runs at {_rate(pipeline)} images/s, "
-        f"{reference / pipeline:.0%} of (a)'s step time; in the trainer batched augmentation takes "
-        f"{trainer / augmentation:.0%} of the step.",
-        f"Moving from (b) to (c), channels_last alone changes throughput by "
-        f"{t['trainer']['images_per_s'] / t['tensors_nchw']['images_per_s']:.2f}x.",
-        f"A training step costs {flops['train_step'] / 1e6:.1f} MFLOP per image, so the trainer's "
-        f"{_rate(trainer)} images/s is {fraction:.2%} of the measured matmul peak"
-        + (": arithmetic is not the limit; convolutions of at most 16 channels are too small to keep "
-           "the matmul units busy." if fraction < 0.25 else "."),
-    ]
-    threads = results.get("threads")
-    if threads and len(threads["by_threads"]) > 1:
-        rates = threads["by_threads"]
-        counts = list(rates)
-        sentences.append(f"{counts[-1]} threads instead of 1 give "
-                         f"{rates[counts[-1]]['images_per_s'] / rates[counts[0]]['images_per_s']:.2f}x.")
-    rows = results["inference"].get(name, {}).get("backends", [])
-    if rows:
-        fastest = max(rows, key=lambda r: r["images_per_s"])
-        quickest = min(rows, key=lambda r: r["latency_us_median"])
-        # Batch-1 latency against the per-image time of the same backend at its best batch size.
-        per_image_us = 1e6 / quickest["images_per_s"]
-        slower = quickest["latency_us_median"] / per_image_us
-        sentences.append(
-            f"For inference the fastest is {fastest['backend']} at {_rate(fastest['images_per_s'])} images/s "
-            f"(batch {fastest['best_batch']:,}); at batch 1 the lowest median latency is "
-            f"{quickest['backend']}'s {quickest['latency_us_median']:.0f} µs, {slower:.1f}x its per-image "
-            f"time at batch {quickest['best_batch']:,} ({per_image_us:.0f} µs)"
-            + (": at batch 1 the fixed cost of a call, not the arithmetic, sets the latency." if slower > 3
-               else "."))
-    return ["## What limits it", "", " ".join(sentences), ""]
-
-
-def render_markdown(results: dict[str, Any]) -> str:
-    lines = ["# Benchmarks", "",
-             "Generated on this machine by (all numbers below come from this one run; the raw figures are in "
-             "`benchmarks.json` beside this file):", "", "```bash", results["command"], "```", ""]
-    if results["quick"]:
-        lines += ["**Quick mode (`--quick`): few, short windows on small subsets. A smoke test; do not quote "
-                  "these figures.**", ""]
-    for section in (_machine_section, _training_section, _tta_section, _inference_section, _memory_section,
-                    _limit_section, _limits_paragraph):
-        lines += section(results)
-    return "\n".join(lines).rstrip() + "\n"
-
-
-# --------------------------------------------------------------------- entry point
-
-
-def _child_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tinydigits.bench --child")
-    parser.add_argument("kind", choices=["train", "infer"])
-    parser.add_argument("--model", default="medium", choices=list(MODELS))
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--data-dir", default=None)
-    args = parser.parse_args(argv)
-    result = child_peak_memory(args.kind, args.model, args.device, resolve_threads(args.threads), args.quick,
-                               args.data_dir)
-    print(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--child"]:
-        raise SystemExit(_child_main(sys.argv[2:]))
-    from .cli import main as cli
-
-    cli.main(["bench", *sys.argv[1:]], prog_name="tinydigits")

@@ -1,4 +1,5 @@
-"""Saving and loading weights and training checkpoints, always atomically.
+"""Files on disk: atomic writes, weights (safetensors with JSON metadata), state dicts and
+training checkpoints.
 
 Weights are safetensors files with JSON metadata. Reference ``.pth`` files
 (pickled state_dicts, often saved on a CUDA machine) load with
@@ -7,6 +8,7 @@ Weights are safetensors files with JSON metadata. Reference ``.pth`` files
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -19,10 +21,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .models import TinyDigitNet, build_model, count_parameters
+from .errors import TinyDigitsError, first_line
 
 
-class WeightsError(Exception):
+class WeightsError(TinyDigitsError):
     """A weights or checkpoint file that cannot be used; the message is one line."""
 
 
@@ -33,8 +35,9 @@ def _umask() -> int:
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place,
-    so a crash or kill mid-write never leaves a half-written file under the real name."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk, then rename it
+    into place, so a crash, kill or power cut mid-write never leaves a half-written file
+    under the real name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -42,11 +45,22 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        with open(tmp, "rb+") as written:
+            os.fsync(written.fileno())  # durable before it becomes visible under the final name
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; these are ordinary outputs
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a UTF-8 text file atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any]) -> Path:
@@ -83,8 +97,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         # anything that is not plain tensors and containers.
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or unsafe pickles
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightsError(f"{path}: cannot load as a PyTorch state_dict ({first_line})") from None
+        raise WeightsError(f"{path}: cannot load as a PyTorch state_dict ({first_line(err)})") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -92,41 +105,6 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: does not hold a state_dict of tensors")
     # DataParallel prefixes every key with "module."
     return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def pretrained_path(name: str) -> Path:
-    """The weights file shipped inside the package for model ``name``, its SHA-256 checked."""
-    from .pretrained import get_weights  # pretrained.py builds on this module
-
-    return get_weights(name).verify()
-
-
-def load_model(
-    name: str,
-    weights: str | Path | None = None,
-    device: str | torch.device = "cpu",
-    *,
-    pretrained: bool = False,
-) -> TinyDigitNet:
-    """Build model ``name``; load ``weights`` (a file) or, with ``pretrained``, the weights
-    shipped with the package. Loading is strict; the model is returned in eval mode."""
-    if pretrained and weights is not None:
-        raise ValueError("give either weights or pretrained=True, not both")
-    if pretrained:
-        weights = pretrained_path(name)
-    model = build_model(name)
-    if weights is not None:
-        state = load_state_dict(weights)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            missing = set(model.state_dict()) ^ set(state)
-            detail = f"keys differ: {sorted(missing)[:4]}" if missing else "tensor shapes differ"
-            raise WeightsError(
-                f"{weights}: not {name} weights ({detail}; "
-                f"{name} has {count_parameters(model)} parameters)"
-            ) from err
-    return model.to(device).eval()
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:

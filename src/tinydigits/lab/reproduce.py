@@ -18,15 +18,17 @@ from typing import Any
 
 import torch
 
-from . import data
-from .checkpoint import atomic_write
-from .models import get_spec
-from .recipes import Recipe, get_recipe
-from .runtime import select_device
-from .train import train
+from .. import data
+from ..errors import ConfigError
+from ..io import write_text
+from ..models import get_spec
+from ..recipes import Recipe, get_recipe
+from ..runtime import provenance, select_device
+from ..train import train
+from . import DEFAULT_SEEDS
+from .commands import tinydigits_line
 
 RESULTS_DIR = Path("results")
-DEFAULT_SEEDS = 5
 
 
 def results_path(model_name: str, recipe_kind: str = "default", root: str | Path = RESULTS_DIR) -> Path:
@@ -43,7 +45,7 @@ def load_results(model_name: str, recipe_kind: str = "default",
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise ConfigError(f"{path}: not valid JSON ({err}); fix or delete it") from None
 
 
 def seed_statistics(values: list[float]) -> dict[str, float]:
@@ -57,7 +59,7 @@ def seed_statistics(values: list[float]) -> dict[str, float]:
 
 
 def seed_command(model_name: str, recipe_kind: str, seed: int) -> str:
-    return f"tinydigits train --model {model_name} --recipe {recipe_kind} --seed {seed}"
+    return tinydigits_line("train", {"model": model_name, "recipe": recipe_kind, "seed": seed})
 
 
 def _saved_recipe(run_dir: Path) -> dict[str, Any] | None:
@@ -76,7 +78,7 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe) -> bool:
         shutil.rmtree(run_dir)
         return False
     if _saved_recipe(run_dir) != recipe.to_dict():
-        raise ValueError(f"{run_dir}: holds a run with another recipe; "
+        raise ConfigError(f"{run_dir}: holds a run with another recipe; "
                          "move it away or use another --runs-dir")
     return True  # a run stopped part-way (Ctrl-C, a kill) continues from its last saved epoch
 
@@ -104,7 +106,7 @@ def reproduce(
     model_name = get_spec(model_name).name
     recipe = get_recipe(model_name, recipe_kind).replace(**recipe_changes)
     if recipe.val_size <= 0:
-        raise ValueError("reproduce records validation accuracy, so it needs val_size > 0")
+        raise ConfigError("reproduce records validation accuracy, so it needs val_size > 0")
     path = results_path(model_name, recipe_kind, results_root)
     previous = load_results(model_name, recipe_kind, results_root) or {}
     runs: list[dict[str, Any]] = []
@@ -121,11 +123,11 @@ def reproduce(
             "val_accuracy": seed_statistics([run["val_accuracy"] for run in runs]),
             "machine": {"platform": platform.platform(), "torch": torch.__version__,
                         "device": str(select_device(device)), "threads": torch.get_num_threads()},
-            "command": f"tinydigits reproduce --model {model_name} --recipe {recipe_kind} --seeds {seeds}",
+            "command": tinydigits_line("reproduce", {"model": model_name, "recipe": recipe_kind,
+                                                     "seeds": seeds}),
             "runs": runs,
         }
-        text = json.dumps(results, indent=2) + "\n"
-        atomic_write(path, lambda tmp: tmp.write_text(text))
+        write_text(path, json.dumps(results, indent=2) + "\n")
         summary = results["test_accuracy"]
         log(f"{model_name} {recipe_kind}: {len(runs)} seed(s), test accuracy "
             f"{summary['mean']:.2f}% +- {summary['std']:.2f} -> {path}")
@@ -152,6 +154,7 @@ def reproduce(
             "train_seconds": round(result.seconds, 1),
             "command": seed_command(model_name, recipe_kind, seed),
             "run_dir": str(run_dir),
+            **provenance(),  # the code that trained this seed
             "history": result.history,
         })
         runs.sort(key=lambda run: run["seed"])

@@ -1,0 +1,63 @@
+"""The release step: ship the best-validation seed of a reproduction inside the package.
+
+Writes ``pretrained/<model>.safetensors`` with full metadata (see
+:class:`tinydigits.weights.WeightsMeta`) and records its size and SHA-256 in
+``pretrained/manifest.json``. The test set measures the chosen file again but chooses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .. import data
+from ..evaluate import evaluate
+from ..io import file_sha256, save_weights, write_text
+from ..models import count_parameters
+from ..recipes import Recipe
+from ..runtime import UNKNOWN
+from ..weights import PRETRAINED_DIR, Weights, WeightsMeta, get_weights, load_model, read_manifest
+
+
+def pick_seed(results: dict[str, Any]) -> dict[str, Any]:
+    """The run to ship: highest final-epoch validation accuracy, lowest seed on a tie.
+    Test accuracy plays no part in the choice."""
+    return max(results["runs"], key=lambda run: (run["val_accuracy"], -run["seed"]))
+
+
+def publish(
+    results: dict[str, Any],
+    *,
+    mnist: data.MNIST,
+    weights_dir: str | Path = PRETRAINED_DIR,
+) -> Weights:
+    """Copy the final weights of the best-validation run in ``results`` into ``weights_dir``
+    with full metadata, and record their size and SHA-256 in the manifest."""
+    name = results["model"]
+    run = pick_seed(results)
+    weights_dir = Path(weights_dir)
+    model = load_model(name, Path(run["run_dir"]) / "final.safetensors")
+    # Measured again through the public loading path, so the recorded figure is exactly
+    # what a user of the shipped file gets.
+    test = evaluate(model, data.normalize(mnist.test_images), mnist.test_labels)
+    meta = WeightsMeta(
+        model=name,
+        parameters=count_parameters(model),
+        recipe=Recipe.from_dict({**results["recipe"], "seed": run["seed"]}),
+        seed=run["seed"],
+        epochs=run["epochs"],
+        val_accuracy=run["val_accuracy"],
+        test_accuracy=round(test.accuracy, 4),
+        test_loss=round(test.loss, 6),
+        chosen_by=f"highest final-epoch validation accuracy among {len(results['runs'])} seeds",
+        command=run["command"],
+        # The code that trained the run, as reproduce recorded it.
+        package_version=run.get("package_version", UNKNOWN),
+        git_commit=run.get("git_commit", UNKNOWN),
+    )
+    path = save_weights(model, weights_dir / f"{name}.safetensors", meta.to_dict())
+    manifest = read_manifest(weights_dir)
+    manifest[name] = {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    write_text(weights_dir / "manifest.json", json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
+    return get_weights(name, weights_dir)
