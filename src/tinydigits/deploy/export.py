@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import logging
 import os
 import tempfile
@@ -42,26 +43,32 @@ def _dummy_input(batch: int = 2) -> torch.Tensor:
     return torch.zeros(batch, 1, 28, 28)
 
 
+def ensure_directory(directory: Path, subject: Path | None = None) -> None:
+    """Create ``directory`` if needed; one-line errors, about ``subject`` (default: the
+    directory itself), when it cannot be created or written."""
+    prefix = f"{subject}: {directory}" if subject is not None else f"{directory}:"
+    if directory.exists() and not directory.is_dir():
+        raise ExportError(f"{prefix} is not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ExportError(f"{prefix} cannot create the directory ({err.strerror or err})") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ExportError(f"{prefix} directory is not writable")
+
+
 def _check_writable(path: Path) -> None:
     """Fail early, with one line, on an output path that cannot be written."""
     if path.is_dir():
         raise ExportError(f"{path}: is a directory; give a file name")
-    parent = path.parent
-    if parent.exists() and not parent.is_dir():
-        raise ExportError(f"{path}: {parent} is not a directory")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ExportError(f"{path}: cannot create the directory ({err.strerror or err})") from None
-    if not os.access(parent, os.W_OK):
-        raise ExportError(f"{path}: directory {parent} is not writable")
+    ensure_directory(path.parent, path)
 
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence the exporter's and quantizer's chatter (warnings about torchvision not being
     installed, advice to pre-process), which would bury the command's own output."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)
         try:
@@ -262,16 +269,21 @@ class _Calibration:
         raise NotImplementedError
 
 
-def export_onnx_int8(model: nn.Module, path: str | Path, calibration_images: torch.Tensor) -> Path:
-    """Write an int8 ONNX model: BatchNorm folded, then ONNX Runtime's post-training static
+def int8_onnx_proto(model: nn.Module, calibration_images: torch.Tensor) -> Any:
+    """The int8 ONNX ModelProto: BatchNorm folded, then ONNX Runtime's post-training static
     quantization (per-channel int8 weights, uint8 activations) calibrated on
-    ``calibration_images`` (normalized, [N, 1, 28, 28]; use training images, never test ones)."""
+    ``calibration_images`` (normalized, [N, 1, 28, 28]; use training images, never test ones).
+    The C export translates this same graph, so the two share every quantization parameter."""
     require("onnxruntime", "export", "int8 export")
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
-    path = Path(path)
-    _check_writable(path)
     proto = _onnx_proto(fold_batchnorm(model))
     reader = _Calibration(calibration_images.cpu().float())
     CalibrationDataReader.register(_Calibration)
@@ -282,11 +294,21 @@ def export_onnx_int8(model: nn.Module, path: str | Path, calibration_images: tor
             quantize_static(
                 str(fp32_path), str(int8_path), reader, quant_format=QuantFormat.QOperator,
                 per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                # Activation ranges from the 0.001-99.999 percentiles: on the validation split this
+                # lost less accuracy than min/max or entropy for all three models.
+                calibrate_method=CalibrationMethod.Percentile,
             )
         quantized = onnx.load(str(int8_path))
     _compact_onnx(quantized)
     _shrink_onnx(quantized)
-    return _write_onnx(quantized, path)
+    return quantized
+
+
+def export_onnx_int8(model: nn.Module, path: str | Path, calibration_images: torch.Tensor) -> Path:
+    """Write the int8 ONNX model of :func:`int8_onnx_proto`."""
+    path = Path(path)
+    _check_writable(path)
+    return _write_onnx(int8_onnx_proto(model, calibration_images), path)
 
 
 # --------------------------------------------------------------------- one call
