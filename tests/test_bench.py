@@ -81,10 +81,19 @@ def test_quick_bench_writes_the_report_and_the_raw_figures(mnist, tmp_path, monk
     expected = {"PyTorch eager", "PyTorch eager, BatchNorm folded", "TorchScript, frozen"}
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnxscript"):
         expected |= {"ONNX Runtime fp32", "ONNX Runtime int8"}
+        if importlib.util.find_spec("openvino"):
+            import openvino
+
+            expected |= {"OpenVINO fp32"}
+            if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+                expected |= {"OpenVINO bf16"}
     assert set(backends) == expected
+    assert backends["PyTorch eager"]["differs_from_pytorch"] is None  # the reference
+    for exact in {"ONNX Runtime fp32", "OpenVINO fp32", "TorchScript, frozen"} & expected:
+        assert backends[exact]["differs_from_pytorch"] == 0, exact
     for row in backends.values():
         assert row["accuracy"] > 97 and 0 < row["latency_us_median"] <= row["latency_us_p99"]
-        assert f"| {row['backend']} | {row['accuracy']:.2f}% |" in text
+        assert f"| {row['backend']} | {row['accuracy']:.2f}% | " in text
     memory = raw["memory"]["ultrasmall"]
     for kind in ("train", "infer"):
         assert memory[kind]["peak_kib"] >= memory[kind]["after_imports_kib"] > 0

@@ -174,14 +174,15 @@ def test_eval_backend_onnxruntime(medium_onnx: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     onnx_figures = json.loads(result.output)
     result = runner.invoke(main, ["eval", "--model", "medium", "--weights",
-                                  str(pretrained_path("medium")), "--json"])
+                                  str(pretrained_path("medium")), "--backend", "torch", "--json"])
     torch_figures = json.loads(result.output)
     assert onnx_figures["backend"] == "onnxruntime" and onnx_figures["count"] == 10_000
     assert onnx_figures["accuracy"] == torch_figures["accuracy"]
     assert onnx_figures["confusion"] == torch_figures["confusion"]
     # An ONNX file under the torch backend is a one-line error, not a pickle traceback.
     assert "onnxruntime" in _one_line_error(
-        runner.invoke(main, ["eval", "--model", "medium", "--weights", str(medium_onnx)]))
+        runner.invoke(main, ["eval", "--model", "medium", "--weights", str(medium_onnx),
+                             "--backend", "torch"]))
 
 
 def test_export_command_torchscript_verifies(tmp_path: Path, test_set) -> None:

@@ -3,6 +3,7 @@ MNIST conventions (polarity, 20x20 box, centre of mass), odd image modes, bad in
 
 import io
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,40 @@ N_SCANS = 250  # a few hundred pictures; about 0.1 s each to make, save and clas
 @pytest.fixture(scope="module")
 def model():
     return tinydigits.load_model("medium", pretrained=True)
+
+
+REFERENCE = Path(__file__).parent / "data" / "to_mnist_before_speedup.npz"
+
+
+def test_the_faster_preprocessing_gives_the_same_inputs_as_before(mnist):
+    """60 scan-like pictures: the outputs of the code before connected components moved to
+    scipy and the background surface to broadcasting, stored in tests/data, are unchanged."""
+    rng = np.random.default_rng(2024)
+    before = np.load(REFERENCE)["images"]
+    now = np.stack([to_mnist(scan_like(mnist.test_images[i].numpy(), rng).data).numpy() for i in range(60)])
+    assert np.array_equal(now, before)
+
+
+def test_big_jpegs_are_decoded_at_reduced_scale_with_the_same_digits(mnist, model):
+    """A phone-sized JPEG decodes in JPEG's draft mode (1/4 scale here); the 28x28 input is
+    close to that of a full decode and reads as the same digit (right or wrong)."""
+    rng = np.random.default_rng(11)
+    differences = []
+    for i in range(12):
+        scan = scan_like(mnist.test_images[i].numpy(), rng, "PNG")
+        picture = Image.open(io.BytesIO(scan.data)).convert("RGB")
+        scale = 3000 / max(picture.size)
+        big = picture.resize((round(picture.width * scale), round(picture.height * scale)))
+        buffer = io.BytesIO()
+        big.save(buffer, "JPEG", quality=92)
+        blob = buffer.getvalue()
+        draft = load_image(blob, reduce_to=512)
+        assert max(draft.size) < 1600 <= max(load_image(blob).size)  # really decoded smaller
+        fast, full = to_mnist(blob), to_mnist(load_image(blob))
+        digits = [ranked[0][0] for ranked in classify(model, torch.stack([fast, full]))]
+        assert digits[0] == digits[1]
+        differences.append(float((fast.float() - full.float()).abs().mean()))
+    assert float(np.median(differences)) < 4.0  # of 255
 
 
 def test_scan_like_pictures_are_classified_at_least_98_percent(mnist, model, tmp_path):

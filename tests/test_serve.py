@@ -96,6 +96,25 @@ def test_the_accuracy_shown_is_that_of_the_shipped_weights(client, mnist):
         assert round(accuracy, 2) == round(info["test_accuracy"], 2), info["name"]
 
 
+def test_a_server_of_model_names_runs_them_on_the_fastest_engine_with_the_same_answers(client):
+    """By name, the shipped weights run on ONNX Runtime (auto, single pictures), not PyTorch eager;
+    every answer is the one the PyTorch-backed app gives."""
+    by_name = create_app(["medium", "small"])
+    assert by_name.config["TINYDIGITS_BACKENDS"] == "onnxruntime"
+    engine_client = by_name.test_client()
+    for digit in (0, 1, 7):
+        png = draw_png(DIGITS[digit])
+        for model in ("medium", "small"):
+            def form(model: str = model, png: bytes = png) -> dict:
+                return {"image": (io.BytesIO(png), "d.png"), "model": model}
+
+            expected = client.post("/api/predict", data=form()).get_json()
+            got = engine_client.post("/api/predict", data=form())
+            assert got.status_code == 200
+            assert got.get_json()["digit"] == expected["digit"] == digit
+            assert got.get_json()["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-4)
+
+
 def test_modules_not_said_to_be_pretrained_get_no_accuracy():
     fresh = create_app({"small": tinydigits.build_model("small")}, pretrained=False)
     info = fresh.test_client().get("/api/models").get_json()["models"][0]
@@ -225,6 +244,13 @@ ERROR_CASES = {
     "json_not_an_object": ("POST", "/api/predict", as_json(["image"]), 400, "not a JSON object"),
     "json_malformed": ("POST", "/api/predict", (b'{"image": ', {"Content-Type": "application/json"}), 400,
                        "not a JSON object"),
+    # Python's JSON decoder recurses once per level: 100,000 levels used to be a 500.
+    "json_nested_deeply": ("POST", "/api/predict", (b"[" * 100_000 + b"]" * 100_000,
+                                                    {"Content-Type": "application/json"}), 400,
+                           "nested too deeply"),
+    "json_nested_in_image": ("POST", "/api/predict", (b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                                                      {"Content-Type": "application/json"}), 400,
+                             "nested too deeply"),
     "json_image_not_text": ("POST", "/api/predict", as_json({"image": 7}), 400, "base64 data URL"),
     "json_bad_base64": ("POST", "/api/predict", as_json({"image": "data:image/png;base64,@@@"}), 400,
                         "not valid base64"),

@@ -99,7 +99,8 @@ def main() -> None:
               help="Where to write the run (default: runs/<model>-seed<seed>-<time>).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Continue the interrupted run in this directory.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar per epoch.")
+@click.option("--progress/--no-progress", default=True,
+              help="Show a progress bar per epoch (on a terminal; never in a log).")
 @data_dir_option
 @device_option
 @threads_option
@@ -127,36 +128,44 @@ def train(model_name: str, recipe_kind: str, run_dir: Path | None, resume_dir: P
         raise SystemExit(130) from None
 
 
+BACKEND_HELP = ("auto: the fastest engine installed (OpenVINO for batches, ONNX Runtime for single pictures, "
+                "else PyTorch); torch; onnxruntime or openvino (ONNX files, fp32 or int8, or a weights file "
+                "through its cached ONNX export); torchscript (runs the file's code: only files you trust).")
+
+
+def backend_option(default: str = "auto") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default=default,
+                        show_default=True, help=BACKEND_HELP)
+
+
 @main.command(name="eval")
 @click.option("--model", "model_name", type=MODEL_CHOICE, required=True)
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="A .safetensors file or a reference .pt/.pth state_dict (--backend torch), "
-                   "a TorchScript export (--backend torchscript) or an ONNX file (--backend onnxruntime).")
-@click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default="torch",
-              show_default=True,
-              help="torch (weights files), torchscript (runs the file's code: only files you trust) "
-                   "or onnxruntime (ONNX files, fp32 or int8).")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A .safetensors file or a reference .pt/.pth state_dict, a TorchScript export or an ONNX "
+                   "file (default: the pretrained weights shipped for --model).")
+@backend_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @data_dir_option
 @device_option
 @threads_option
 @friendly_errors
-def evaluate_command(model_name: str, weights: Path, backend: str, as_json: bool, data_dir: Path | None,
-                     device: str | None, threads: int | None) -> None:
+def evaluate_command(model_name: str, weights: Path | None, backend: str, as_json: bool,
+                     data_dir: Path | None, device: str | None, threads: int | None) -> None:
     """Evaluate weights, or an exported model, on the 10,000 test images."""
     from .deploy.engines import open_engine
     from .evaluate import evaluate_log_probs
 
     set_threads(threads)
+    weights = weights if weights is not None else pretrained_path(model_name)
     # Open what is evaluated before the data, so a bad file fails fast (and fetches nothing).
-    log_probs = open_engine(model_name, weights, backend, device)
+    engine = open_engine(model_name, weights, backend.lower(), device, threads=threads)
     mnist = data.load_mnist(data_dir)
-    result = evaluate_log_probs(log_probs(data.normalize(mnist.test_images)), mnist.test_labels)
+    result = evaluate_log_probs(engine(data.normalize(mnist.test_images)), mnist.test_labels)
     if as_json:
-        click.echo(json.dumps({"model": model_name, "weights": str(weights), "backend": backend,
+        click.echo(json.dumps({"model": model_name, "weights": str(weights), "backend": engine.backend,
                                **result.to_dict()}))
         return
-    click.echo(f"{model_name} {weights}: test accuracy {result.accuracy:.2f}% "
+    click.echo(f"{model_name} {weights} ({engine.backend}): test accuracy {result.accuracy:.2f}% "
                f"({result.count} images), loss {result.loss:.4f}")
     click.echo("per-class accuracy: " + "  ".join(
         f"{digit}: {acc:.2f}%" for digit, acc in enumerate(result.per_class_accuracy)))
@@ -199,7 +208,8 @@ def summary(model_name: str, as_json: bool) -> None:
 def export_command(model_name: str, weights: Path | None, fmt: str, int8: bool, output: Path,
                    verify: bool, data_dir: Path | None, threads: int | None) -> None:
     """Export a model to ONNX (fp32 or int8), TorchScript or integer-only C."""
-    from .deploy.export import calibration_subset, check_export, check_format, export_model
+    from .deploy.engines import check_export
+    from .deploy.export import calibration_subset, check_format, export_model
 
     set_threads(threads)
     if fmt == "c":
@@ -300,22 +310,24 @@ def diagram(model_name: str, output: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line per file.")
 @click.option("--save-preprocessed", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also save each 28x28 model input as a PNG in this directory.")
+@backend_option()
 @friendly_errors
 def predict(sources: tuple[Path, ...], model_name: str, weights: Path | None, top_k: int, as_json: bool,
-            save_preprocessed: Path | None) -> None:
+            save_preprocessed: Path | None, backend: str) -> None:
     """Classify pictures of handwritten digits (photos, scans, MNIST-style images).
 
     Directories are expanded to the image files inside them. A bad file gets one
     error line on stderr and the rest are still classified; the exit code is 1 if
     any file failed.
     """
+    from .deploy.engines import open_engine
     from .predict import predict_files
 
     set_threads(None)
-    name = model_name
-    model = load_model(name, weights, pretrained=weights is None)
+    engine = open_engine(model_name, weights if weights is not None else pretrained_path(model_name),
+                         backend.lower(), batch=False)
     failed = 0
-    for result in predict_files(model, sources, top_k, save_dir=save_preprocessed):
+    for result in predict_files(engine, sources, top_k, save_dir=save_preprocessed):
         if not result.ok:
             failed += 1
             click.echo(f"Error: {result.file}: {result.error}", err=True)
@@ -495,9 +507,10 @@ def tune(model_name: str, trials: int, storage: str | None, study_name: str | No
               help="A model to serve; repeat for several (default: all three).")
 @click.option("--server-threads", type=click.IntRange(min=1), default=4, show_default=True,
               help="waitress worker threads, i.e. requests handled at once.")
+@backend_option()
 @threads_option
 @friendly_errors
-def serve_command(host: str, port: int, model_names: tuple[str, ...], server_threads: int,
+def serve_command(host: str, port: int, model_names: tuple[str, ...], server_threads: int, backend: str,
                   threads: int | None) -> None:
     """Serve the web demo (draw a digit, see the models read it) and its JSON API with waitress."""
     for needed in ("flask", "waitress"):
@@ -507,7 +520,7 @@ def serve_command(host: str, port: int, model_names: tuple[str, ...], server_thr
     set_threads(threads)
     names = list(dict.fromkeys(model_names)) or None
     try:
-        web.serve(host, port, names, threads=server_threads, announce=click.echo)
+        web.serve(host, port, names, threads=server_threads, backend=backend.lower(), announce=click.echo)
     except OSError as err:
         raise click.ClickException(f"cannot serve on {host}:{port}: {err.strerror or err}") from None
     click.echo("stopped")

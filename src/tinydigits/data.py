@@ -32,6 +32,7 @@ import torch
 
 from .errors import ConfigError, TinyDigitsError
 from .io import atomic_write
+from .runtime import cache_dir
 
 __all__ = [
     "FILES",
@@ -99,10 +100,7 @@ def default_data_dir() -> Path:
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME")
-    # XDG says a relative XDG_CACHE_HOME is invalid and must be ignored.
-    base = Path(cache) if cache and os.path.isabs(cache) else Path.home() / ".cache"
-    return base / "tinydigits" / "mnist"
+    return cache_dir() / "mnist"
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:

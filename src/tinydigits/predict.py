@@ -6,7 +6,7 @@ on its own, so a bad file gives an error result and the rest of the batch carrie
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +18,10 @@ from torch import nn
 from .data import normalize
 from .errors import ConfigError
 from .evaluate import predict_log_probs
-from .preprocess import PreprocessError, Source, load_image, to_mnist
+from .preprocess import WORK_SIDE, PreprocessError, Source, load_image, to_mnist
 
-__all__ = ["IMAGE_SUFFIXES", "Prediction", "classify", "expand_paths", "predict_files", "predict_image"]
+__all__ = ["IMAGE_SUFFIXES", "Classifier", "Prediction", "classify", "expand_paths", "predict_files",
+           "predict_image"]
 
 # What a directory expands to; a file named explicitly is tried whatever its name.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff",
@@ -53,20 +54,27 @@ class Prediction:
         return out
 
 
+# A model, or any engine that maps normalized images [N, 1, 28, 28] to log-probabilities [N, 10]
+# (tinydigits.deploy.engines builds ONNX Runtime and OpenVINO ones).
+Classifier = nn.Module | Callable[[torch.Tensor], torch.Tensor]
+
+
 @torch.no_grad()
-def classify(model: nn.Module, images: torch.Tensor, top_k: int = 3) -> list[list[tuple[int, float]]]:
+def classify(model: Classifier, images: torch.Tensor, top_k: int = 3) -> list[list[tuple[int, float]]]:
     """The ``top_k`` (digit, probability) pairs, most likely first, for uint8 images [N, 28, 28]."""
     if not 1 <= top_k <= 10:
         raise ConfigError(f"top_k must be between 1 and 10, got {top_k}")
-    probs = predict_log_probs(model, normalize(images)).exp()  # the models output log-probabilities
+    inputs = normalize(images)
+    log_probs = predict_log_probs(model, inputs) if isinstance(model, nn.Module) else model(inputs)
+    probs = log_probs.exp()  # the models output log-probabilities
     values, digits = probs.topk(top_k, dim=1)
     return [[(int(d), round(float(p), 6)) for d, p in zip(row_d, row_p, strict=True)]
             for row_d, row_p in zip(digits, values, strict=True)]
 
 
-def predict_image(model: nn.Module, source: Image.Image | Source, top_k: int = 3) -> Prediction:
+def predict_image(model: Classifier, source: Image.Image | Source, top_k: int = 3) -> Prediction:
     """Classify one picture (PIL image, path, bytes or file object); raises PreprocessError."""
-    image = to_mnist(source if isinstance(source, Image.Image) else load_image(source))
+    image = to_mnist(source if isinstance(source, Image.Image) else load_image(source, reduce_to=WORK_SIDE))
     ranked = classify(model, image[None], top_k)[0]
     name = str(source) if isinstance(source, (str, Path)) else "<image>"
     return Prediction(name, ranked[0][0], ranked[0][1], ranked, image=image)
@@ -99,7 +107,7 @@ def _save_png(image: torch.Tensor, directory: Path, name: str, used: set[str]) -
     return target
 
 
-def predict_files(model: nn.Module, paths: Iterable[str | Path], top_k: int = 3,
+def predict_files(model: Classifier, paths: Iterable[str | Path], top_k: int = 3,
                   save_dir: str | Path | None = None) -> Iterator[Prediction]:
     """One :class:`Prediction` per file, in order; a bad file yields an error result and
     the batch goes on. With ``save_dir`` each 28x28 input is also saved there as PNG."""

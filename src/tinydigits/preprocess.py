@@ -27,10 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
 
 from .errors import TinyDigitsError, first_line
 
-__all__ = ["FORMATS", "MAX_PIXELS", "PreprocessError", "load_image", "to_mnist"]
+__all__ = ["FORMATS", "MAX_PIXELS", "WORK_SIDE", "PreprocessError", "load_image", "to_mnist"]
 
 Source = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
 
@@ -78,13 +79,16 @@ def _open_source(source: Source) -> tuple[IO[bytes], bool]:
     return source, False
 
 
-def load_image(source: Source, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(source: Source, *, max_pixels: int = MAX_PIXELS, reduce_to: int | None = None) -> Image.Image:
     """Decode an image from a path, bytes or a binary file object, upright per EXIF.
 
     The dimensions are checked against ``max_pixels`` from the header, before any pixel
     is decoded; empty, truncated, corrupt and non-image data raise :class:`PreprocessError`.
     Multi-frame images (GIF, TIFF) give their first frame. The mode is left as stored
-    (``to_mnist`` handles 16-bit, palette and transparent images).
+    (``to_mnist`` handles 16-bit, palette and transparent images). With ``reduce_to``, a
+    JPEG is decoded at 1/2, 1/4 or 1/8 scale (JPEG's draft mode: almost free, where a
+    full decode of a phone photo takes tens of ms) as long as both sides stay at least
+    ``reduce_to`` pixels; other formats are decoded at full size.
     """
     stream, close = _open_source(source)
     try:
@@ -116,6 +120,8 @@ def load_image(source: Source, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
                 )
             if width == 0 or height == 0:
                 raise PreprocessError(f"image has no pixels ({width}x{height})")
+            if reduce_to is not None and image.format in ("JPEG", "MPO"):
+                image.draft(image.mode, (reduce_to, reduce_to))
             try:
                 image.load()
             except Exception as err:  # truncated JPEG: OSError; broken PNG: SyntaxError, zlib...
@@ -184,6 +190,7 @@ def _fit_background(gray: np.ndarray) -> tuple[np.ndarray, float, float]:
     coef[0] = np.median(values)
     inliers = np.ones(len(values), dtype=bool)
     sigma = 0.0
+    fitted_on = None  # the pixels the current coef was fitted on
     for _ in range(6):
         residual = values - basis @ coef
         sigma = 1.4826 * float(np.median(np.abs(residual[inliers])))
@@ -191,14 +198,17 @@ def _fit_background(gray: np.ndarray) -> tuple[np.ndarray, float, float]:
         inliers = np.abs(residual) <= max(2.5 * sigma, 0.01)
         if inliers.sum() < 12:
             break
+        if fitted_on is not None and np.array_equal(inliers, fitted_on):
+            break  # a fixed point: every further round would refit the same pixels to the same surface
+        fitted_on = inliers
         chosen = basis[inliers]  # normal equations: 6x6, far cheaper than lstsq's SVD
         gram = chosen.T @ chosen + np.eye(6, dtype=np.float32) * 1e-6
         # lstsq, not solve: a one- or two-pixel-thin picture makes the system singular.
         coef = np.linalg.lstsq(gram, chosen.T @ values[inliers], rcond=None)[0].astype(np.float32)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    yy, xx = yy / max(h - 1, 1) * 2 - 1, xx / max(w - 1, 1) * 2 - 1
-    surface = coef[0] + coef[1] * xx + coef[2] * yy + coef[3] * xx * xx + coef[4] * xx * yy
-    surface += coef[5] * yy * yy
+    # The surface, by broadcasting a column of y terms against a row of x terms.
+    yy = (np.arange(h, dtype=np.float32) / max(h - 1, 1) * 2 - 1)[:, None]
+    xx = (np.arange(w, dtype=np.float32) / max(w - 1, 1) * 2 - 1)[None, :]
+    surface = (coef[0] + coef[2] * yy + coef[5] * yy * yy) + xx * (coef[1] + coef[3] * xx + coef[4] * yy)
     return np.clip(surface, 0.0, 1.0), sigma, float(np.median(basis[inliers] @ coef))
 
 
@@ -228,33 +238,18 @@ def _ink_map(gray: np.ndarray) -> np.ndarray:
     return np.clip((ink - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
-def _components(mask: torch.Tensor) -> torch.Tensor:
-    """8-connected component labels of a 2-D bool mask (0 = background), by max-propagation."""
-    h, w = mask.shape
-    labels = torch.arange(1, h * w + 1, dtype=torch.float32).reshape(1, 1, h, w) * mask
-    keep = mask.reshape(1, 1, h, w).float()
-    while True:
-        previous = labels
-        for _ in range(8):
-            labels = F.max_pool2d(labels, 3, stride=1, padding=1) * keep
-        if torch.equal(labels, previous):
-            return labels[0, 0].long()
-
-
 def _clean(ink: np.ndarray) -> np.ndarray:
     """Remove specks and marks far smaller than the digit; keep all parts of the digit."""
     h, w = ink.shape
     f = max(1, math.ceil(max(h, w) / 100))  # label on a coarse grid: fast, and thin strokes survive
     padded = np.pad(ink, ((0, -h % f), (0, -w % f)))
     blocks = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f)
-    labels = _components(torch.from_numpy(blocks.max(axis=(1, 3)) > 0.35))
-    if labels.max() == 0:
+    labels, count = ndimage.label(blocks.max(axis=(1, 3)) > 0.35, structure=np.ones((3, 3)))  # 8-connected
+    if count == 0:
         raise PreprocessError("no ink found: the image looks blank")
-    _, index = torch.unique(labels, return_inverse=True)
-    mass = torch.bincount(index.ravel(), weights=torch.from_numpy(blocks.sum(axis=(1, 3))).ravel().double())
+    mass = np.bincount(labels.ravel(), weights=blocks.sum(axis=(1, 3)).ravel())
     mass[0] = 0  # label 0 is the background
-    keep = (mass >= 0.03 * mass.max())[index].float()[None, None]
-    keep = F.max_pool2d(keep, 3, stride=1, padding=1)[0, 0].numpy() > 0  # and the halo around strokes
+    keep = ndimage.binary_dilation(mass[labels] >= 0.03 * mass.max(), np.ones((3, 3)))  # and the halo
     keep = np.repeat(np.repeat(keep, f, axis=0), f, axis=1)[:h, :w]
     return np.where(keep, ink, np.float32(0))
 
@@ -285,7 +280,7 @@ def to_mnist(image: Image.Image | Source) -> torch.Tensor:
     centre of mass at the centre. Raises :class:`PreprocessError` when there is no ink.
     """
     if not isinstance(image, Image.Image):
-        image = load_image(image)
+        image = load_image(image, reduce_to=WORK_SIDE)
     ink = _clean(_ink_map(_to_gray(image)))
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     if rows.size == 0:

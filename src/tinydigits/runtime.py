@@ -17,6 +17,14 @@ from .errors import ConfigError
 UNKNOWN = "unknown"
 
 
+def cache_dir() -> Path:
+    """``<user cache dir>/tinydigits``: ``$XDG_CACHE_HOME`` if set (and absolute), else ``~/.cache``."""
+    cache = os.environ.get("XDG_CACHE_HOME")
+    # XDG says a relative XDG_CACHE_HOME is invalid and must be ignored.
+    base = Path(cache) if cache and os.path.isabs(cache) else Path.home() / ".cache"
+    return base / "tinydigits"
+
+
 def select_device(name: str | None = None) -> torch.device:
     """``name`` if given ("cpu", "cuda", "cuda:1"), else CUDA when present, else the CPU."""
     if name:

@@ -208,7 +208,8 @@ def train(
     for epoch in range(len(history) + 1, recipe.epochs + 1):
         epoch_start = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{recipe.epochs}",
-                   leave=False, disable=not progress, unit="batch")
+                   # None: shown on a terminal only, so logs get one line per epoch, not a bar's redraws
+                   leave=False, disable=None if progress else True, unit="batch")
         train_loss, train_accuracy = train_one_epoch(
             model, optimizer, schedule, train_x, train_y, recipe, shuffle, on_step=bar.update
         )

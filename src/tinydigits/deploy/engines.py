@@ -1,12 +1,20 @@
 """Running a model through an inference engine: PyTorch on weights files, ``torch.jit`` on
-TorchScript archives, ONNX Runtime on ONNX files (fp32 or int8); and comparing an exported
-file with the PyTorch model it came from.
+TorchScript archives, ONNX Runtime and OpenVINO on ONNX files (fp32 or int8; a weights file
+is exported to ONNX once and cached by its hash); and comparing an exported file with the
+PyTorch model it came from.
+
+``auto`` picks the fastest engine installed for the job, as measured here on 2 cores
+(docs/BENCHMARKS.md): OpenVINO for batches (4-5x ONNX Runtime's throughput), ONNX Runtime
+for single pictures (the lowest batch-1 latency), PyTorch when neither is installed or the
+model runs on a GPU.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -19,13 +27,23 @@ from torch import nn
 
 from ..errors import first_line, require
 from ..evaluate import evaluate_log_probs, predict_log_probs
-from ..io import WeightsError
-from ..runtime import select_device
+from ..io import WeightsError, file_sha256
+from ..runtime import cache_dir, select_device
 from ..weights import load_model
 from . import ExportError
+from .export import FP32_TOLERANCE, ExportResult, export_onnx
 
-BACKENDS = ("torch", "torchscript", "onnxruntime")
+BACKENDS = ("auto", "torch", "torchscript", "onnxruntime", "openvino")
 LogProbs = Callable[[torch.Tensor], torch.Tensor]  # normalized images [N, 1, 28, 28] -> [N, 10]
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _threads(threads: int | None) -> int:
+    """``threads``, else $TINYDIGITS_THREADS, else 0 (the engine's own choice)."""
+    return threads or int(os.environ.get("TINYDIGITS_THREADS", "0") or 0)
 
 
 def is_torchscript_file(path: str | Path) -> bool:
@@ -43,7 +61,7 @@ def onnx_session(path: str | Path, threads: int | None = None) -> Any:
     $TINYDIGITS_THREADS, else ONNX Runtime's choice) and no inter-op parallelism."""
     ort = require("onnxruntime", "export", "the onnxruntime backend")
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or int(os.environ.get("TINYDIGITS_THREADS", "0") or 0)
+    options.intra_op_num_threads = _threads(threads)
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     try:
@@ -52,8 +70,43 @@ def onnx_session(path: str | Path, threads: int | None = None) -> Any:
         raise ExportError(f"{path}: not a usable ONNX model ({first_line(err)})") from None
 
 
-def _onnx_engine(path: Path, batch_size: int) -> LogProbs:
-    session = onnx_session(path)
+def openvino_model(path: str | Path, threads: int | None = None, precision: str = "f32") -> Any:
+    """An OpenVINO model compiled for the CPU from an ONNX file, with the settings that measured
+    fastest here: the LATENCY hint (one stream; THROUGHPUT's several streams halve the speed
+    of these tiny models on 2 cores) and ``threads`` inference threads (default as
+    ``onnx_session``). ``precision`` stays f32 unless asked: on CPUs with AMX, OpenVINO's own
+    default is bf16, about twice as fast here but a few test predictions differ from PyTorch's."""
+    ov = require("openvino", "openvino", "the openvino backend")
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
+    if _threads(threads):
+        config["INFERENCE_NUM_THREADS"] = _threads(threads)
+    try:
+        return ov.Core().compile_model(str(path), "CPU", config)
+    except Exception as err:  # OpenVINO raises RuntimeError/its own types for unreadable models
+        # Its messages open with a chain of source locations; the reason is the last line.
+        lines = [line.strip(" -") for line in str(err).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(err).__name__
+        raise ExportError(f"{path}: not a model OpenVINO can compile ({reason[:200]})") from None
+
+
+def _openvino_engine(path: Path, batch_size: int, threads: int | None) -> LogProbs:
+    compiled = openvino_model(path, threads)
+    local = threading.local()  # an infer request serves one thread at a time (the server has several)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        if not hasattr(local, "request"):
+            local.request = compiled.create_infer_request()
+        images = images.detach().cpu().float().contiguous().numpy()
+        # share_inputs: no copy of the batch going in; .copy(): the request reuses its output buffer
+        outputs = [torch.from_numpy(local.request.infer({0: images[i : i + batch_size]}, share_inputs=True)[0]
+                                    .copy()) for i in range(0, len(images), batch_size)]
+        return torch.cat(outputs) if outputs else torch.empty(0, 10)
+
+    return run
+
+
+def _onnx_engine(path: Path, batch_size: int, threads: int | None) -> LogProbs:
+    session = onnx_session(path, threads)
     name = session.get_inputs()[0].name
 
     def run(images: torch.Tensor) -> torch.Tensor:
@@ -75,47 +128,101 @@ def _torchscript_engine(path: Path, batch_size: int) -> LogProbs:
     return lambda images: predict_log_probs(module, images.detach().cpu().float(), batch_size)
 
 
-def open_exported(path: str | Path, backend: str | None = None, batch_size: int = 1000) -> LogProbs:
-    """Load an exported file for inference: ONNX through ONNX Runtime (``onnxruntime``), a
-    TorchScript archive through ``torch.jit.load`` (``torchscript``); ``backend`` defaults to
-    what the file is. A file that cannot be run fails here, before any image is read."""
+def open_exported(path: str | Path, backend: str | None = None, batch_size: int = 1000,
+                  threads: int | None = None) -> LogProbs:
+    """Load an exported file for inference: ONNX through ONNX Runtime (``onnxruntime``, the
+    default) or OpenVINO (``openvino``), a TorchScript archive through ``torch.jit.load``
+    (``torchscript``); ``backend`` defaults to what the file is. A file that cannot be run
+    fails here, before any image is read."""
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"{path}: no such file")
     torchscript = is_torchscript_file(path)
     if backend is None:
         backend = "torchscript" if torchscript else "onnxruntime"
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "openvino"):
         if torchscript:
             raise ExportError(f"{path}: a TorchScript archive; use --backend torchscript")
-        return _onnx_engine(path, batch_size)
+        engine = _onnx_engine if backend == "onnxruntime" else _openvino_engine
+        return engine(path, batch_size, threads)
     if backend == "torchscript":
         if not torchscript:
             raise ExportError(f"{path}: not a TorchScript archive; use --backend onnxruntime for ONNX")
         return _torchscript_engine(path, batch_size)
-    raise ExportError(f"unknown backend {backend!r} for an exported file; choose torchscript or onnxruntime")
+    raise ExportError(f"unknown backend {backend!r} for an exported file; "
+                      "choose torchscript, onnxruntime or openvino")
 
 
-def open_engine(model_name: str, weights: str | Path, backend: str = "torch",
-                device: str | None = None) -> LogProbs:
-    """The model in ``weights`` ready to run on ``backend`` (one of :data:`BACKENDS`):
-    ``torch`` loads a weights file (safetensors or a reference ``.pt``/``.pth`` state_dict);
-    the others run an exported file. A bad file fails here, before any image is read."""
+def cached_onnx(model_name: str, weights: str | Path) -> Path:
+    """The fp32 ONNX export of a weights file, made once and kept in the cache under the
+    file's SHA-256 (so an edited file gets a new export; it is never rebuilt per request)."""
+    weights = Path(weights)
+    path = cache_dir() / "onnx" / f"{model_name}-{file_sha256(weights)[:16]}.onnx"
+    if not path.is_file():
+        export_onnx(load_model(model_name, weights), path)  # atomic: a racing process writes the same
+    return path
+
+
+def auto_backend(weights: str | Path, batch: bool = True, device: str | None = None) -> str:
+    """What ``auto`` runs ``weights`` on: see the module docstring. An exported ONNX file
+    needs an ONNX engine; a weights file goes through one when the ONNX exporter is
+    installed too; a TorchScript file is never run implicitly."""
+    weights = Path(weights)
+    if is_torchscript_file(weights):
+        raise ExportError(f"{weights}: a TorchScript program; run it with --backend torchscript "
+                          "if you trust it")
+    is_onnx = weights.suffix.lower() == ".onnx"
+    on_cpu = device is None or select_device(device).type == "cpu"
+    exportable = is_onnx or (_installed("onnx") and _installed("onnxscript"))
+    if on_cpu and exportable:
+        for engine in (("openvino", "onnxruntime") if batch else ("onnxruntime", "openvino")):
+            if _installed(engine):
+                return engine
+    if is_onnx:
+        raise ExportError(f"{weights}: an ONNX file needs onnxruntime or openvino on the CPU; "
+                          "pip install 'tinydigits[export]' or 'tinydigits[openvino]'")
+    return "torch"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A model ready to run: ``engine(images)`` gives log-probabilities; ``backend`` says how."""
+
+    backend: str
+    run: LogProbs
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.run(images)
+
+
+def open_engine(model_name: str, weights: str | Path, backend: str = "auto", device: str | None = None,
+                *, batch: bool = True, threads: int | None = None) -> Engine:
+    """The model in ``weights`` ready to run on ``backend`` (one of :data:`BACKENDS`;
+    ``batch`` tells ``auto`` whether it will see batches or single pictures). ``torch``
+    loads a weights file (safetensors or a reference ``.pt``/``.pth`` state_dict);
+    ``onnxruntime`` and ``openvino`` run an ONNX file, or a weights file through its cached
+    ONNX export; ``torchscript`` runs a TorchScript file. A bad file fails here, before any
+    image is read."""
     weights = Path(weights)
     if backend not in BACKENDS:
         raise ExportError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if not weights.is_file():
         raise WeightsError(f"{weights}: no such weights file")
+    if backend == "auto":
+        backend = auto_backend(weights, batch, device)
+    is_onnx, torchscript = weights.suffix.lower() == ".onnx", is_torchscript_file(weights)
+    if backend in ("onnxruntime", "openvino") and not is_onnx and not torchscript:
+        return Engine(backend, open_exported(cached_onnx(model_name, weights), backend, threads=threads))
     if backend != "torch":
-        return open_exported(weights, backend)
-    if weights.suffix.lower() == ".onnx":
-        raise ExportError(f"{weights}: an ONNX file; evaluate it with --backend onnxruntime")
-    if is_torchscript_file(weights):
+        return Engine(backend, open_exported(weights, backend, threads=threads))
+    if is_onnx:
+        raise ExportError(f"{weights}: an ONNX file; evaluate it with --backend onnxruntime or openvino")
+    if torchscript:
         # Loading TorchScript runs code from the file, so it is never done implicitly.
         raise ExportError(f"{weights}: a TorchScript program, not a state_dict; "
                           "evaluate it with --backend torchscript if you trust it")
     model = load_model(model_name, weights, device=select_device(device))
-    return lambda images: predict_log_probs(model, images)
+    return Engine("torch", lambda images: predict_log_probs(model, images))
 
 
 def predict_log_probs_file(path: str | Path, images: torch.Tensor, backend: str | None = None,
@@ -156,3 +263,16 @@ def compare_with_torch(
         accuracy=None if labels is None else evaluate_log_probs(exported, labels).accuracy,
         reference_accuracy=None if labels is None else evaluate_log_probs(reference, labels).accuracy,
     )
+
+
+def check_export(model: nn.Module, result: ExportResult, images: torch.Tensor,
+                 labels: torch.Tensor) -> Comparison:
+    """Run the exported file and ``model`` on the same normalized images and compare them.
+    An fp32 export must give the same predictions with log-probabilities within
+    :data:`FP32_TOLERANCE`, or this raises; int8 is reported, not held to it."""
+    check = compare_with_torch(model, result.path, images, labels)
+    if not result.int8 and not check.ok(FP32_TOLERANCE):
+        raise ExportError(f"{result.path}: does not match PyTorch within {FP32_TOLERANCE:g} "
+                          f"({check.prediction_mismatches} predictions differ, max |log-prob difference| "
+                          f"{check.max_abs_diff:.2e})")
+    return check

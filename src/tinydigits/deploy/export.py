@@ -1,7 +1,7 @@
 """Writing exported models: ONNX (fp32, or int8 after BatchNorm folding) and TorchScript.
 
-Every file is written atomically and, by default, checked against PyTorch on the test
-images (:func:`check_export`); :mod:`tinydigits.deploy.engines` runs the files.
+Every file is written atomically; :mod:`tinydigits.deploy.engines` runs the files and
+checks them against PyTorch (``check_export``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from ..data import normalize
 from ..errors import require
 from ..io import atomic_write
 from . import ExportError
-from .engines import Comparison, compare_with_torch
 from .fold import fold_batchnorm
 
 FORMATS = ("onnx", "torchscript")
@@ -359,16 +358,3 @@ def calibration_subset(train_images: torch.Tensor, count: int = 2000, seed: int 
     generator = torch.Generator().manual_seed(seed)
     index = torch.randperm(len(train_images), generator=generator)[:count]
     return normalize(train_images[index])
-
-
-def check_export(model: nn.Module, result: ExportResult, images: torch.Tensor,
-                 labels: torch.Tensor) -> Comparison:
-    """Run the exported file and ``model`` on the same normalized images and compare them.
-    An fp32 export must give the same predictions with log-probabilities within
-    :data:`FP32_TOLERANCE`, or this raises; int8 is reported, not held to it."""
-    check = compare_with_torch(model, result.path, images, labels)
-    if not result.int8 and not check.ok(FP32_TOLERANCE):
-        raise ExportError(f"{result.path}: does not match PyTorch within {FP32_TOLERANCE:g} "
-                          f"({check.prediction_mismatches} predictions differ, max |log-prob difference| "
-                          f"{check.max_abs_diff:.2e})")
-    return check

@@ -23,6 +23,7 @@ import base64
 import binascii
 import io
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -36,10 +37,11 @@ from werkzeug.exceptions import HTTPException
 
 from ..errors import ConfigError, TinyDigitsError
 from ..io import WeightsError
-from ..models import MODELS, count_parameters, get_spec
-from ..predict import classify
-from ..preprocess import PreprocessError, load_image, to_mnist
-from ..weights import get_weights, load_model
+from ..models import MODELS, get_spec
+from ..predict import Classifier, classify
+from ..preprocess import WORK_SIDE, PreprocessError, load_image, to_mnist
+from ..weights import get_weights, pretrained_path
+from .engines import open_engine
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MAX_IMAGE_PIXELS", "MAX_UPLOAD_BYTES", "ApiError",
            "BackgroundServer", "create_app", "serve"]
@@ -80,10 +82,10 @@ def _accuracies(name: str) -> tuple[float | None, float | None]:
     return weights.test_accuracy, weights.val_accuracy
 
 
-def _model_info(name: str, model: nn.Module, pretrained: bool) -> dict[str, Any]:
+def _model_info(name: str, pretrained: bool) -> dict[str, Any]:
     spec = get_spec(name)
     test, val = _accuracies(name) if pretrained else (None, None)
-    return {"name": spec.name, "title": spec.title, "parameters": count_parameters(model),
+    return {"name": spec.name, "title": spec.title, "parameters": spec.parameters,
             "conv_blocks": spec.conv_blocks, "test_accuracy": test, "val_accuracy": val}
 
 
@@ -120,7 +122,10 @@ def _read_request() -> tuple[bytes, str | None]:
             raise ApiError(400, 'no file in multipart field "image"')
         return upload.read(), request.form.get("model") or request.args.get("model")
     if mimetype == "application/json":
-        payload = request.get_json(silent=True)
+        try:
+            payload = request.get_json(silent=True)
+        except RecursionError:  # e.g. [[[[...]]]] 100,000 deep: Python's decoder recurses per level
+            raise ApiError(400, "the body is JSON nested too deeply") from None
         if not isinstance(payload, dict):
             raise ApiError(400, "the body is not a JSON object")
         if "image" not in payload:
@@ -134,29 +139,41 @@ def _read_request() -> tuple[bytes, str | None]:
 
 
 def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
-               pretrained: bool = True, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+               pretrained: bool = True, backend: str = "auto", max_upload_bytes: int = MAX_UPLOAD_BYTES,
                max_image_pixels: int = MAX_IMAGE_PIXELS) -> Flask:
     """The Flask application: the page at ``/`` and the JSON API under ``/api``.
 
-    ``models`` are model names (their shipped weights are loaded), or loaded modules by
-    name, taken to hold the shipped weights unless ``pretrained`` is False (then no
-    accuracy is reported); by default all three. ``medium`` is the default model when a
-    request names none, else the first one. Uploads over ``max_upload_bytes`` get a 413,
-    images of more than ``max_image_pixels`` a 400, before they are decoded.
+    ``models`` are model names (their shipped weights run on ``backend``, by default the
+    fastest engine installed for single pictures: see :mod:`tinydigits.deploy.engines`), or
+    loaded modules by name, run by PyTorch and taken to hold the shipped weights unless
+    ``pretrained`` is False (then no accuracy is reported); by default all three. ``medium``
+    is the default model when a request names none, else the first one. Uploads over
+    ``max_upload_bytes`` get a 413, images of more than ``max_image_pixels`` a 400, before
+    they are decoded.
     """
     if models is None:
         models = list(MODELS)
+    loaded: dict[str, Classifier]
     if isinstance(models, Mapping):
         loaded = {get_spec(name).name: model.eval() for name, model in models.items()}
     else:
-        loaded = {get_spec(name).name: load_model(name, pretrained=True) for name in models}
+        # One intra-op thread per request: concurrent requests are the server's parallelism.
+        loaded = {get_spec(name).name: open_engine(name, pretrained_path(name), backend, batch=False,
+                                                   threads=1) for name in models}
     if not loaded:
         raise ConfigError("no models to serve")
     default = "medium" if "medium" in loaded else next(iter(loaded))
-    infos = [_model_info(name, model, pretrained) for name, model in loaded.items()]
+    # Pictures are decoded, preprocessed and classified one at a time; waitress's other threads
+    # meanwhile read requests and write answers. That work holds the GIL or runs numpy's BLAS,
+    # so running it in parallel only made the threads contend: 174 requests/s at 20 clients
+    # with 4 threads in parallel, 238 with this lock (docs/LOADTEST.md; 2 cores).
+    one_at_a_time = threading.Lock()
+    infos = [_model_info(name, pretrained) for name in loaded]
 
     app = Flask(__name__, static_folder=str(WEB_DIR), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
+    engines = {getattr(engine, "backend", "torch") for engine in loaded.values()}
+    app.config["TINYDIGITS_BACKENDS"] = ", ".join(sorted(engines))
     app.json.sort_keys = False  # keep the documented field order
 
     def error(status: int, message: str) -> tuple[Response, int]:
@@ -212,22 +229,23 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
         # The same three steps as `tinydigits predict` (predict.predict_image), kept apart
         # here so a bad file (400) is told from a picture without a digit (422) and the
         # model's own time can be reported.
-        status = 400
-        try:
-            image = load_image(data, max_pixels=max_image_pixels)
-            status = 422  # decoded: from here a PreprocessError means no ink
-            seen = to_mnist(image)
-        except PreprocessError as err:
-            raise ApiError(status, str(err)) from None
-        except Exception as err:
-            # Most likely a picture preprocessing does not foresee, so a 400 for the client;
-            # but it may be a bug, so it is logged with its traceback.
-            log.warning("cannot process an uploaded image (%d bytes) on %s", len(data), request.path,
-                        exc_info=True)
-            raise ApiError(400, f"cannot process this image ({type(err).__name__})") from None
-        inference_started = time.perf_counter()
-        ranked = classify(loaded[name], seen[None], top_k=10)[0]
-        finished = time.perf_counter()
+        with one_at_a_time:
+            status = 400
+            try:
+                image = load_image(data, max_pixels=max_image_pixels, reduce_to=WORK_SIDE)
+                status = 422  # decoded: from here a PreprocessError means no ink
+                seen = to_mnist(image)
+            except PreprocessError as err:
+                raise ApiError(status, str(err)) from None
+            except Exception as err:
+                # Most likely a picture preprocessing does not foresee, so a 400 for the client;
+                # but it may be a bug, so it is logged with its traceback.
+                log.warning("cannot process an uploaded image (%d bytes) on %s", len(data), request.path,
+                            exc_info=True)
+                raise ApiError(400, f"cannot process this image ({type(err).__name__})") from None
+            inference_started = time.perf_counter()
+            ranked = classify(loaded[name], seen[None], top_k=10)[0]
+            finished = time.perf_counter()
         probabilities = [0.0] * 10
         for digit, probability in ranked:
             probabilities[digit] = probability
@@ -259,8 +277,6 @@ class BackgroundServer:
     """A waitress server in a daemon thread, on ``host`` and ``port`` (0: a free port); for tests."""
 
     def __init__(self, app: Flask, host: str = DEFAULT_HOST, port: int = 0, threads: int = 4) -> None:
-        import threading
-
         self.server = _create_server(app, host, port, threads)
         self.url = _urls(self.server)[0]
         self.thread = threading.Thread(target=self.server.run, name="tinydigits-web", daemon=True)
@@ -273,14 +289,16 @@ class BackgroundServer:
 
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, models: Sequence[str] | None = None, *,
-          threads: int = 4, announce: Callable[[str], Any] = print) -> None:
+          threads: int = 4, backend: str = "auto", announce: Callable[[str], Any] = print) -> None:
     """Serve the demo with waitress (``threads`` worker threads) until Ctrl-C or SIGTERM.
     ``port`` 0 picks a free port; the URL goes to ``announce`` once the socket listens."""
     import signal
 
-    server = _create_server(create_app(models), host, port, threads)
+    app = create_app(models, backend=backend)
+    server = _create_server(app, host, port, threads)
     announce(f"tinydigits web demo on {' and '.join(_urls(server))} ({threads} server threads, "
-             f"{torch.get_num_threads()} torch threads; Ctrl-C to stop)")
+             f"{torch.get_num_threads()} torch threads, models on {app.config['TINYDIGITS_BACKENDS']}; "
+             "Ctrl-C to stop)")
 
     def stop(signum: int, frame: Any) -> None:  # SIGTERM stops as cleanly as Ctrl-C
         raise KeyboardInterrupt

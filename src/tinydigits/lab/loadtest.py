@@ -127,6 +127,46 @@ def drawn_samples(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return samples
 
 
+def phone_photo_jpeg(digit: torch.Tensor, size: tuple[int, int] = (4032, 3024)) -> bytes:
+    """A 12-megapixel JPEG, as a phone takes it: the digit written large on grey-white paper."""
+    side = size[1] // 2
+    ink = Image.fromarray(255 - digit.numpy()).resize((side, side), Image.Resampling.BILINEAR)
+    photo = Image.new("L", size, 235)
+    photo.paste(ink.point(lambda v: 235 * v // 255), ((size[0] - side) // 2, (size[1] - side) // 2))
+    buffer = io.BytesIO()
+    photo.convert("RGB").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def single_client_latency(url: str, digit: torch.Tensor, label: int, model: str = "medium",
+                          repeats: int = 30, timeout: float = 30.0) -> dict[str, float]:
+    """Median milliseconds per request, one client on one keep-alive connection, for a
+    560x560 canvas PNG and for a 12-megapixel phone JPEG of the same digit (multipart)."""
+    host, port = parse_url(url)
+    pictures = {"canvas_png_560": (draw_like_canvas(digit, 560), "image/png"),
+                "phone_jpeg_12mp": (phone_photo_jpeg(digit), "image/jpeg")}
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    medians = {}
+    try:
+        for name, (picture, mimetype) in pictures.items():
+            body, content_type = encode_multipart({"model": model, "image": (name, picture, mimetype)})
+            times = []
+            for _ in range(repeats + 2):  # the first two warm up
+                start = time.perf_counter()
+                connection.request("POST", "/api/predict", body=body, headers={"Content-Type": content_type})
+                response = connection.getresponse()
+                answer = response.read()
+                times.append((time.perf_counter() - start) * 1000)
+                if response.status != 200 or json.loads(answer).get("digit") != label:
+                    raise LoadTestError(f"{name}: the server answered {response.status} {answer[:120]!r}")
+            medians[name] = statistics.median(times[2:])
+    except (OSError, http.client.HTTPException) as err:
+        raise LoadTestError(f"single-client requests to {url} failed: {err}") from None
+    finally:
+        connection.close()
+    return medians
+
+
 def _percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (the value below which q% of the observations fall)."""
     ordered = sorted(values)
@@ -134,6 +174,9 @@ def _percentile(values: Sequence[float], q: float) -> float:
         return float("nan")
     rank = max(1, min(len(ordered), -(-len(ordered) * q // 100)))  # ceil without floats
     return ordered[int(rank) - 1]
+
+
+_SINGLE_NAMES = {"canvas_png_560": "560x560 canvas PNG", "phone_jpeg_12mp": "12 MP phone JPEG"}
 
 
 @dataclass
@@ -155,6 +198,8 @@ class LoadResult:
     torch_threads: int | None = None
     torch_threads_from: str = ""
     load_before: tuple[float, ...] = ()  # the machine's load average as the test began
+    single_client_ms: dict[str, float] = field(default_factory=dict)  # see single_client_latency
+    engine: str = ""  # what the server said its models run on
     options: dict[str, Any] = field(default_factory=dict)  # of load_test(), as command-line options
 
     @property
@@ -199,7 +244,7 @@ class LoadResult:
             torch_threads = "unknown" if self.torch_threads is None else str(self.torch_threads)
             source = f" ({self.torch_threads_from})" if self.torch_threads_from else ""
             server = (f"server with {self.server_threads} waitress threads and {torch_threads} torch "
-                      f"threads{source}")
+                      f"threads{source}, models on {self.engine or 'an engine it did not name'}")
         rows = [
             ("clients (concurrent, each one request at a time)", str(self.clients)),
             ("duration", f"{self.duration_s:.1f} s"),
@@ -211,6 +256,8 @@ class LoadResult:
             ("latency, median", f"{self.median_ms:.1f} ms"),
             ("latency, 99th percentile", f"{self.p99_ms:.1f} ms"),
             ("server peak memory (VmHWM)", rss),
+            *[(f"one client alone, {_SINGLE_NAMES[name]}: latency, median", f"{ms:.1f} ms")
+              for name, ms in self.single_client_ms.items()],
         ]
         lines = ["# Load test of `tinydigits serve`", ""]
         if command:
@@ -220,7 +267,9 @@ class LoadResult:
             f"(112x112, like the page's canvas), alternating multipart and JSON data-URL bodies, to "
             f"`POST /api/predict` on {self.url}; only digits the model reads correctly in-process are "
             f"used, and every answer is checked against the digit sent. Latency is measured by the "
-            f"client, from sending the request to the end of the answer.",
+            f"client, from sending the request to the end of the answer. Before the load, one client "
+            f"alone sends a 560x560 canvas PNG and a 12-megapixel phone JPEG of a digit (multipart, "
+            f"keep-alive) 30 times each.",
             "",
             *markdown_table(("measure", "value"), rows, left=1),
             "",
@@ -320,6 +369,7 @@ class ServerProcess:
         self.startup_timeout = startup_timeout
         self.url = ""
         self.torch_threads: int | None = None  # as the server announced them
+        self.engine = ""  # what the models run on, as the server announced it
         self.process: subprocess.Popen[str] | None = None
         self._stderr: collections.deque[str] = collections.deque(maxlen=200)  # for failure reports
         self._stdout: collections.deque[str] = collections.deque(maxlen=20)  # before the URL
@@ -356,6 +406,8 @@ class ServerProcess:
         self.url = urls[0]
         threads = re.search(r"\b(\d+) torch threads?\b", line)
         self.torch_threads = int(threads.group(1)) if threads else None
+        engine = re.search(r"models on ([\w, ]+);", line)
+        self.engine = engine.group(1) if engine else ""
         return self
 
     def _fail(self, what: str) -> NoReturn:
@@ -399,11 +451,15 @@ def load_test(*, clients: int = 20, duration: float = 20.0, model: str = "medium
     server = ServerProcess([model], server_threads=server_threads, torch_threads=torch_threads) \
         if url is None else None
     with server or contextlib.nullcontext():
-        result = run_load(url or server.url, samples, clients=clients, duration=duration, model=model)
+        target = url or server.url
+        single = single_client_latency(target, mnist.test_images[0], int(mnist.test_labels[0]), model)
+        result = run_load(target, samples, clients=clients, duration=duration, model=model)
+        result.single_client_ms = single
         if server is not None:
             result.peak_rss_kib = server.peak_rss_kib()
             result.server_threads = server_threads
             result.torch_threads = server.torch_threads
+            result.engine = server.engine
             result.torch_threads_from = (
                 "--threads" if torch_threads is not None
                 else "$TINYDIGITS_THREADS" if os.environ.get("TINYDIGITS_THREADS") else "torch's default")

@@ -17,6 +17,7 @@ train|infer``) so that no measurement inherits another's peak.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -41,7 +42,7 @@ from torch import nn
 
 from ... import data
 from ...augment import random_affine
-from ...deploy.engines import onnx_session
+from ...deploy.engines import onnx_session, openvino_model
 from ...deploy.export import calibration_subset, export_onnx, export_onnx_int8, export_torchscript
 from ...deploy.fold import fold_batchnorm
 from ...errors import ConfigError, TinyDigitsError
@@ -119,12 +120,12 @@ def _proc_field(path: str, key: str) -> str | None:
 
 def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
     """What the figures depend on: CPU, cores, library versions, threads, the GPU if used."""
-    try:
-        import onnxruntime
-
-        ort_version: str | None = onnxruntime.__version__
-    except ImportError:
-        ort_version = None
+    versions = {}
+    for module in ("onnxruntime", "openvino"):
+        try:
+            versions[module] = importlib.metadata.version(module)
+        except importlib.metadata.PackageNotFoundError:
+            versions[module] = None
     return {
         "cpu": _proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine(),
         "logical_cpus": os.cpu_count(),
@@ -136,7 +137,7 @@ def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
         "device": str(device),
         "threads": threads,
         "torch": torch.__version__,
-        "onnxruntime": ort_version,
+        **versions,
         "python": platform.python_version(),
         "platform": platform.platform(),
         # Other work on the machine skews every figure; the load average shows whether there was any.
@@ -395,6 +396,24 @@ def _ort_backend(name: str, path: Path, threads: int, first: torch.Tensor) -> Ba
                    torch.from_numpy, lambda: session.run_with_iobinding(binding))
 
 
+def _openvino_backend(name: str, path: Path, threads: int, first: torch.Tensor,
+                      precision: str = "f32") -> Backend:
+    import openvino as ov
+
+    compiled = openvino_model(path, threads, precision)
+    batches, single = compiled.create_infer_request(), compiled.create_infer_request()
+    single.set_input_tensor(ov.Tensor(first.numpy().copy()))  # batch 1 on a preallocated input
+    # .copy(): the request reuses its output buffer, and the outputs of a pass are kept.
+    return Backend(name, lambda x: batches.infer({0: x}, share_inputs=True)[0].copy(), lambda x: x.numpy(),
+                   torch.from_numpy, single.infer)
+
+
+def _has_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def inference_backends(name: str, mnist: data.MNIST, device: torch.device, threads: int,
                        settings: Settings, workdir: Path) -> tuple[list[Backend], list[dict[str, str]]]:
     """Every backend for the shipped weights of ``name``, and the ones skipped (with why)."""
@@ -417,6 +436,19 @@ def inference_backends(name: str, mnist: data.MNIST, device: torch.device, threa
                              _ort_backend("ONNX Runtime int8", int8, threads, first)]
         except TinyDigitsError as err:  # an export failed, or onnx is not installed
             skipped.append({"backend": "ONNX Runtime fp32 and int8", "why": str(err)})
+        else:
+            try:
+                onnx_backends.append(_openvino_backend("OpenVINO fp32", fp32, threads, first))
+            except TinyDigitsError as err:  # openvino is not installed
+                skipped.append({"backend": "OpenVINO fp32", "why": str(err)})
+            else:
+                if _has_bf16():  # OpenVINO's default where the CPU has it: faster, not exact
+                    onnx_backends.append(_openvino_backend("OpenVINO bf16", fp32, threads, first, "bf16"))
+                else:
+                    skipped.append({"backend": "OpenVINO bf16", "why": "this CPU has no bf16 support"})
+            skipped.append({"backend": "OpenVINO int8",
+                            "why": "OpenVINO's ONNX reader does not take ONNX Runtime's QOperator int8 graph "
+                                   "(per-channel QLinearConv, com.microsoft.QLinearAdd)"})
     # Moved to the device only now (Module.to works in place): folding and exporting need the CPU model.
     backends = [_torch_backend("PyTorch eager", model, device, first),
                 _torch_backend("PyTorch eager, BatchNorm folded", folded, device, first),
@@ -426,9 +458,9 @@ def inference_backends(name: str, mnist: data.MNIST, device: torch.device, threa
 
 @torch.inference_mode()
 def measure_backend(backend: Backend, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-                    settings: Settings) -> dict[str, Any]:
-    """Throughput over ``images`` at each batch size (with the accuracy of those outputs), and
-    batch-1 latency."""
+                    settings: Settings, reference: torch.Tensor | None = None) -> dict[str, Any]:
+    """Throughput over ``images`` at each batch size (with the accuracy of those outputs, and
+    how many predictions differ from ``reference``), and batch-1 latency."""
     inputs = backend.prepare(images)  # on the device (or as numpy) before any timing
     by_batch = {}
     for batch in settings.infer_batch_sizes:
@@ -447,8 +479,12 @@ def measure_backend(backend: Backend, images: torch.Tensor, labels: torch.Tensor
             _sync(device)
             times.append(time.perf_counter() - start)
         by_batch[str(batch)] = {"images_per_s": len(images) / statistics.median(times),
-                                "accuracy": evaluate_log_probs(log_probs, labels).accuracy}
+                                "accuracy": evaluate_log_probs(log_probs, labels).accuracy,
+                                "predictions": log_probs.argmax(1)}
     best = max(by_batch, key=lambda b: by_batch[b]["images_per_s"])
+    predictions = by_batch[best]["predictions"]
+    for figures in by_batch.values():
+        del figures["predictions"]
     for _ in range(settings.latency_warmup):
         backend.single()
     _sync(device)
@@ -460,6 +496,8 @@ def measure_backend(backend: Backend, images: torch.Tensor, labels: torch.Tensor
         latencies.append((time.perf_counter() - start) * 1e6)
     return {"backend": backend.name, "by_batch": by_batch, "best_batch": int(best),
             "images_per_s": by_batch[best]["images_per_s"], "accuracy": by_batch[best]["accuracy"],
+            "differs_from_pytorch": None if reference is None else int((predictions != reference).sum()),
+            "predictions": predictions,
             "latency_us_median": statistics.median(latencies),
             "latency_us_p99": float(np.percentile(latencies, 99))}
 
@@ -472,9 +510,13 @@ def inference(name: str, mnist: data.MNIST, device: torch.device, threads: int, 
         log(f"inference: {name}, exporting")
         backends, skipped = inference_backends(name, mnist, device, threads, settings, Path(tmp))
         rows = []
+        reference = None  # the first backend's (PyTorch eager's) predictions
         for backend in backends:
             log(f"inference: {name}, {backend.name}")
-            rows.append(measure_backend(backend, images, labels, device, settings))
+            row = measure_backend(backend, images, labels, device, settings, reference)
+            predictions = row.pop("predictions")
+            reference = predictions if reference is None else reference
+            rows.append(row)
     return {"images": len(images), "backends": rows, "skipped": skipped}
 
 

@@ -64,8 +64,9 @@ def _machine_section(results: dict[str, Any]) -> list[str]:
     cores = f"{m['logical_cpus']} logical CPUs" + (f", {m['usable_cpus']} usable by this process"
                                                    if m["usable_cpus"] else "")
     rows = [["CPU", m["cpu"]], ["cores", cores], ["device", m["gpu"] or m["device"]],
-            ["threads (torch intra-op, ONNX Runtime intra-op)", str(m["threads"])],
+            ["threads (torch, ONNX Runtime and OpenVINO)", str(m["threads"])],
             ["torch", m["torch"]], ["ONNX Runtime", m["onnxruntime"] or "not installed"],
+            ["OpenVINO", m.get("openvino") or "not installed"],
             ["Python", m["python"]], ["OS", m["platform"]],
             *([["TF32 allowed (matmul, cuDNN)", f"{m['tf32']['matmul']}, {m['tf32']['cudnn']}"]]
               if m.get("tf32") else []),
@@ -157,16 +158,20 @@ def _inference_section(results: dict[str, Any]) -> list[str]:
              f"calls on one preallocated image after {s['latency_warmup']} warm-up calls (ONNX Runtime "
              f"through IOBinding). TorchScript is the traced export, frozen and passed through "
              f"`torch.jit.optimize_for_inference`; ONNX Runtime runs the `tinydigits export` files with "
-             f"intra_op_num_threads={m['threads']}, inter_op_num_threads=1.", ""]
+             f"intra_op_num_threads={m['threads']}, inter_op_num_threads=1; OpenVINO compiles the fp32 "
+             f"file for the CPU with the LATENCY hint, f32 precision and {m['threads']} inference threads "
+             f"(as `--backend openvino`).", ""]
     rows, skipped = [], []
     for name, result in results["inference"].items():
         for r in result["backends"]:
-            rows.append([_title(name), r["backend"], f"{r['accuracy']:.2f}%", _rate(r["images_per_s"]),
+            differs = r.get("differs_from_pytorch")
+            rows.append([_title(name), r["backend"], f"{r['accuracy']:.2f}%",
+                         "(reference)" if differs is None else f"{differs:,}", _rate(r["images_per_s"]),
                          f"{r['best_batch']:,}", f"{r['latency_us_median']:.0f} µs",
                          f"{r['latency_us_p99']:.0f} µs"])
         skipped += [f"- {name}: {s['backend']} skipped: {s['why']}" for s in result["skipped"]]
-    lines += _table(["model", "backend", "test accuracy", "throughput (images/s)", "at batch",
-                     "batch 1, median", "batch 1, p99"], rows, left=2)
+    lines += _table(["model", "backend", "test accuracy", "predictions unlike PyTorch eager's",
+                     "throughput (images/s)", "at batch", "batch 1, median", "batch 1, p99"], rows, left=2)
     return [*lines, *skipped, *([""] if skipped else [])]
 
 

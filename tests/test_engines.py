@@ -1,0 +1,98 @@
+"""Inference engines: OpenVINO gives PyTorch's predictions on all 10,000 test images, `auto`
+picks the fastest engine installed for the job, and exports of weights files are cached."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import tinydigits
+from tinydigits import data
+from tinydigits.cli import main
+from tinydigits.deploy import ExportError
+from tinydigits.deploy.engines import auto_backend, cached_onnx, open_engine
+from tinydigits.deploy.export import export_onnx, export_torchscript
+from tinydigits.evaluate import predict_log_probs
+from tinydigits.io import save_weights
+from tinydigits.models import MODELS
+from tinydigits.weights import pretrained_path
+
+pytest.importorskip("openvino")
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Cached exports go to a fresh cache per test (the MNIST files stay where they are)."""
+    monkeypatch.setenv("TINYDIGITS_DATA", str(data.default_data_dir()))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def test_inputs(mnist: data.MNIST) -> torch.Tensor:
+    return data.normalize(mnist.test_images)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_openvino_gives_pytorchs_predictions_on_all_test_images(name, test_inputs):
+    reference = predict_log_probs(tinydigits.load_model(name, pretrained=True), test_inputs)
+    engine = open_engine(name, pretrained_path(name), "openvino")
+    got = engine(test_inputs)
+    assert engine.backend == "openvino" and got.shape == (10_000, 10)
+    assert torch.equal(got.argmax(1), reference.argmax(1))
+    assert float((got - reference).abs().max()) < 1e-4
+
+
+def test_openvino_runs_an_exported_onnx_file_and_odd_batch_sizes(tmp_path, test_inputs):
+    model = tinydigits.load_model("small", pretrained=True)
+    path = export_onnx(model, tmp_path / "small.onnx")
+    engine = open_engine("small", path, "openvino")
+    reference = predict_log_probs(model, test_inputs[:1001])
+    assert torch.allclose(engine(test_inputs[:1001]), reference, atol=1e-4)  # a batch of 1000, then one of 1
+    assert engine(test_inputs[:0]).shape == (0, 10)
+
+
+def test_auto_takes_openvino_for_batches_and_onnx_runtime_for_single_pictures(tmp_path):
+    weights = pretrained_path("medium")
+    assert auto_backend(weights, batch=True) == "openvino"
+    assert auto_backend(weights, batch=False) == "onnxruntime"
+    assert open_engine("medium", weights).backend == "openvino"
+    assert open_engine("medium", weights, batch=False).backend == "onnxruntime"
+    onnx_file = export_onnx(tinydigits.load_model("medium", pretrained=True), tmp_path / "m.onnx")
+    assert open_engine("medium", onnx_file, "auto", batch=False).backend == "onnxruntime"
+    script = export_torchscript(tinydigits.load_model("medium", pretrained=True), tmp_path / "m.pt")
+    with pytest.raises(ExportError, match="TorchScript program"):  # never run implicitly
+        open_engine("medium", script, "auto")
+
+
+def test_a_weights_file_is_exported_once_and_cached_by_its_hash(tmp_path):
+    weights = pretrained_path("ultrasmall")
+    first = cached_onnx("ultrasmall", weights)
+    assert first.is_relative_to(tmp_path / "cache" / "tinydigits")
+    stamp = first.stat().st_mtime_ns
+    assert cached_onnx("ultrasmall", weights) == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+    other = save_weights(tinydigits.load_model("ultrasmall"), tmp_path / "fresh.safetensors", {})
+    assert cached_onnx("ultrasmall", other) != first  # other bytes, another export
+
+
+def test_a_file_openvino_cannot_read_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07 this is not a protobuf")
+    with pytest.raises(ExportError, match="not a model OpenVINO can compile") as raised:
+        open_engine("medium", bad, "openvino")
+    assert "\n" not in str(raised.value)
+
+
+def test_eval_defaults_to_the_shipped_weights_and_says_which_engine_ran():
+    result = CliRunner().invoke(main, ["eval", "--model", "small", "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["backend"] == "openvino" and Path(answer["weights"]) == pretrained_path("small")
+    assert answer["accuracy"] == pytest.approx(tinydigits.get_weights("small").test_accuracy, abs=1e-9)
+    torch_run = json.loads(CliRunner().invoke(main, ["eval", "--model", "small", "--backend", "torch",
+                                                     "--json"]).output)
+    assert torch_run["backend"] == "torch" and torch_run["accuracy"] == answer["accuracy"]
