@@ -1,6 +1,23 @@
+import os
+
 import pytest
 
 from tinydigits import data
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Cached exports (``~/.cache/tinydigits/onnx``) go to a temporary folder, for this process
+    and the servers and commands it starts; the MNIST files stay where they are."""
+    saved = {name: os.environ.get(name) for name in ("XDG_CACHE_HOME", "TINYDIGITS_DATA")}
+    os.environ["TINYDIGITS_DATA"] = str(data.default_data_dir())
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

@@ -26,9 +26,8 @@ pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    """Cached exports go to a fresh cache per test (the MNIST files stay where they are)."""
-    monkeypatch.setenv("TINYDIGITS_DATA", str(data.default_data_dir()))
+def fresh_cache(tmp_path, monkeypatch):
+    """Cached exports go to a fresh cache per test (conftest keeps the MNIST files where they are)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
@@ -96,3 +95,20 @@ def test_eval_defaults_to_the_shipped_weights_and_says_which_engine_ran():
     torch_run = json.loads(CliRunner().invoke(main, ["eval", "--model", "small", "--backend", "torch",
                                                      "--json"]).output)
     assert torch_run["backend"] == "torch" and torch_run["accuracy"] == answer["accuracy"]
+
+
+def test_a_damaged_cache_file_is_exported_again():
+    weights = pretrained_path("small")
+    cached = cached_onnx("small", weights)
+    cached.write_bytes(b"damaged")
+    engine = open_engine("small", weights, "onnxruntime")
+    assert engine(torch.zeros(1, 1, 28, 28)).shape == (1, 10) and cached.stat().st_size > 1000
+
+
+def test_auto_falls_back_to_pytorch_without_a_writable_cache(tmp_path, monkeypatch):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    assert open_engine("small", pretrained_path("small")).backend == "torch"
+    with pytest.raises(ExportError):  # asked for by name, the failure is reported
+        open_engine("small", pretrained_path("small"), "openvino")

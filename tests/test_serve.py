@@ -99,6 +99,7 @@ def test_the_accuracy_shown_is_that_of_the_shipped_weights(client, mnist):
 def test_a_server_of_model_names_runs_them_on_the_fastest_engine_with_the_same_answers(client):
     """By name, the shipped weights run on ONNX Runtime (auto, single pictures), not PyTorch eager;
     every answer is the one the PyTorch-backed app gives."""
+    pytest.importorskip("onnxruntime")
     by_name = create_app(["medium", "small"])
     assert by_name.config["TINYDIGITS_BACKENDS"] == "onnxruntime"
     engine_client = by_name.test_client()

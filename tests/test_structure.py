@@ -131,8 +131,9 @@ def test_no_plain_value_error_is_raised_on_purpose():
     offenders = []
     for name, path in MODULES.items():
         for node in ast.walk(ast.parse(path.read_text())):
-            call = node.exc if isinstance(node, ast.Raise) else None
-            if isinstance(call, ast.Call) and getattr(call.func, "id", None) in ("ValueError", "Exception"):
+            raised = node.exc if isinstance(node, ast.Raise) else None
+            target = raised.func if isinstance(raised, ast.Call) else raised  # `raise X(...)` or `raise X`
+            if isinstance(target, ast.Name) and target.id in ("ValueError", "Exception"):
                 offenders.append(f"{name}:{node.lineno}")
     assert not offenders
 

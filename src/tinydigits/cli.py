@@ -328,6 +328,8 @@ def predict(sources: tuple[Path, ...], model_name: str, weights: Path | None, to
                          backend.lower(), batch=False)
     failed = 0
     for result in predict_files(engine, sources, top_k, save_dir=save_preprocessed):
+        if result.warning:
+            click.echo(f"Warning: {result.file}: {result.warning}", err=True)
         if not result.ok:
             failed += 1
             click.echo(f"Error: {result.file}: {result.error}", err=True)
@@ -340,6 +342,101 @@ def predict(sources: tuple[Path, ...], model_name: str, weights: Path | None, to
             click.echo(f"{result.file}: {result.digit} ({result.probability:.1%})  top-{top_k}: {ranked}")
     if failed:
         raise SystemExit(1)
+
+
+@main.command(name="read")
+@click.argument("sources", nargs=-1, required=True, metavar="IMAGE_OR_DIR...",
+                type=click.Path(path_type=Path))
+@click.option("--model", "model_name", type=MODEL_CHOICE, default="medium", show_default=True)
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Weights file to load (default: the pretrained weights shipped for --model).")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per line per file, with each digit's box.")
+@click.option("--save-boxes", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also save each picture with its digits' boxes drawn, as PNG in this directory.")
+@backend_option()
+@friendly_errors
+def read_command(sources: tuple[Path, ...], model_name: str, weights: Path | None, as_json: bool,
+                 save_boxes: Path | None, backend: str) -> None:
+    """Read whole numbers: the digits in each picture, left to right.
+
+    Directories are expanded to the image files inside them. A bad file gets one
+    error line on stderr and the rest are still read; the exit code is 1 if any failed.
+    """
+    from .deploy.engines import open_engine
+    from .predict import expand_paths
+    from .preprocess import PreprocessError, load_image
+    from .read import draw_boxes, read_number
+
+    set_threads(None)
+    engine = open_engine(model_name, weights if weights is not None else pretrained_path(model_name),
+                         backend.lower(), batch=False)
+    if save_boxes is not None:
+        save_boxes.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for file, error in expand_paths(sources):
+        try:
+            if error is not None:
+                raise PreprocessError(error)
+            picture = load_image(file)
+            reading = read_number(picture, engine)
+            if save_boxes is not None:
+                draw_boxes(picture, reading).save(save_boxes / f"{Path(file).name}.png")
+        except (PreprocessError, OSError) as err:
+            failed += 1
+            message = str(err) if isinstance(err, PreprocessError) else f"cannot save ({err.strerror or err})"
+            click.echo(f"Error: {file}: {message}", err=True)
+            if as_json:
+                click.echo(json.dumps({"file": file, "error": message}))
+            continue
+        if as_json:
+            click.echo(json.dumps({"file": file, **reading.to_dict()}))
+        else:
+            digits = "  ".join(f"{d.digit} {d.probability:.0%}" for d in reading.digits)
+            click.echo(f"{file}: {reading.number}  ({digits})")
+    if failed:
+        raise SystemExit(1)
+
+
+@main.command(name="read-eval")
+@click.option("--count", type=click.IntRange(10, 100_000), default=500, show_default=True,
+              help="Pictures per set (separate digits, touching digits).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--model", "model_name", type=MODEL_CHOICE, default="medium", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("docs/READING.md"), show_default=True,
+              help="The Markdown report; the raw figures go to reading.json beside it.")
+@click.option("--save-boxes", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also save the first few pictures of each set with the boxes read, as PNG.")
+@click.option("--update-readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the table into this README, between its reading-table markers.")
+@data_dir_option
+@friendly_errors
+def read_eval_command(count: int, seed: int, model_name: str, output: Path, save_boxes: Path | None,
+                      update_readme: Path | None, data_dir: Path | None) -> None:
+    """Measure `read` on generated pictures of numbers made of MNIST test digits (docs/READING.md)."""
+    from .deploy.engines import open_engine
+    from .lab.numbers import README_BLOCK, measure, readme_table, save_examples, write_report
+
+    if update_readme is not None:  # before minutes of reading
+        try:
+            README_BLOCK.read(update_readme.read_text())
+        except OSError as err:
+            raise click.ClickException(f"{update_readme}: cannot read ({err.strerror or err})") from None
+    engine = open_engine(model_name, pretrained_path(model_name), batch=False)
+    options = {"count": count, "seed": seed, "model": model_name}
+    report = measure(engine, count, seed, data_dir, options)
+    click.echo(f"wrote {write_report(report, output)} and {output.with_name('reading.json')}")
+    for name, figures in report["sets"].items():
+        total = figures["pictures"]
+        click.echo(f"{name}: number exact {100 * figures['exact'] / total:.1f}%, "
+                   f"digit count right {100 * figures['right_count'] / total:.1f}% of {total}")
+    if save_boxes is not None:
+        for path in save_examples(engine, save_boxes, seed, data_dir):
+            click.echo(f"saved {path}")
+    if update_readme is not None:
+        changed = README_BLOCK.update(update_readme, readme_table(report))
+        click.echo(f"{update_readme}: {'updated' if changed else 'already up to date'}", err=True)
 
 
 @main.command(name="models")
@@ -583,7 +680,15 @@ def mcu_command(model_names: tuple[str, ...], qemu_images: int, output: Path, up
     """The C export on Cortex-M: flash, RAM, accuracy, and a run on QEMU (writes docs/MCU.md)."""
     from .lab.mcu import README_BLOCK, measure, readme_table, write_report
 
-    report = measure(list(dict.fromkeys(model_names)) or list(MODELS), qemu_images, data_dir)
+    names = list(dict.fromkeys(model_names)) or list(MODELS)
+    if update_readme is not None:  # before minutes of measuring
+        if set(names) != set(MODELS):
+            raise click.UsageError("--update-readme writes the table of all three models; leave out --models")
+        try:
+            README_BLOCK.read(update_readme.read_text())
+        except OSError as err:
+            raise click.ClickException(f"{update_readme}: cannot read ({err.strerror or err})") from None
+    report = measure(names, qemu_images, data_dir)
     click.echo(f"wrote {write_report(report, output)} and {output.with_name('mcu.json')}")
     if update_readme is not None:
         changed = README_BLOCK.update(update_readme, readme_table(report))

@@ -18,7 +18,8 @@ from torch import nn
 from .data import normalize
 from .errors import ConfigError
 from .evaluate import predict_log_probs
-from .preprocess import WORK_SIDE, PreprocessError, Source, load_image, to_mnist
+from .preprocess import WORK_SIDE, PreprocessError, Source, fit_to_mnist, ink_map, load_image, remove_specks
+from .segment import MAX_DIGITS, digit_groups
 
 __all__ = ["IMAGE_SUFFIXES", "Classifier", "Prediction", "classify", "expand_paths", "predict_files",
            "predict_image"]
@@ -39,6 +40,7 @@ class Prediction:
     error: str | None = None
     image: torch.Tensor | None = None  # the uint8 [28, 28] input the model saw
     preprocessed: str | None = None  # where that input was saved as PNG, if it was
+    separate_digits: int = 1  # how many separate digits the picture seems to hold (see segment.py)
 
     @property
     def ok(self) -> bool:
@@ -51,7 +53,18 @@ class Prediction:
                                "top_k": [[d, p] for d, p in self.top_k]}
         if self.preprocessed is not None:
             out["preprocessed"] = self.preprocessed
+        if self.separate_digits > 1:
+            out["separate_digits"] = self.separate_digits
+            out["warning"] = self.warning
         return out
+
+    @property
+    def warning(self) -> str | None:
+        """Set when the picture looks like a number of several digits, which ``read`` reads."""
+        if self.separate_digits <= 1:
+            return None
+        return (f"the picture holds {self.separate_digits} separate digits; "
+                "`tinydigits read` reads whole numbers")
 
 
 # A model, or any engine that maps normalized images [N, 1, 28, 28] to log-probabilities [N, 10]
@@ -74,10 +87,16 @@ def classify(model: Classifier, images: torch.Tensor, top_k: int = 3) -> list[li
 
 def predict_image(model: Classifier, source: Image.Image | Source, top_k: int = 3) -> Prediction:
     """Classify one picture (PIL image, path, bytes or file object); raises PreprocessError."""
-    image = to_mnist(source if isinstance(source, Image.Image) else load_image(source, reduce_to=WORK_SIDE))
+    picture = source if isinstance(source, Image.Image) else load_image(source, reduce_to=WORK_SIDE)
+    ink = ink_map(picture)
+    image = fit_to_mnist(remove_specks(ink))  # to_mnist, sharing the ink map with the count below
+    try:
+        separate = len(digit_groups(ink))
+    except PreprocessError:  # far too many marks to count: certainly not one digit
+        separate = MAX_DIGITS + 1
     ranked = classify(model, image[None], top_k)[0]
     name = str(source) if isinstance(source, (str, Path)) else "<image>"
-    return Prediction(name, ranked[0][0], ranked[0][1], ranked, image=image)
+    return Prediction(name, ranked[0][0], ranked[0][1], ranked, image=image, separate_digits=separate)
 
 
 def expand_paths(paths: Iterable[str | Path]) -> Iterator[tuple[str, str | None]]:
@@ -137,4 +156,4 @@ def predict_files(model: Classifier, paths: Iterable[str | Path], top_k: int = 3
                 yield Prediction(file, error=f"cannot save the preprocessed image ({err.strerror or err})")
                 continue
         yield Prediction(file, result.digit, result.probability, result.top_k,
-                         image=result.image, preprocessed=saved)
+                         image=result.image, preprocessed=saved, separate_digits=result.separate_digits)

@@ -31,7 +31,8 @@ from scipy import ndimage
 
 from .errors import TinyDigitsError, first_line
 
-__all__ = ["FORMATS", "MAX_PIXELS", "WORK_SIDE", "PreprocessError", "load_image", "to_mnist"]
+__all__ = ["FORMATS", "MAX_PIXELS", "WORK_SIDE", "PreprocessError", "fit_to_mnist", "ink_map", "load_image",
+           "remove_specks", "to_mnist"]
 
 Source = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
 
@@ -238,7 +239,7 @@ def _ink_map(gray: np.ndarray) -> np.ndarray:
     return np.clip((ink - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
-def _clean(ink: np.ndarray) -> np.ndarray:
+def remove_specks(ink: np.ndarray) -> np.ndarray:
     """Remove specks and marks far smaller than the digit; keep all parts of the digit."""
     h, w = ink.shape
     f = max(1, math.ceil(max(h, w) / 100))  # label on a coarse grid: fast, and thin strokes survive
@@ -281,7 +282,21 @@ def to_mnist(image: Image.Image | Source) -> torch.Tensor:
     """
     if not isinstance(image, Image.Image):
         image = load_image(image, reduce_to=WORK_SIDE)
-    ink = _clean(_ink_map(_to_gray(image)))
+    return fit_to_mnist(remove_specks(ink_map(image)))
+
+
+def ink_map(image: Image.Image) -> np.ndarray:
+    """Ink strength, float32 [H, W] in [0, 1] (1 = solid stroke, 0 = paper), of a picture reduced
+    to at most :data:`WORK_SIDE` pixels a side (by ``ceil(max(size) / WORK_SIDE)``): grayscale,
+    the paper's lighting fitted and removed, polarity detected. Raises :class:`PreprocessError`
+    when no ink stands out."""
+    return _ink_map(_to_gray(image))
+
+
+def fit_to_mnist(ink: np.ndarray) -> torch.Tensor:
+    """MNIST's framing of an ink map of one digit: cropped to the ink, scaled into a 20x20 box
+    keeping the aspect ratio (antialiased; hair-thin strokes thickened first), and placed in
+    28x28 with its centre of mass at the centre; uint8, white on black."""
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     if rows.size == 0:
         raise PreprocessError("no ink found: the image looks blank")

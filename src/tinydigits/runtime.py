@@ -38,14 +38,24 @@ def select_device(name: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def env_threads() -> int | None:
+    """$TINYDIGITS_THREADS as a number of threads, or None when it is not set."""
+    value = os.environ.get("TINYDIGITS_THREADS", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"TINYDIGITS_THREADS must be a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
 def set_threads(threads: int | None = None) -> int:
     """Set torch's intra-op threads: ``threads``, else $TINYDIGITS_THREADS, else torch's default.
 
     On a quiet 2-core machine 2 threads are fastest; when other processes compete
     for the cores, 1 thread avoids spinning, hence the knob.
     """
-    if threads is None and os.environ.get("TINYDIGITS_THREADS"):
-        threads = int(os.environ["TINYDIGITS_THREADS"])
+    if threads is None:
+        threads = env_threads()
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"threads must be at least 1, got {threads}")

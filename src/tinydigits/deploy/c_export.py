@@ -149,8 +149,11 @@ def lower(proto: Any) -> LoweredModel:
                 raise ExportError("the C export supports plain convolutions only (no groups or dilation)")
             if np.any(constants[inputs[5]] != 0):
                 raise ExportError("the C export expects symmetric int8 weights (zero point 0)")
-            kernel, stride = weight.shape[-1], attrs.get("strides", [1, 1])[0]
-            pad = attrs.get("pads", [0, 0, 0, 0])[0]
+            strides, pads = attrs.get("strides", [1, 1]), attrs.get("pads", [0, 0, 0, 0])
+            if weight.shape[-1] != weight.shape[-2] or len(set(strides)) != 1 or len(set(pads)) != 1:
+                raise ExportError("the C export supports square kernels with the same stride and padding "
+                                  "on every side only")
+            kernel, stride, pad = weight.shape[-1], strides[0], pads[0]
             out_scale, out_zero = scalar(inputs[6]), int(scalar(inputs[7]))
             weight_scale = np.broadcast_to(constants[inputs[4]], weight.shape[:1]).astype(np.float64)
             pairs = [quantized_multiplier(scale * s / out_scale) for s in weight_scale]
@@ -430,6 +433,13 @@ def write_test_idx(images: torch.Tensor, labels: torch.Tensor, directory: Path) 
     return image_path, label_path
 
 
+def _run(argv: list[str], what: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"{what}: no answer within {timeout:.0f} s") from None
+
+
 def find_compiler() -> str | None:
     """The host C compiler: $CC, else cc, gcc or clang."""
     for name in [os.environ.get("CC", ""), "cc", "gcc", "clang"]:
@@ -448,19 +458,21 @@ def verify_c(export: CExport, images: torch.Tensor, labels: torch.Tensor) -> CVe
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         program = work / "verify"
-        build = subprocess.run([compiler, *COMPILE_FLAGS, f"-I{export.directory}", "-o", str(program),
-                                str(export.verifier), str(export.source)], capture_output=True, text=True)
+        build = _run([compiler, *COMPILE_FLAGS, f"-I{export.directory}", "-o", str(program),
+                      str(export.verifier), str(export.source)], f"{compiler} on {export.source}")
         if build.returncode != 0:
             first = (build.stderr.strip().splitlines() or ["(no output)"])[0]
             raise ExportError(f"{export.source}: does not compile with {compiler}: {first}")
         image_path, label_path = write_test_idx(images, labels, work)
         predictions_path = work / "predictions.txt"
-        run = subprocess.run([str(program), str(image_path), str(label_path), str(predictions_path)],
-                             capture_output=True, text=True)
+        run = _run([str(program), str(image_path), str(label_path), str(predictions_path)],
+                   f"{export.verifier} (compiled)")
         if run.returncode != 0:
             raise ExportError(f"{export.verifier}: failed: {run.stderr.strip() or run.returncode}")
         predictions = np.array(predictions_path.read_text().split(), dtype=np.int64)
     numbers = dict(re.findall(r"^(accuracy|speed) ([\d.]+)", run.stdout, flags=re.MULTILINE))
+    if "speed" not in numbers or len(predictions) != len(labels):
+        raise ExportError(f"{export.verifier}: unexpected output ({run.stdout.strip()[:120]!r})")
     correct = int((predictions == labels.numpy()).sum())
     return CVerification(100.0 * correct / len(labels), correct, len(labels), float(numbers["speed"]),
                          predictions)

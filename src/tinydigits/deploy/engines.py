@@ -12,8 +12,8 @@ model runs on a GPU.
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.util
-import os
 import threading
 import warnings
 import zipfile
@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import first_line, require
 from ..evaluate import evaluate_log_probs, predict_log_probs
 from ..io import WeightsError, file_sha256
-from ..runtime import cache_dir, select_device
+from ..runtime import cache_dir, env_threads, package_version, select_device
 from ..weights import load_model
 from . import ExportError
 from .export import FP32_TOLERANCE, ExportResult, export_onnx
@@ -43,7 +43,7 @@ def _installed(module: str) -> bool:
 
 def _threads(threads: int | None) -> int:
     """``threads``, else $TINYDIGITS_THREADS, else 0 (the engine's own choice)."""
-    return threads or int(os.environ.get("TINYDIGITS_THREADS", "0") or 0)
+    return threads or env_threads() or 0
 
 
 def is_torchscript_file(path: str | Path) -> bool:
@@ -147,20 +147,31 @@ def open_exported(path: str | Path, backend: str | None = None, batch_size: int 
         return engine(path, batch_size, threads)
     if backend == "torchscript":
         if not torchscript:
-            raise ExportError(f"{path}: not a TorchScript archive; use --backend onnxruntime for ONNX")
+            raise ExportError(f"{path}: not a TorchScript archive; use --backend auto, torch, onnxruntime "
+                              "or openvino")
         return _torchscript_engine(path, batch_size)
     raise ExportError(f"unknown backend {backend!r} for an exported file; "
                       "choose torchscript, onnxruntime or openvino")
 
 
-def cached_onnx(model_name: str, weights: str | Path) -> Path:
-    """The fp32 ONNX export of a weights file, made once and kept in the cache under the
-    file's SHA-256 (so an edited file gets a new export; it is never rebuilt per request)."""
+def cached_onnx(model_name: str, weights: str | Path, rebuild: bool = False) -> Path:
+    """The fp32 ONNX export of a weights file, made once and kept in the cache under a key of
+    the file's SHA-256 and the versions that wrote it (so an edited file or an upgrade gets a
+    new export; it is never rebuilt per request). ``rebuild`` replaces a cached file."""
     weights = Path(weights)
-    path = cache_dir() / "onnx" / f"{model_name}-{file_sha256(weights)[:16]}.onnx"
-    if not path.is_file():
+    source = f"{file_sha256(weights)} {package_version()} {torch.__version__}"
+    key = hashlib.sha256(source.encode()).hexdigest()
+    path = cache_dir() / "onnx" / f"{model_name}-{key[:16]}.onnx"
+    if rebuild or not path.is_file():
         export_onnx(load_model(model_name, weights), path)  # atomic: a racing process writes the same
     return path
+
+
+def _open_cached(model_name: str, weights: Path, backend: str, threads: int | None) -> LogProbs:
+    try:
+        return open_exported(cached_onnx(model_name, weights), backend, threads=threads)
+    except ExportError:  # a damaged cache file: export once more
+        return open_exported(cached_onnx(model_name, weights, rebuild=True), backend, threads=threads)
 
 
 def auto_backend(weights: str | Path, batch: bool = True, device: str | None = None) -> str:
@@ -208,11 +219,17 @@ def open_engine(model_name: str, weights: str | Path, backend: str = "auto", dev
         raise ExportError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if not weights.is_file():
         raise WeightsError(f"{weights}: no such weights file")
-    if backend == "auto":
+    automatic = backend == "auto"
+    if automatic:
         backend = auto_backend(weights, batch, device)
     is_onnx, torchscript = weights.suffix.lower() == ".onnx", is_torchscript_file(weights)
     if backend in ("onnxruntime", "openvino") and not is_onnx and not torchscript:
-        return Engine(backend, open_exported(cached_onnx(model_name, weights), backend, threads=threads))
+        try:
+            return Engine(backend, _open_cached(model_name, weights, backend, threads))
+        except ExportError:
+            if not automatic:
+                raise
+            backend = "torch"  # no usable cache (a read-only home, say): auto still works
     if backend != "torch":
         return Engine(backend, open_exported(weights, backend, threads=threads))
     if is_onnx:

@@ -12,6 +12,9 @@ API (all answers are JSON; errors are ``{"error": "..."}`` with a 4xx status):
   also accepted as a form field or query parameter). The image goes through the very
   same :func:`tinydigits.preprocess.load_image` / :func:`~tinydigits.preprocess.to_mnist`
   / :func:`tinydigits.predict.classify` path as ``tinydigits predict``.
+* ``POST /api/read``: the same upload as ``/api/predict``; the number in the picture, read
+  left to right (:func:`tinydigits.read.read_number`), and each digit's box (in the
+  picture's pixels), digit and probability.
 
 Flask and waitress are imported here only, so the core package does not need them
 (``pip install 'tinydigits[web]'``).
@@ -40,6 +43,7 @@ from ..io import WeightsError
 from ..models import MODELS, get_spec
 from ..predict import Classifier, classify
 from ..preprocess import WORK_SIDE, PreprocessError, load_image, to_mnist
+from ..read import read_number
 from ..weights import get_weights, pretrained_path
 from .engines import open_engine
 
@@ -157,16 +161,17 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
     if isinstance(models, Mapping):
         loaded = {get_spec(name).name: model.eval() for name, model in models.items()}
     else:
-        # One intra-op thread per request: concurrent requests are the server's parallelism.
+        # One intra-op thread per call: a single picture is too small to share out, and the
+        # server's threads run several calls at once.
         loaded = {get_spec(name).name: open_engine(name, pretrained_path(name), backend, batch=False,
                                                    threads=1) for name in models}
     if not loaded:
         raise ConfigError("no models to serve")
     default = "medium" if "medium" in loaded else next(iter(loaded))
-    # Pictures are decoded, preprocessed and classified one at a time; waitress's other threads
-    # meanwhile read requests and write answers. That work holds the GIL or runs numpy's BLAS,
-    # so running it in parallel only made the threads contend: 174 requests/s at 20 clients
-    # with 4 threads in parallel, 238 with this lock (docs/LOADTEST.md; 2 cores).
+    # Pictures are preprocessed one at a time, while waitress's other threads decode, read
+    # requests, classify and write answers. Preprocessing is many small numpy calls (the GIL,
+    # numpy's BLAS threads): run in parallel they only contended, and the load test answered
+    # about a quarter fewer requests per second.
     one_at_a_time = threading.Lock()
     infos = [_model_info(name, pretrained) for name in loaded]
 
@@ -218,34 +223,53 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
     def list_models() -> Response:
         return jsonify(models=infos, default=default, max_upload_bytes=max_upload_bytes)
 
-    @app.post("/api/predict")
-    def predict() -> Response:
-        started = time.perf_counter()
+    def upload() -> tuple[bytes, str]:
+        """The uploaded picture and the model asked for (404 for one not served)."""
         data, name = _read_request()
         name = (name or default).lower()
         if name not in loaded:
             shown = f"{name[:40]!r}" + ("..." if len(name) > 40 else "")  # not megabytes of it
             raise ApiError(404, f"unknown model {shown}; this server has: {', '.join(loaded)}")
+        return data, name
+
+    def process(data: bytes, work: Callable[[Image.Image], Any], reduce_to: int | None) -> Any:
+        """Decode ``data`` and run ``work`` on the picture: a bad file is a 400, a picture
+        without the digits asked for (no ink, too many) a 422."""
+        status = 400
+        try:
+            image = load_image(data, max_pixels=max_image_pixels, reduce_to=reduce_to)
+            status = 422  # decoded: from here a PreprocessError means no ink
+            with one_at_a_time:
+                return work(image)
+        except PreprocessError as err:
+            raise ApiError(status, str(err)) from None
+        except Exception as err:
+            # Most likely a picture preprocessing does not foresee, so a 400 for the client;
+            # but it may be a bug, so it is logged with its traceback.
+            log.warning("cannot process an uploaded image (%d bytes) on %s", len(data), request.path,
+                        exc_info=True)
+            raise ApiError(400, f"cannot process this image ({type(err).__name__})") from None
+
+    @app.post("/api/read")
+    def read() -> Response:
+        started = time.perf_counter()
+        data, name = upload()
+        # Boxes are in the picture's own pixels, so it is decoded at full size.
+        reading = process(data, lambda image: read_number(image, loaded[name]), None)
+        return jsonify(number=reading.number, digits=[digit.to_dict() for digit in reading.digits],
+                       model=name, milliseconds=round((time.perf_counter() - started) * 1000, 2))
+
+    @app.post("/api/predict")
+    def predict() -> Response:
+        started = time.perf_counter()
+        data, name = upload()
         # The same three steps as `tinydigits predict` (predict.predict_image), kept apart
         # here so a bad file (400) is told from a picture without a digit (422) and the
         # model's own time can be reported.
-        with one_at_a_time:
-            status = 400
-            try:
-                image = load_image(data, max_pixels=max_image_pixels, reduce_to=WORK_SIDE)
-                status = 422  # decoded: from here a PreprocessError means no ink
-                seen = to_mnist(image)
-            except PreprocessError as err:
-                raise ApiError(status, str(err)) from None
-            except Exception as err:
-                # Most likely a picture preprocessing does not foresee, so a 400 for the client;
-                # but it may be a bug, so it is logged with its traceback.
-                log.warning("cannot process an uploaded image (%d bytes) on %s", len(data), request.path,
-                            exc_info=True)
-                raise ApiError(400, f"cannot process this image ({type(err).__name__})") from None
-            inference_started = time.perf_counter()
-            ranked = classify(loaded[name], seen[None], top_k=10)[0]
-            finished = time.perf_counter()
+        seen = process(data, to_mnist, WORK_SIDE)
+        inference_started = time.perf_counter()
+        ranked = classify(loaded[name], seen[None], top_k=10)[0]
+        finished = time.perf_counter()
         probabilities = [0.0] * 10
         for digit, probability in ranked:
             probabilities[digit] = probability

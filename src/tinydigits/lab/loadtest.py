@@ -160,7 +160,7 @@ def single_client_latency(url: str, digit: torch.Tensor, label: int, model: str 
                 if response.status != 200 or json.loads(answer).get("digit") != label:
                     raise LoadTestError(f"{name}: the server answered {response.status} {answer[:120]!r}")
             medians[name] = statistics.median(times[2:])
-    except (OSError, http.client.HTTPException) as err:
+    except (OSError, http.client.HTTPException, ValueError) as err:  # ValueError: an answer not JSON
         raise LoadTestError(f"single-client requests to {url} failed: {err}") from None
     finally:
         connection.close()

@@ -139,7 +139,7 @@ def measure(models: list[str], qemu_images: int = 1000, data_dir: str | Path | N
     """For each model: the C export's accuracy and speed on the host, its agreement with the
     int8 ONNX export, its footprint per CPU and its run on QEMU."""
     from ..deploy.c_export import export_c, verify_c
-    from ..deploy.engines import onnx_session
+    from ..deploy.engines import open_exported
     from ..deploy.export import calibration_subset, export_onnx_int8
 
     missing = missing_tools()
@@ -161,10 +161,8 @@ def measure(models: list[str], qemu_images: int = 1000, data_dir: str | Path | N
             export = export_c(model, name, work / "c", calibration)
             host = verify_c(export, mnist.test_images, mnist.test_labels)
             onnx_path = export_onnx_int8(model, work / "int8.onnx", calibration)
-            session = onnx_session(onnx_path, threads=1)
-            onnx_predictions = np.concatenate([
-                session.run(None, {"images": test_inputs[i : i + 1000].numpy()})[0].argmax(1)
-                for i in range(0, len(test_inputs), 1000)])
+            onnx_run = open_exported(onnx_path, "onnxruntime", threads=1)
+            onnx_predictions = onnx_run(test_inputs).argmax(1).numpy()
             sizes = [footprint(export.source, prefix, cpu, work) for cpu in CPUS]
             qemu = run_on_qemu(export.source, export.header, prefix, mnist.test_images[:qemu_images], work)
         float_accuracy = evaluate(model, test_inputs, mnist.test_labels).accuracy

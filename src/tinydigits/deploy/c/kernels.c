@@ -77,9 +77,9 @@ static void td_input(const unsigned char *pixels, const uint8_t *table, uint8_t 
 
 static TD_NOINLINE void td_row(int32_t *sum, const uint8_t *pixel, int count, int stride, int32_t zero, int32_t weight)
 {
-    while (count-- > 0) {
-        *sum++ += ((int32_t)*pixel - zero) * weight;
-        pixel += stride;
+    int i;
+    for (i = 0; i < count; i++) {
+        sum[i] += ((int32_t)pixel[i * stride] - zero) * weight;
     }
 }
 
@@ -114,9 +114,10 @@ static void td_conv(const uint8_t *in, uint8_t *out, const td_conv_layer *layer)
                             continue;
                         }
                         for (kx = 0; kx < k; kx++) {
-                            td_row(sum + first[kx],
-                                   in + ic * plane + y * layer->in_width + first[kx] * stride - pad + kx,
-                                   last[kx] - first[kx], stride, layer->in_zero, filter[(ic * k + ky) * k + kx]);
+                            /* the offset as one integer: never a pointer before the buffer */
+                            const int offset = ic * plane + y * layer->in_width + first[kx] * stride - pad + kx;
+                            td_row(sum + first[kx], in + offset, last[kx] - first[kx], stride, layer->in_zero,
+                                   filter[(ic * k + ky) * k + kx]);
                         }
                     }
                 }

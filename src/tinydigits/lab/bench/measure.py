@@ -45,7 +45,7 @@ from ...augment import random_affine
 from ...deploy.engines import onnx_session, openvino_model
 from ...deploy.export import calibration_subset, export_onnx, export_onnx_int8, export_torchscript
 from ...deploy.fold import fold_batchnorm
-from ...errors import ConfigError, TinyDigitsError
+from ...errors import ConfigError, TinyDigitsError, require
 from ...evaluate import evaluate, evaluate_log_probs
 from ...models import MODELS, build_model, get_spec
 from ...recipes import Recipe, get_recipe
@@ -398,9 +398,9 @@ def _ort_backend(name: str, path: Path, threads: int, first: torch.Tensor) -> Ba
 
 def _openvino_backend(name: str, path: Path, threads: int, first: torch.Tensor,
                       precision: str = "f32") -> Backend:
+    compiled = openvino_model(path, threads, precision)  # first: a missing openvino is a one-line error
     import openvino as ov
 
-    compiled = openvino_model(path, threads, precision)
     batches, single = compiled.create_infer_request(), compiled.create_infer_request()
     single.set_input_tensor(ov.Tensor(first.numpy().copy()))  # batch 1 on a preallocated input
     # .copy(): the request reuses its output buffer, and the outputs of a pass are kept.
@@ -409,8 +409,7 @@ def _openvino_backend(name: str, path: Path, threads: int, first: torch.Tensor,
 
 
 def _has_bf16() -> bool:
-    import openvino as ov
-
+    ov = require("openvino", "openvino", "the openvino backend")
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 

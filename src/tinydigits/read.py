@@ -1,0 +1,145 @@
+"""Reading whole numbers: several handwritten digits in one picture, left to right.
+
+The picture goes through the first steps of :func:`tinydigits.preprocess.to_mnist`
+(grayscale, the paper's lighting fitted and removed, polarity made white-on-black), then:
+
+1. ink pixels are grouped into 8-connected components, and specks far lighter than the
+   strokes are dropped;
+2. the fragments of one digit are merged: components whose columns overlap (a 5's flag
+   above its body, a 7's separate bar, a stroke broken by a light pen) become one digit;
+3. a group much wider than the digits are tall holds digits that touch, and is cut: the
+   candidate cuts are the columns where the vertical projection of the ink is lowest, and
+   the cut kept is the one after which the model is most sure of both sides (the product
+   of the two top probabilities), unless it is surer still of the group as one wide digit;
+   again on each side while it is still too wide;
+4. the digits are ordered by their centres, left to right (a slight slope changes
+   nothing), framed as MNIST (:func:`~tinydigits.preprocess.fit_to_mnist`) and classified
+   in one batch.
+
+    >>> from tinydigits import read_number
+    >>> read_number("meter.jpg").number   # the shipped MNIST-Medium; or read_number(path, model)
+    '07431'
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .predict import Classifier, classify
+from .preprocess import WORK_SIDE, PreprocessError, Source, fit_to_mnist, ink_map, load_image
+from .segment import MAX_DIGITS, Piece, digit_groups
+
+__all__ = ["Digit", "Reading", "draw_boxes", "read_number"]
+
+WIDE = 1.0  # a group wider than this many digit heights holds touching digits
+CUTS = 8  # candidate cuts tried per split
+
+
+@dataclass(frozen=True)
+class Digit:
+    """One digit read: its box in the picture's own pixels, the digit and its probability."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    digit: int
+    probability: float
+    image: torch.Tensor  # the uint8 [28, 28] input the model saw
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"box": {"x": self.x, "y": self.y, "width": self.width, "height": self.height},
+                "digit": self.digit, "probability": self.probability}
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The number in a picture, as a string of digits, and each digit read."""
+
+    number: str
+    digits: list[Digit]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "digits": [digit.to_dict() for digit in self.digits]}
+
+
+def _confidence(model: Classifier, pieces: list[Piece]) -> list[float]:
+    images = torch.stack([fit_to_mnist(piece.ink) for piece in pieces])
+    return [ranked[0][1] for ranked in classify(model, images, top_k=1)]
+
+
+def _split(piece: Piece, height: float, model: Classifier, budget: int) -> list[Piece]:
+    """Cut a group of touching digits (step 3 above) into pieces no wider than WIDE heights."""
+    if piece.width <= WIDE * height or budget <= 1:
+        return [piece]
+    margin = max(2, int(0.25 * height))  # no digit is narrower than a quarter of its height
+    if piece.width <= 2 * margin:
+        return [piece]
+    projection = piece.ink.sum(axis=0)
+    candidates: list[int] = []
+    for column in np.argsort(projection[margin:-margin], kind="stable") + margin:
+        if all(abs(int(column) - other) >= margin for other in candidates):
+            candidates.append(int(column))
+        if len(candidates) == CUTS:
+            break
+    halves = [(Piece(piece.ink[:, :c], piece.top, piece.left).crop(),
+               Piece(piece.ink[:, c:], piece.top, piece.left + c).crop()) for c in candidates]
+    *scores, whole = _confidence(model, [*(half for pair in halves for half in pair), piece])
+    best = max(range(len(halves)), key=lambda k: scores[2 * k] * scores[2 * k + 1])
+    if scores[2 * best] * scores[2 * best + 1] <= whole:
+        return [piece]  # one wide digit (a flat 2, a long-barred 7): the model reads it better whole
+    left, right = halves[best]
+    return [*_split(left, height, model, budget // 2), *_split(right, height, model, budget - budget // 2)]
+
+
+@functools.cache
+def _shipped_medium() -> torch.nn.Module:
+    from .weights import load_model
+
+    return load_model("medium", pretrained=True)
+
+
+def read_number(image: Image.Image | Source, model: Classifier | None = None) -> Reading:
+    """The number in a picture of one or more handwritten digits (a PIL image, or a path,
+    bytes or file that :func:`~tinydigits.preprocess.load_image` reads), read by ``model``
+    (a model or an engine; default: the shipped MNIST-Medium). Raises
+    :class:`PreprocessError` for a blank picture, one that cannot be read, and one of more
+    than :data:`~tinydigits.segment.MAX_DIGITS` digits."""
+    model = model if model is not None else _shipped_medium()
+    if not isinstance(image, Image.Image):
+        image = load_image(image)
+    factor = max(1, math.ceil(max(image.size) / WORK_SIDE))  # what ink_map reduced the picture by
+    groups = digit_groups(ink_map(image))
+    height = float(np.median([group.height for group in groups]))
+    pieces = [part for group in groups for part in _split(group, height, model, MAX_DIGITS)]
+    if len(pieces) > MAX_DIGITS:
+        raise PreprocessError(f"found {len(pieces)} digits; `read` reads numbers of up to {MAX_DIGITS}")
+    pieces.sort(key=lambda piece: piece.left + piece.width / 2)
+    images = torch.stack([fit_to_mnist(piece.ink) for piece in pieces])
+    width, tall = image.size
+    digits = []
+    for piece, seen, ranked in zip(pieces, images, classify(model, images, top_k=1), strict=True):
+        x, y = piece.left * factor, piece.top * factor
+        digits.append(Digit(x, y, min(piece.width * factor, width - x), min(piece.height * factor, tall - y),
+                            ranked[0][0], ranked[0][1], seen))
+    return Reading("".join(str(d.digit) for d in digits), digits)
+
+
+def draw_boxes(image: Image.Image, reading: Reading) -> Image.Image:
+    """A copy of ``image`` with each digit's box and its reading drawn on it."""
+    picture = image.convert("RGB")
+    draw = ImageDraw.Draw(picture)
+    line = max(2, picture.height // 150)
+    for digit in reading.digits:
+        box = [digit.x, digit.y, digit.x + digit.width, digit.y + digit.height]
+        draw.rectangle(box, outline=(220, 30, 30), width=line)
+        draw.text((digit.x + line, max(0, digit.y - 12 - line)), f"{digit.digit} {digit.probability:.0%}",
+                  fill=(220, 30, 30))
+    return picture

@@ -1,0 +1,135 @@
+"""Reading whole numbers: generated pictures of numbers made of MNIST test digits, the
+`read` command, `predict`'s warning, `POST /api/read`, and bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import tinydigits
+from tinydigits import data
+from tinydigits.cli import main
+from tinydigits.lab.numbers import number_picture, number_pictures, score
+from tinydigits.preprocess import PreprocessError
+from tinydigits.read import read_number
+from tinydigits.segment import MAX_DIGITS
+
+N_NUMBERS = 100  # per set; the README's figures come from `tinydigits read-eval` (500 per set)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tinydigits.load_model("medium", pretrained=True)
+
+
+def test_numbers_of_separate_digits_are_read_exactly(mnist: data.MNIST, model):
+    result = score(model, number_pictures(mnist, N_NUMBERS, seed=1000))
+    print(f"separate: exact {result.exact_rate:.1f}%, count {result.count_rate:.1f}%; {result.failures}")
+    # Floors against regressions (the issue's aim is 95% and 99%: docs/READING.md has the figures).
+    assert result.exact_rate >= 94 and result.count_rate >= 97, result.failures
+
+
+def test_numbers_of_touching_digits_are_mostly_read(mnist: data.MNIST, model):
+    result = score(model, number_pictures(mnist, N_NUMBERS, seed=2000, touching=True))
+    print(f"touching: exact {result.exact_rate:.1f}%, count {result.count_rate:.1f}%; {result.failures}")
+    # A floor against regressions; docs/READING.md has the measured figure.
+    assert result.exact_rate >= 60 and result.count_rate >= 75, result.failures
+
+
+def test_boxes_are_in_the_pictures_own_pixels_left_to_right(mnist: data.MNIST, model):
+    picture = number_pictures(mnist, 1, seed=7)[0]
+    image = Image.open(io.BytesIO(picture.data))
+    reading = read_number(picture.data, model)
+    assert reading.number == picture.number and len(reading.digits) == len(picture.number)
+    lefts = [d.x for d in reading.digits]
+    assert lefts == sorted(lefts)
+    for digit in reading.digits:
+        assert digit.x >= 0 and digit.x + digit.width <= image.width
+        assert digit.y >= 0 and digit.y + digit.height <= image.height
+        assert digit.height > 20 and 0 < digit.probability <= 1 and digit.image.shape == (28, 28)
+    assert json.loads(json.dumps(reading.to_dict()))["digits"][0]["box"]["width"] == reading.digits[0].width
+
+
+def test_one_digit_blank_pages_and_too_many_digits(mnist: data.MNIST, model):
+    rng = np.random.default_rng(3)
+    one = number_picture([mnist.test_images[0].numpy()], [int(mnist.test_labels[0])], rng)
+    assert read_number(one.data, model).number == one.number
+    blank = io.BytesIO()
+    Image.new("RGB", (400, 200), (240, 238, 230)).save(blank, "PNG")
+    with pytest.raises(PreprocessError, match="no ink"):
+        read_number(blank.getvalue(), model)
+    many = number_picture([mnist.test_images[i].numpy() for i in range(40)],
+                          [int(mnist.test_labels[i]) for i in range(40)], rng)
+    with pytest.raises(PreprocessError, match=f"up to {MAX_DIGITS}"):
+        read_number(many.data, model)
+
+
+def test_read_command_json_boxes_and_a_bad_file(mnist: data.MNIST, tmp_path):
+    pictures = number_pictures(mnist, 2, seed=11)
+    for index, picture in enumerate(pictures):
+        (tmp_path / f"n{index}.{picture.format.lower()}").write_bytes(picture.data)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    boxes = tmp_path / "boxes"
+    result = CliRunner().invoke(main, ["read", str(tmp_path), "--json", "--save-boxes", str(boxes)])
+    assert result.exit_code == 1  # one bad file
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line.get("number") for line in lines if "number" in line] == [p.number for p in pictures]
+    assert [line["file"].rsplit("/", 1)[1] for line in lines if "error" in line] == ["broken.png"]
+    first = next(line for line in lines if "number" in line)
+    assert set(first["digits"][0]) == {"box", "digit", "probability"}
+    assert set(first["digits"][0]["box"]) == {"x", "y", "width", "height"}
+    assert "Error: " in result.stderr and "broken.png" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    saved = sorted(p.name for p in boxes.iterdir())
+    assert saved == sorted(f"n{i}.{p.format.lower()}.png" for i, p in enumerate(pictures))
+
+
+def test_predict_warns_when_a_picture_holds_several_digits(mnist: data.MNIST, tmp_path):
+    picture = number_pictures(mnist, 1, seed=12)[0]
+    path = tmp_path / f"number.{picture.format.lower()}"
+    path.write_bytes(picture.data)
+    result = CliRunner().invoke(main, ["predict", str(path), "--json"])
+    assert result.exit_code == 0
+    answer = json.loads(result.stdout)
+    assert answer["separate_digits"] == len(picture.number) and "tinydigits read" in answer["warning"]
+    assert "Warning: " in result.stderr and "tinydigits read" in result.stderr
+    single = tmp_path / "one.png"
+    Image.fromarray(255 - mnist.test_images[0].numpy()).resize((112, 112)).save(single)
+    quiet = CliRunner().invoke(main, ["predict", str(single), "--json"])
+    assert "warning" not in json.loads(quiet.stdout) and quiet.stderr == ""
+
+
+def test_api_read_answers_the_number_with_boxes(mnist: data.MNIST):
+    pytest.importorskip("flask")
+    from tinydigits.deploy.serve import create_app
+
+    client = create_app({"medium": tinydigits.load_model("medium", pretrained=True)}).test_client()
+    picture = number_pictures(mnist, 1, seed=13)[0]
+    answer = client.post("/api/read", data={"image": (io.BytesIO(picture.data), "n.png")})
+    assert answer.status_code == 200
+    body = answer.get_json()
+    assert body["number"] == picture.number and body["model"] == "medium"
+    assert len(body["digits"]) == len(picture.number) and body["milliseconds"] > 0
+    blank = io.BytesIO()
+    Image.new("L", (300, 100), 235).save(blank, "PNG")
+    refused = client.post("/api/read", data={"image": (io.BytesIO(blank.getvalue()), "b.png")})
+    assert refused.status_code == 422 and "no ink" in refused.get_json()["error"]
+    broken = client.post("/api/read", data={"image": (io.BytesIO(b"GIF89a nonsense"), "x.gif")})
+    assert broken.status_code == 400 and list(broken.get_json()) == ["error"]
+
+
+def test_readme_and_docs_show_the_committed_reading_figures():
+    from pathlib import Path
+
+    from tinydigits.lab.numbers import README_BLOCK, readme_table, render_markdown
+
+    root = Path(__file__).resolve().parents[1]
+    report = json.loads((root / "docs" / "reading.json").read_text())
+    assert README_BLOCK.read((root / "README.md").read_text()) == readme_table(report), (
+        "README's reading table is stale: run `tinydigits read-eval --update-readme README.md`")
+    assert (root / "docs" / "READING.md").read_text() == render_markdown(report, "docs/READING.md")
