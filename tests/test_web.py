@@ -79,7 +79,8 @@ class Page:
             route.abort()
 
     def check_stayed_local(self) -> None:
-        assert any("/api/predict" in url for url in self.requests)  # the listener did see the traffic
+        # the listener did see the traffic
+        assert any("/api/predict" in url or "/api/read" in url for url in self.requests)
         assert self.blocked == [] and [u for u in self.requests if not self._local(u)] == []
         assert self.errors == []
 
@@ -163,6 +164,36 @@ def test_digits_drawn_with_the_mouse_are_read_as_you_draw(page):
         page.check_reads(digit)
     predictions = [u for u in page.requests if u.endswith("/api/predict")]
     assert len(predictions) > 3  # more than one per digit: it reads as you draw
+
+
+def test_a_number_written_on_the_wide_pad_is_read_with_a_box_per_digit(page):
+    p = page.page
+    p.get_by_label("A number").check()
+    box = p.locator("#pad").bounding_box()
+    assert box["width"] > 1.9 * box["height"]  # twice as wide as tall
+    # A 1 in the left half of the pad and a 7 in the right half.
+    for offset, digit in ((0.0, 1), (0.5, 7)):
+        page.draw([[(offset + x / 2, y) for x, y in stroke] for stroke in DIGITS[digit]])
+    page.idle()
+    card = p.locator("#results .card")
+    assert card.locator(".digit").inner_text() == "17"
+    rows = card.locator(".number-digits li")
+    assert rows.count() == 2 and [rows.nth(i).get_attribute("data-digit") for i in range(2)] == ["1", "7"]
+    assert all(float(rows.nth(i).get_attribute("data-p")) > 0.5 for i in range(2))
+    boxes = p.locator("#boxes .box")
+    assert boxes.count() == 2 and boxes.nth(0).inner_text() == "1" and boxes.nth(1).inner_text() == "7"
+    first, second = boxes.nth(0).bounding_box(), boxes.nth(1).bounding_box()
+    assert box["x"] <= first["x"] < first["x"] + first["width"] <= box["x"] + box["width"] / 2 + 5
+    assert second["x"] >= box["x"] + box["width"] / 2 - 5  # each box over its own digit
+    assert not p.locator("#seen").is_visible() and not p.locator("#results .bars").is_visible()
+    assert any(u.endswith("/api/read") for u in page.requests)
+    assert not any(u.endswith("/api/predict") for u in page.requests)
+    # Back to one digit: the square pad and the ten bars.
+    p.get_by_role("button", name="Clear").click()
+    p.get_by_label("One digit").check()
+    page.draw(DIGITS[7])
+    page.idle()
+    page.check_reads(7)
 
 
 def test_all_three_models_side_by_side_undo_and_screenshot(page, tmp_path):

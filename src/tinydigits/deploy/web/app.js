@@ -1,7 +1,8 @@
 // The tinydigits web demo: a drawing pad (Pointer Events: mouse, pen and touch) whose
 // picture is sent to /api/predict as you draw; the answers are shown as a digit, ten
-// probability bars and the 28x28 image the model saw. No libraries, nothing fetched
-// from anywhere but this server.
+// probability bars and the 28x28 image the model saw. In "A number" mode the pad is wide
+// and the picture goes to /api/read: the number, a box and a bar per digit. No libraries,
+// nothing fetched from anywhere but this server.
 "use strict";
 
 (() => {
@@ -26,6 +27,7 @@
     timer: null,
     lastSent: 0,
     epoch: 0, // bumped on Clear/upload/model change so late answers are dropped
+    mode: "digit", // or "number"
   };
 
   // ------------------------------------------------------------------ drawing
@@ -213,7 +215,8 @@
   }
 
   async function predictWith(model) {
-    const response = await fetch("/api/predict", requestFor(model));
+    const endpoint = state.mode === "number" ? "/api/read" : "/api/predict";
+    const response = await fetch(endpoint, requestFor(model));
     let answer;
     try {
       answer = await response.json();
@@ -286,9 +289,11 @@
   function showEmpty() {
     state.epoch++;
     buildCards();
+    $("boxes").replaceChildren();
     $("seen").hidden = true;
     $("seen-empty").hidden = false;
-    showMessage(state.models.length ? "Draw a digit, or upload a photo of one." : "");
+    const what = state.mode === "number" ? "Write a number" : "Draw a digit";
+    showMessage(state.models.length ? `${what}, or upload a photo of one.` : "");
   }
 
   function showMessage(text, isError = false) {
@@ -299,6 +304,7 @@
 
   function showError(error) {
     buildCards();
+    $("boxes").replaceChildren();
     $("seen").hidden = true;
     $("seen-empty").hidden = false;
     // 422: the picture has no ink (an empty-looking drawing); not worth alarming anyone.
@@ -307,6 +313,7 @@
   }
 
   function showAnswers(answers) {
+    if (state.mode === "number") return showReadings(answers);
     for (const answer of answers) {
       const card = document.querySelector(`#results .card[data-model="${answer.model}"]`);
       if (!card) continue;
@@ -329,6 +336,69 @@
     $("seen-empty").hidden = true;
     const source = state.photo ? `your photo (${state.photo.name})` : "your drawing";
     showMessage(`Reading ${source}.`);
+  }
+
+  // The answers of /api/read: per model the number and a bar per digit; the first model's
+  // boxes drawn over the pad (their coordinates are the drawing's own pixels).
+  function showReadings(answers) {
+    for (const answer of answers) {
+      const card = document.querySelector(`#results .card[data-model="${answer.model}"]`);
+      if (!card) continue;
+      card.querySelector(".digit").textContent = answer.number;
+      card.querySelector(".confidence").textContent =
+        `${answer.digits.length} digit${answer.digits.length === 1 ? "" : "s"}`;
+      const rows = answer.digits.map((d) => {
+        const row = document.createElement("li");
+        row.dataset.digit = String(d.digit);
+        row.dataset.p = String(d.probability);
+        row.innerHTML = '<span class="label"></span><span class="track"><span class="fill"></span></span>' +
+          '<span class="pct"></span>';
+        row.querySelector(".label").textContent = String(d.digit);
+        row.querySelector(".fill").style.width = `${(d.probability * 100).toFixed(2)}%`;
+        row.querySelector(".pct").textContent = percent(d.probability);
+        return row;
+      });
+      card.querySelector(".number-digits").replaceChildren(...rows);
+      card.querySelector(".time").textContent = `${answer.milliseconds.toFixed(1)} ms on the server`;
+    }
+    const boxes = state.photo ? [] : answers[0].digits.map((d) => {
+      const box = document.createElement("div");
+      box.className = "box";
+      box.style.left = `${(100 * d.box.x) / pad.width}%`;
+      box.style.top = `${(100 * d.box.y) / pad.height}%`;
+      box.style.width = `${(100 * d.box.width) / pad.width}%`;
+      box.style.height = `${(100 * d.box.height) / pad.height}%`;
+      const label = document.createElement("span");
+      label.textContent = String(d.digit);
+      box.append(label);
+      return box;
+    });
+    $("boxes").replaceChildren(...boxes);
+    const source = state.photo ? `your photo (${state.photo.name})` : "your writing";
+    showMessage(`Reading ${source} as a number.`);
+  }
+
+  // --------------------------------------------------------------------- mode
+
+  // One digit on a square pad, or a number on a pad twice as wide; the strokes stay.
+  function modeChosen(mode) {
+    state.mode = mode;
+    document.body.dataset.mode = mode;
+    pad.width = mode === "number" ? 560 : 280;
+    pad.setAttribute("aria-label", mode === "number"
+      ? "Drawing area: write a number with the mouse, a pen or a finger"
+      : "Drawing area: draw one digit with the mouse, a pen or a finger");
+    $("hint").textContent = mode === "number" ? "write a number here" : "draw a digit here";
+    redraw();
+    state.epoch++;
+    buildCards();
+    $("boxes").replaceChildren();
+    if (hasInput()) inputChanged(true);
+    else showEmpty();
+  }
+
+  for (const input of document.querySelectorAll('#mode input[name="mode"]')) {
+    input.addEventListener("change", () => modeChosen(input.value));
   }
 
   // ------------------------------------------------------------------- models
