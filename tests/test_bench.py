@@ -112,3 +112,14 @@ def test_quick_bench_writes_the_report_and_the_raw_figures(mnist, tmp_path, monk
     text = render_markdown(gpu)
     assert "| device | NVIDIA Test Card |" in text and "ONNX Runtime fp32 and int8 skipped: CPU-only" in text
     assert "thread counts" not in text and "1.0 MiB / 1.0 MiB" in text
+
+
+def test_readme_speed_table_is_the_committed_benchmark():
+    from pathlib import Path
+
+    from tinydigits.lab.bench.report import README_BLOCK, readme_table
+
+    root = Path(__file__).resolve().parents[1]
+    results = json.loads((root / "docs" / "benchmarks.json").read_text())
+    assert README_BLOCK.read((root / "README.md").read_text()) == readme_table(results), (
+        "README's speed table is stale: run `tinydigits bench --update-readme README.md`")

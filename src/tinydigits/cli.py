@@ -704,15 +704,25 @@ def mcu_command(model_names: tuple[str, ...], qemu_images: int, output: Path, up
               default=Path("docs/BENCHMARKS.md"), show_default=True,
               help="The Markdown report; the raw figures go to benchmarks.json beside it.")
 @click.option("--quick", is_flag=True, help="Few, short windows on small subsets: a smoke test.")
+@click.option("--update-readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the inference summary into this README, between its speed-table markers.")
 @click.option("--time-to-accuracy/--no-time-to-accuracy", "time_to_accuracy", default=True, show_default=True,
               help="Train MNIST-Medium to the end with both recipes (about 8 minutes on 2 cores).")
 @data_dir_option
 @device_option
 @friendly_errors
 def bench_command(model_names: tuple[str, ...], threads: int | None, output: Path, quick: bool,
-                  time_to_accuracy: bool, data_dir: Path | None, device: str | None) -> None:
+                  update_readme: Path | None, time_to_accuracy: bool, data_dir: Path | None,
+                  device: str | None) -> None:
     """Measure training and inference speed here and write docs/BENCHMARKS.md (+ benchmarks.json)."""
     from .lab.bench import run_benchmark, write_report
+    from .lab.bench.report import README_BLOCK, readme_table
+
+    if update_readme is not None:  # before a quarter of an hour of measuring
+        try:
+            README_BLOCK.read(update_readme.read_text())
+        except OSError as err:
+            raise click.ClickException(f"{update_readme}: cannot read ({err.strerror or err})") from None
 
     names = list(dict.fromkeys(model_names)) or None
     results = run_benchmark(names, device=device, threads=threads, quick=quick,
@@ -720,3 +730,6 @@ def bench_command(model_names: tuple[str, ...], threads: int | None, output: Pat
                             log=lambda line: click.echo(f"bench: {line}", err=True))
     markdown, raw = write_report(results, output)
     click.echo(f"wrote {markdown} and {raw}")
+    if update_readme is not None:
+        changed = README_BLOCK.update(update_readme, readme_table(results))
+        click.echo(f"{update_readme}: {'updated' if changed else 'already up to date'}", err=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 from ... import data
 from ...io import write_text
-from ...markdown import markdown_table
+from ...markdown import GeneratedBlock, markdown_table
 from ...models import MODELS, get_spec
 from ...recipes import get_recipe
 from ..commands import tinydigits_line
@@ -294,3 +294,26 @@ def render_markdown(results: dict[str, Any]) -> str:
                     _limit_section, _limits_paragraph):
         lines += section(results)
     return "\n".join(lines).rstrip() + "\n"
+
+
+README_BLOCK = GeneratedBlock("speed-table", "tinydigits bench")
+README_BACKENDS = ("PyTorch eager", "ONNX Runtime fp32", "OpenVINO fp32", "OpenVINO bf16")
+
+
+def readme_table(results: dict[str, Any]) -> str:
+    """The README's summary of the inference section: images/s over the test set (best batch)
+    per engine, how many predictions bf16 changes, and the best batch-1 latency."""
+    rows = []
+    for name, result in results["inference"].items():
+        backends = {row["backend"]: row for row in result["backends"]}
+        cells = [_title(name)]
+        for backend in README_BACKENDS:
+            row = backends.get(backend)
+            differs = row.get("differs_from_pytorch") if row else None
+            cells.append("not run" if row is None else _rate(row["images_per_s"])
+                         + (f" ({differs} differ)" if differs else ""))
+        single = backends.get("ONNX Runtime fp32", backends["PyTorch eager"])  # what `auto` runs one on
+        cells.append(f"{single['latency_us_median']:.0f} µs ({single['backend']})")
+        rows.append(cells)
+    header = ["model", *(f"{b}, images/s" for b in README_BACKENDS), "one picture, median"]
+    return "\n".join(markdown_table(header, rows, left=1)) + "\n"
