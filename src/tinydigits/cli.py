@@ -374,17 +374,31 @@ def read_command(sources: tuple[Path, ...], model_name: str, weights: Path | Non
     if save_boxes is not None:
         save_boxes.mkdir(parents=True, exist_ok=True)
     failed = 0
+    saved: set[str] = set()
     for file, error in expand_paths(sources):
         try:
             if error is not None:
                 raise PreprocessError(error)
             picture = load_image(file)
             reading = read_number(picture, engine)
+        except PreprocessError as err:
+            message = str(err)
+        except Exception as err:  # an unforeseen picture must not stop the batch (as predict)
+            message = f"cannot process this image ({type(err).__name__}: {err})"
+        else:
+            message = None
             if save_boxes is not None:
-                draw_boxes(picture, reading).save(save_boxes / f"{Path(file).name}.png")
-        except (PreprocessError, OSError) as err:
+                name, n = f"{Path(file).name}.png", 1
+                while name in saved:  # the same file name in two folders
+                    n += 1
+                    name = f"{Path(file).name}-{n}.png"
+                saved.add(name)
+                try:
+                    draw_boxes(picture, reading).save(save_boxes / name)
+                except OSError as err:
+                    message = f"cannot save the boxes picture ({err.strerror or err})"
+        if message is not None:
             failed += 1
-            message = str(err) if isinstance(err, PreprocessError) else f"cannot save ({err.strerror or err})"
             click.echo(f"Error: {file}: {message}", err=True)
             if as_json:
                 click.echo(json.dumps({"file": file, "error": message}))
@@ -719,6 +733,9 @@ def bench_command(model_names: tuple[str, ...], threads: int | None, output: Pat
     from .lab.bench.report import README_BLOCK, readme_table
 
     if update_readme is not None:  # before a quarter of an hour of measuring
+        if quick or (model_names and set(model_names) != set(MODELS)) or (device or "cpu") != "cpu":
+            raise click.UsageError("--update-readme takes a full CPU run of all three models "
+                                   "(no --quick, --models or --device)")
         try:
             README_BLOCK.read(update_readme.read_text())
         except OSError as err:

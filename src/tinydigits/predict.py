@@ -63,6 +63,8 @@ class Prediction:
         """Set when the picture looks like a number of several digits, which ``read`` reads."""
         if self.separate_digits <= 1:
             return None
+        if self.separate_digits > MAX_DIGITS:
+            return "the picture holds many separate marks, not one digit"
         return (f"the picture holds {self.separate_digits} separate digits; "
                 "`tinydigits read` reads whole numbers")
 

@@ -7,7 +7,7 @@ The picture goes through the first steps of :func:`tinydigits.preprocess.to_mnis
    strokes are dropped;
 2. the fragments of one digit are merged: components whose columns overlap (a 5's flag
    above its body, a 7's separate bar, a stroke broken by a light pen) become one digit;
-3. a group much wider than the digits are tall holds digits that touch, and is cut: the
+3. a group wider than the digits are tall holds digits that touch, and is cut: the
    candidate cuts are the columns where the vertical projection of the ink is lowest, and
    the cut kept is the one after which the model is most sure of both sides (the product
    of the two top probabilities), unless that product is no better than the square root of
@@ -38,7 +38,7 @@ from .segment import MAX_DIGITS, Piece, digit_groups
 
 __all__ = ["Digit", "Reading", "draw_boxes", "read_number"]
 
-WIDE = 1.0  # a group wider than this many digit heights holds touching digits
+WIDE = 1.2  # a group wider than this many digit heights holds touching digits
 CUTS = 8  # candidate cuts tried per split
 
 
@@ -134,13 +134,26 @@ def read_number(image: Image.Image | Source, model: Classifier | None = None) ->
     return Reading("".join(str(d.digit) for d in digits), digits)
 
 
+def _displayable(image: Image.Image) -> Image.Image:
+    """An RGB copy that looks like the picture: 16-bit and float values scaled, not clipped;
+    transparency over white."""
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        image = Image.fromarray((255 * values / max(float(values.max()), 1.0)).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA", "P") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        backdrop = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(backdrop, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def draw_boxes(image: Image.Image, reading: Reading) -> Image.Image:
     """A copy of ``image`` with each digit's box and its reading drawn on it."""
-    picture = image.convert("RGB")
+    picture = _displayable(image)
     draw = ImageDraw.Draw(picture)
     line = max(2, picture.height // 150)
     for digit in reading.digits:
-        box = [digit.x, digit.y, digit.x + digit.width, digit.y + digit.height]
+        box = [digit.x, digit.y, digit.x + digit.width - 1, digit.y + digit.height - 1]  # inclusive corners
         draw.rectangle(box, outline=(220, 30, 30), width=line)
         draw.text((digit.x + line, max(0, digit.y - 12 - line)), f"{digit.digit} {digit.probability:.0%}",
                   fill=(220, 30, 30))

@@ -54,6 +54,29 @@ def _find(parent: list[int], i: int) -> int:
     return i
 
 
+def _size(box: tuple[slice, slice]) -> tuple[int, int]:
+    return box[0].stop - box[0].start, box[1].stop - box[1].start
+
+
+def _without_lines_and_frames(kept: list[int], boxes: list[tuple[slice, slice]]) -> list[int]:
+    """Drop a ruled line under or over the number (thin, and longer than a digit is wide)
+    and a frame drawn around it (a mark whose box holds two or more other marks): left in,
+    either shares columns with every digit and would merge them all into one."""
+    height = float(np.median([_size(boxes[i])[0] for i in kept]))
+
+    def inside(inner: tuple[slice, slice], outer: tuple[slice, slice]) -> bool:
+        return all(o.start <= i.start and i.stop <= o.stop for i, o in zip(inner, outer, strict=True))
+
+    def line(i: int) -> bool:
+        tall, wide = _size(boxes[i])
+        return tall < STROKE * height and wide > 1.5 * height
+
+    def frame(i: int) -> bool:
+        return sum(inside(boxes[j], boxes[i]) for j in kept if j != i) >= 2
+
+    return [i for i in kept if not line(i) and not frame(i)]
+
+
 def digit_groups(ink: np.ndarray) -> list[Piece]:
     """The separate digits of an ink map (steps 1 and 2 above), left to right; touching digits
     are still one group. Raises :class:`PreprocessError` on a blank picture and when there are
@@ -66,6 +89,9 @@ def digit_groups(ink: np.ndarray) -> list[Piece]:
     kept = [i for i in range(count) if mass[i] >= SPECK * mass.max()]
     if len(kept) > 4 * MAX_DIGITS:  # far more marks than any number has: not worth grouping
         raise PreprocessError(f"found {len(kept)} separate marks; a number has at most {MAX_DIGITS} digits")
+    kept = _without_lines_and_frames(kept, boxes)
+    if not kept:
+        raise PreprocessError("no digits found: only lines or a frame")
     parent = list(range(count))
     for a_index, a in enumerate(kept):
         for b in kept[a_index + 1 :]:

@@ -177,6 +177,7 @@
   // round in flight and one every THROTTLE_MS while drawing; `now` skips the wait.
   function inputChanged(now) {
     $("hint").hidden = hasInput();
+    $("boxes").replaceChildren(); // they belonged to the previous picture
     if (!hasInput()) {
       state.dirty = false;
       if (state.timer !== null) clearTimeout(state.timer);
@@ -308,7 +309,8 @@
     $("seen").hidden = true;
     $("seen-empty").hidden = false;
     // 422: the picture has no ink (an empty-looking drawing); not worth alarming anyone.
-    showMessage(error.status === 422 ? `No digit found: ${error.message}` : `Error: ${error.message}`,
+    const nothing = state.mode === "number" ? "Nothing to read" : "No digit found";
+    showMessage(error.status === 422 ? `${nothing}: ${error.message}` : `Error: ${error.message}`,
       error.status !== 422);
   }
 
@@ -380,9 +382,11 @@
 
   // --------------------------------------------------------------------- mode
 
-  // One digit on a square pad, or a number on a pad twice as wide; the strokes stay.
+  // One digit on a square pad, or a number on a pad twice as wide; each starts empty.
   function modeChosen(mode) {
     state.mode = mode;
+    state.strokes = []; // a new pad: strokes beyond a square one would be invisible yet read
+    clearPhoto();
     document.body.dataset.mode = mode;
     pad.width = mode === "number" ? 560 : 280;
     pad.setAttribute("aria-label", mode === "number"
@@ -392,9 +396,7 @@
     redraw();
     state.epoch++;
     buildCards();
-    $("boxes").replaceChildren();
-    if (hasInput()) inputChanged(true);
-    else showEmpty();
+    inputChanged(true);
   }
 
   for (const input of document.querySelectorAll('#mode input[name="mode"]')) {
@@ -440,6 +442,8 @@
       state.models = answer.models;
       state.choice = answer.default;
       buildPicker(answer.models, answer.default);
+      const restored = document.querySelector('#mode input[name="mode"]:checked'); // a reload keeps it
+      if (restored && restored.value !== state.mode) modeChosen(restored.value);
       document.body.dataset.ready = "true";
       showEmpty();
     } catch (error) {
