@@ -481,6 +481,7 @@ def fetch(data_dir: Path | None) -> None:
 @models_or_all_option
 @click.option("--recipe", "recipe_kind", type=RECIPE_CHOICE,
               default="default", show_default=True)
+@recipe_options
 @click.option("--seeds", type=click.IntRange(min=1), default=DEFAULT_SEEDS, show_default=True,
               help="Train seeds 0..N-1; seeds already recorded with the same recipe are kept.")
 @results_dir_option
@@ -491,15 +492,20 @@ def fetch(data_dir: Path | None) -> None:
 @threads_option
 @friendly_errors
 def reproduce(model_names: str, recipe_kind: str, seeds: int, results_dir: Path, runs_dir: Path,
-              data_dir: Path | None, device: str | None, threads: int | None) -> None:
-    """Train over several seeds and write results/<model>[-reference].json."""
+              data_dir: Path | None, device: str | None, threads: int | None, **overrides: Any) -> None:
+    """Train over several seeds and write results/<model>[-reference].json.
+
+    Recipe options change the recipe (an experiment): give such runs their own --results-dir."""
     from .lab.reproduce import reproduce as run_seeds
 
+    changes = {name: value for name, value in overrides.items() if value is not None}
+    if "seed" in changes:
+        raise click.UsageError("reproduce trains seeds 0..N-1; set how many with --seeds, not --seed")
     mnist = data.load_mnist(data_dir)
     for name in model_names_from(model_names):
         results = run_seeds(name, recipe_kind=recipe_kind, seeds=seeds, results_root=results_dir,
                             runs_root=runs_dir, mnist=mnist, device=device, threads=threads,
-                            log=click.echo)
+                            log=click.echo, **changes)
         summary = results["test_accuracy"]
         click.echo(f"{name} ({recipe_kind} recipe, {results['seeds']} seeds): final-epoch test accuracy "
                    f"{summary['mean']:.2f}% +- {summary['std']:.2f} "

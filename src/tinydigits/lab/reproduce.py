@@ -58,8 +58,9 @@ def seed_statistics(values: list[float]) -> dict[str, float]:
     }
 
 
-def seed_command(model_name: str, recipe_kind: str, seed: int) -> str:
-    return tinydigits_line("train", {"model": model_name, "recipe": recipe_kind, "seed": seed})
+def seed_command(model_name: str, recipe_kind: str, seed: int, changes: dict[str, Any] | None = None) -> str:
+    return tinydigits_line("train", {"model": model_name, "recipe": recipe_kind, **(changes or {}),
+                                     "seed": seed})
 
 
 def _saved_recipe(run_dir: Path) -> dict[str, Any] | None:
@@ -124,7 +125,7 @@ def reproduce(
             "machine": {"platform": platform.platform(), "torch": torch.__version__,
                         "device": str(select_device(device)), "threads": torch.get_num_threads()},
             "command": tinydigits_line("reproduce", {"model": model_name, "recipe": recipe_kind,
-                                                     "seeds": seeds}),
+                                                     **recipe_changes, "seeds": seeds}),
             "runs": runs,
         }
         write_text(path, json.dumps(results, indent=2) + "\n")
@@ -152,7 +153,7 @@ def reproduce(
             "val_accuracy": result.final["val_accuracy"],
             "epochs": len(result.history),
             "train_seconds": round(result.seconds, 1),
-            "command": seed_command(model_name, recipe_kind, seed),
+            "command": seed_command(model_name, recipe_kind, seed, recipe_changes),
             "run_dir": str(run_dir),
             **provenance(),  # the code that trained this seed
             "history": result.history,
