@@ -37,3 +37,27 @@ def test_same_generator_seed_same_result():
     a = random_affine(x, degrees=5, generator=torch.Generator().manual_seed(3))
     b = random_affine(x, degrees=5, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+
+
+def test_elastic_field_is_smooth_and_of_the_papers_size():
+    from tinydigits.augment import elastic_displacement
+
+    field = elastic_displacement(64, 28, 28, alpha=34, sigma=4, generator=torch.Generator().manual_seed(0))
+    assert field.shape == (64, 28, 28, 2)
+    rms = float(field.pow(2).mean().sqrt())
+    assert 0.8 < rms < 2.0  # about 1.4 px for Simard's alpha 34, sigma 4 (interior; edges are damped)
+    # Smooth: neighbours move together (unsmoothed noise would differ by ~alpha * 0.8).
+    step = (field[:, 1:] - field[:, :-1]).abs().mean()
+    assert float(step) < 0.2 * float(field.abs().mean())
+
+
+def test_elastic_distortion_moves_ink_locally_and_keeps_paper():
+    background = -0.4242
+    x = torch.full((16, 1, 28, 28), background)
+    x[:, :, 6:22, 13:15] = 2.8  # a vertical stroke
+    out = random_affine(x, elastic=34, background=background, generator=torch.Generator().manual_seed(2))
+    assert not torch.equal(out, x)
+    torch.testing.assert_close(out[:, :, 0, 0], torch.full((16, 1), background))
+    # A distortion of ~1.4 px bends the stroke; it does not throw the ink far from where it was.
+    ink = (out - background).clamp(min=0)
+    assert float(ink[:, :, :, 8:20].sum() / ink.sum()) > 0.97

@@ -20,7 +20,7 @@ def small_mnist(mnist):
 
 
 QUICK = Recipe(optimizer="sgd", lr=0.05, schedule="onecycle", batch_size=100, epochs=2,
-               dropout=0.05, rotation=5, translate=0.05, scale=0.05, val_size=500, seed=7)
+               dropout=0.05, rotation=5, translate=0.05, scale=0.05, elastic=10, val_size=500, seed=7)
 
 
 def quiet_train(model, recipe, mnist, run_dir, **kwargs):

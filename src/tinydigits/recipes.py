@@ -31,6 +31,8 @@ class Recipe:
     rotation: float = 0.0  # degrees, uniform in [-rotation, rotation]
     translate: float = 0.0  # fraction of the image size
     scale: float = 0.0  # relative zoom, uniform in [1 - scale, 1 + scale]
+    elastic: float = 0.0  # elastic distortion strength (Simard's alpha, pixels); 0 = off
+    elastic_sigma: float = 4.0  # smoothness of the elastic field (Gaussian sigma, pixels)
     label_smoothing: float = 0.0
     seed: int = 0
     val_size: int = 5000
@@ -50,6 +52,8 @@ class Recipe:
             "rotation": 0 <= self.rotation <= 180,
             "translate": 0 <= self.translate < 1,
             "scale": 0 <= self.scale < 1,
+            "elastic": 0 <= self.elastic <= 100,
+            "elastic_sigma": 0.5 <= self.elastic_sigma <= 14,
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "val_size": 0 <= self.val_size < 60_000,
         }

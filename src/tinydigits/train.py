@@ -95,7 +95,8 @@ def train_one_epoch(
         index = order[start : start + recipe.batch_size]
         batch = random_affine(
             images[index], degrees=recipe.rotation, translate=recipe.translate,
-            scale=recipe.scale, background=BACKGROUND, generator=generator,
+            scale=recipe.scale, elastic=recipe.elastic, elastic_sigma=recipe.elastic_sigma,
+            background=BACKGROUND, generator=generator,
         )
         targets = labels[index]
         log_probs = model(batch)
