@@ -24,3 +24,16 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory):
 def mnist() -> data.MNIST:
     """The real MNIST set from the data directory, fetched on first use."""
     return data.load_mnist()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, headless, driven by Playwright (the browser tests' modules skip
+    themselves where either is missing)."""
+    from playwright.sync_api import sync_playwright
+    from web_helpers import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()

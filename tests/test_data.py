@@ -429,7 +429,7 @@ def test_npm_tarball_extraction_is_safe(tmp_path: Path) -> None:
         add(tar, "package/index.js")
     dest = tmp_path / "dest"
     dest.mkdir()
-    got = data._extract_npm_tarball(tgz, NAMES, dest)
+    got = data.extract_npm_files(tgz, {f"package/data/{name}": name for name in NAMES}, dest)
     assert list(got) == ["t10k-labels-idx1-ubyte"]
     assert leftovers(dest) == ["t10k-labels-idx1-ubyte"]
     assert (dest / "t10k-labels-idx1-ubyte").read_bytes() == good

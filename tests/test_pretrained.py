@@ -45,7 +45,9 @@ def test_every_shipped_file_meets_the_metadata_schema(name):
     assert meta.model == name
     assert meta.parameters == count_parameters(build_model(name)) == MODELS[name].parameters
     assert isinstance(meta.recipe, Recipe) and meta.recipe.seed == meta.seed
-    assert 0 < meta.val_accuracy <= 100 and 0 < meta.test_accuracy <= 100
+    assert 0 < meta.test_accuracy <= 100
+    # Trained on all 60k images (no validation split), or chosen on the validation split.
+    assert meta.val_accuracy is None if meta.recipe.val_size == 0 else 0 < meta.val_accuracy <= 100
     assert meta.command.startswith("tinydigits train ")
 
 
@@ -60,20 +62,29 @@ def test_malformed_metadata_is_one_clear_line(tmp_path):
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_shipped_weights_are_the_best_validation_seed_of_the_results(name):
-    results = load_results(name, root=ROOT / "results")
-    assert results is not None, "results/<model>.json is committed"
+def test_shipped_weights_are_the_seed_publish_picks_from_the_results(name):
     meta = get_weights(name).meta
+    kind = "full" if meta.recipe.val_size == 0 else "default"
+    results = load_results(name, kind, root=ROOT / "results")
+    assert results is not None, f"the {kind} results of {name} are committed"
     chosen = pick_seed(results)
-    assert meta.seed == chosen["seed"]
-    assert meta.val_accuracy == chosen["val_accuracy"] == max(r["val_accuracy"] for r in results["runs"])
+    assert meta.seed == chosen["seed"] and meta.val_accuracy == chosen["val_accuracy"]
+    assert meta.recipe == Recipe.from_dict({**results["recipe"], "seed": meta.seed})
+    if kind == "full":
+        assert meta.seed == 0 and "nothing selected" in meta.chosen_by
+    else:
+        assert meta.val_accuracy == max(r["val_accuracy"] for r in results["runs"])
 
 
 def test_pick_seed_uses_validation_only_and_breaks_ties_by_lowest_seed():
     runs = [{"seed": 0, "val_accuracy": 99.1, "test_accuracy": 99.9},
             {"seed": 1, "val_accuracy": 99.3, "test_accuracy": 99.0},
             {"seed": 2, "val_accuracy": 99.3, "test_accuracy": 99.5}]
-    assert pick_seed({"runs": runs})["seed"] == 1
+    assert pick_seed({"recipe": {"val_size": 5000}, "runs": runs})["seed"] == 1
+    # Trained on all the data: nothing to choose on, so seed 0, whatever the test set says.
+    full = [{"seed": 1, "val_accuracy": None, "test_accuracy": 99.9},
+            {"seed": 0, "val_accuracy": None, "test_accuracy": 99.0}]
+    assert pick_seed({"recipe": {"val_size": 0}, "runs": full})["seed"] == 0
 
 
 def test_manifest_matches_the_files():
@@ -127,6 +138,15 @@ def test_publish_ships_the_best_validation_run_with_full_metadata(tmp_path, mnis
     source = load_model("ultrasmall", Path(runs[1]["run_dir"]) / "final.safetensors")
     for name, tensor in source.state_dict().items():
         assert torch.equal(tensor, model.state_dict()[name])
+
+    # From runs on all 60k images: seed 0, no validation figure, and the metadata says why.
+    full = {**results, "recipe": get_recipe("ultrasmall", "full").to_dict(),
+            "runs": [{**run, "val_accuracy": None} for run in runs]}
+    weights = publish(full, mnist=mnist, weights_dir=tmp_path / "weights")
+    assert weights.meta.seed == 0 and weights.meta.val_accuracy is None and weights.meta.recipe.val_size == 0
+    assert "all 60,000 training images" in weights.meta.chosen_by
+    assert "nothing selected" in weights.meta.chosen_by
+    assert WeightsMeta.from_dict(read_metadata(weights.path)) == weights.meta
 
 
 def test_torch_hub_loads_from_the_local_checkout():

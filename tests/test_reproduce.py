@@ -31,7 +31,9 @@ def test_reproduce_writes_per_seed_results_and_statistics(tmp_path, small_mnist)
         assert run["epochs"] == 1 and len(run["history"]) == 1
         assert run["val_accuracy"] == run["history"][-1]["val_accuracy"]
         assert 0 < run["test_accuracy"] <= 100 and run["train_seconds"] > 0
-        assert run["command"] == f"tinydigits train --model ultrasmall --recipe default --seed {run['seed']}"
+        # The command repeats the run, recipe options included.
+        assert run["command"] == ("tinydigits train --model ultrasmall --recipe default --epochs 1 "
+                                  f"--val-size 200 --batch-size 100 --seed {run['seed']}")
         run_dir = tmp_path / "runs" / f"ultrasmall-default-seed{run['seed']}"
         test = json.loads((run_dir / "test.json").read_text())
         assert run["test_accuracy"] == round(test["accuracy"], 4)
@@ -88,6 +90,24 @@ def test_partial_and_foreign_run_directories(tmp_path, small_mnist):
         reproduce("ultrasmall", seeds=1, **kwargs, **{**QUICK, "epochs": 2})
 
 
-def test_reproduce_needs_a_validation_split(tmp_path, small_mnist):
-    with pytest.raises(ValueError, match="val_size > 0"):
-        reproduce("ultrasmall", seeds=1, results_root=tmp_path, mnist=small_mnist, val_size=0)
+def test_full_data_runs_go_to_their_own_file_without_validation_figures(tmp_path, small_mnist):
+    results = reproduce("ultrasmall", recipe_kind="full", seeds=2, results_root=tmp_path,
+                        runs_root=tmp_path / "runs", mnist=small_mnist, threads=1, log=lambda line: None,
+                        epochs=1, batch_size=100)
+    assert (tmp_path / "ultrasmall-full.json").is_file() and results["recipe"]["val_size"] == 0
+    assert results["val_accuracy"] is None
+    assert [run["val_accuracy"] for run in results["runs"]] == [None, None]
+    assert results["seeds"] == 2 and 0 < results["test_accuracy"]["mean"] <= 100
+    assert results["command"] == ("tinydigits reproduce --model ultrasmall --recipe full --epochs 1 "
+                                  "--batch-size 100 --seeds 2")
+
+
+def test_a_recipe_field_added_later_keeps_recorded_seeds(tmp_path, small_mnist):
+    kwargs = {"results_root": tmp_path, "runs_root": tmp_path / "runs", "mnist": small_mnist, "threads": 1,
+              "log": lambda line: None}
+    reproduce("ultrasmall", seeds=1, **kwargs, **QUICK)
+    path = tmp_path / "ultrasmall.json"
+    old = json.loads(path.read_text())
+    del old["recipe"]["elastic"]  # as files written before the field existed
+    path.write_text(json.dumps(old))
+    assert reproduce("ultrasmall", seeds=1, **kwargs, **QUICK)["runs"] == old["runs"]  # not retrained

@@ -168,8 +168,11 @@ def test_the_page_and_its_files_are_served_locally(client):
     assert page.status_code == 200 and page.mimetype == "text/html"
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
     html = page.get_data(as_text=True)
-    assert {"/static/app.js", "/static/style.css"} <= set(re.findall(r'(?:src|href)="([^"]+)"', html))
-    for path, kind in [("/static/app.js", "text/javascript"), ("/static/style.css", "text/css")]:
+    # Relative links: the same page works from a static site's folder (tinydigits export --format web).
+    links = {"static/app.js", "static/preprocess.js", "static/style.css"}
+    assert links <= set(re.findall(r'(?:src|href)="([^"]+)"', html))
+    for path, kind in [("/static/app.js", "text/javascript"), ("/static/preprocess.js", "text/javascript"),
+                       ("/static/style.css", "text/css")]:
         response = client.get(path)
         assert response.status_code == 200 and response.mimetype == kind
         text = response.get_data(as_text=True)
@@ -365,3 +368,36 @@ def test_serve_command_reports_a_busy_port():
         result = CliRunner().invoke(main, ["serve", "--port", str(port), "--models", "small"])
     assert result.exit_code == 1
     assert f"Error: cannot serve on 127.0.0.1:{port}" in result.output + result.stderr
+
+
+def test_models_json_offers_the_server_only_unless_asked(client):
+    document = client.get("/models.json").get_json()
+    assert document["inference"] == ["server"] and document["default"] == "medium"
+    assert [m["name"] for m in document["models"]] == ["medium", "small", "ultrasmall"]
+    assert all("onnx" not in m for m in document["models"])
+    for path in ("/ort/ort.wasm.min.js", "/models/medium.onnx"):
+        assert client.get(path).status_code == 404
+
+
+def test_in_browser_inference_serves_the_runtime_and_the_models(tmp_path):
+    import onnx
+
+    from tinydigits.deploy.static_site import ORT_WEB_FILES
+
+    runtime = tmp_path / "runtime"  # stands in for the fetched files: only the routes are tested here
+    runtime.mkdir()
+    for name in ORT_WEB_FILES:
+        (runtime / name).write_bytes(b"// " + name.encode())
+    (tmp_path / "secret.txt").write_text("not for the web")
+    client = create_app({"small": shipped_models()["small"]}, browser_runtime=runtime).test_client()
+    document = client.get("/models.json").get_json()
+    assert document["inference"] == ["server", "browser"]
+    (info,) = document["models"]
+    response = client.get("/" + info["onnx"])
+    assert response.status_code == 200 and len(response.data) == info["onnx_bytes"]
+    assert onnx.load_from_string(response.data).graph.input[0].name == "images"
+    assert client.get("/ort/ort.wasm.min.js").data == b"// ort.wasm.min.js"
+    assert "'wasm-unsafe-eval'" in client.get("/").headers["Content-Security-Policy"]
+    for path in ("/ort/../secret.txt", "/ort/%2e%2e%2fsecret.txt", "/ort/secret.txt", "/models/medium.onnx",
+                 "/models/..%2fsecret.onnx"):
+        assert client.get(path).status_code == 404, path

@@ -7,7 +7,15 @@ from click.testing import CliRunner
 
 from tinydigits.cli import main
 from tinydigits.lab.reproduce import load_results
-from tinydigits.lab.table import README_END, README_START, models_table, readme_table, update_readme
+from tinydigits.lab.table import (
+    ABLATION_BLOCK,
+    README_END,
+    README_START,
+    ablation_table,
+    models_table,
+    readme_table,
+    update_readme,
+)
 from tinydigits.models import MODELS
 from tinydigits.weights import get_weights
 
@@ -47,3 +55,27 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
 def test_readme_without_markers_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no models-table markers"):
         readme_table("# no table here\n")
+
+
+def test_readme_ablation_table_is_the_command_output():
+    result = CliRunner().invoke(main, ["table", "--ablation", "--results-dir", str(ROOT / "results")])
+    assert result.exit_code == 0, result.output
+    assert ABLATION_BLOCK.read((ROOT / "README.md").read_text()) == result.output, (
+        "README ablation table is stale: run `tinydigits table --ablation --update-readme README.md`")
+
+
+def test_ablation_rows_are_computed_from_the_result_files(tmp_path):
+    import json
+
+    root = tmp_path / "ablation"
+    base = load_results("medium", root=ROOT / "results" / "ablation" / "baseline")
+    experiments = [("baseline", {}, [99.0, 99.2]), ("longer", {"epochs": 99}, [99.4, 99.6])]
+    for experiment, changes, vals in experiments:
+        (root / experiment).mkdir(parents=True)
+        runs = [{"seed": i, "val_accuracy": v, "test_accuracy": 0.0} for i, v in enumerate(vals)]
+        results = {**base, "recipe": {**base["recipe"], **changes}, "runs": runs, "seeds": len(runs),
+                   "val_accuracy": {"mean": sum(vals) / 2, "std": 0.1414, "min": min(vals), "max": max(vals)}}
+        (root / experiment / "medium.json").write_text(json.dumps(results))
+    rows = ablation_table(tmp_path).splitlines()[2:]
+    assert rows[0].startswith("| `baseline` | the recipe before this study | 99.10 ± 0.14 (2) | not run")
+    assert rows[1].startswith("| `longer` | epochs 15 → 99 | 99.50 ± 0.14 (2) | not run | not run | —")

@@ -12,20 +12,14 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
-from web_helpers import DIGITS, Stroke, on_paper, shipped_models
+from web_helpers import CHROMIUM, DIGITS, SCREENSHOT, Page, on_paper, shipped_models
 
 from tinydigits.predict import predict_image
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's package (scripts/setup.sh); Playwright's own builds do not run here
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "web-demo.png"
-
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 pytest.importorskip("flask")
 
 
@@ -36,102 +30,6 @@ def live():
     server = BackgroundServer(create_app(shipped_models()))
     yield server
     server.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
-
-
-class Page:
-    """A page of the demo, recording every request it makes and every script error."""
-
-    def __init__(self, browser, live, **context_options) -> None:
-        self.context = browser.new_context(**context_options)
-        self.page = self.context.new_page()
-        self.origin = urlsplit(live.url)
-        self.requests: list[str] = []
-        self.blocked: list[str] = []
-        self.errors: list[str] = []
-        self.page.on("request", lambda r: self.requests.append(r.url))
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        # A 4xx answer is logged by Chromium as "Failed to load resource"; anything else
-        # (a script error, a Content-Security-Policy violation) is a failure.
-        self.page.on("console", lambda m: m.type == "error" and "Failed to load resource" not in m.text
-                     and self.errors.append(m.text))
-        self.page.route("**/*", self._only_local)
-        self.page.goto(live.url)
-        self.page.wait_for_selector("body[data-ready=true]")
-
-    def _local(self, url: str) -> bool:
-        parts = urlsplit(url)
-        return parts.scheme in ("data", "blob") or (parts.hostname == "127.0.0.1"
-                                                    and parts.port == self.origin.port)
-
-    def _only_local(self, route) -> None:
-        if self._local(route.request.url):
-            route.continue_()
-        else:  # never let it out, and fail the test afterwards
-            self.blocked.append(route.request.url)
-            route.abort()
-
-    def check_stayed_local(self) -> None:
-        # the listener did see the traffic
-        assert any("/api/predict" in url or "/api/read" in url for url in self.requests)
-        assert self.blocked == [] and [u for u in self.requests if not self._local(u)] == []
-        assert self.errors == []
-
-    # ------------------------------------------------------------ actions
-
-    def points(self, stroke: Stroke) -> list[tuple[float, float]]:
-        box = self.page.locator("#pad").bounding_box()
-        return [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
-
-    def draw(self, strokes: list[Stroke]) -> None:
-        mouse = self.page.mouse
-        for stroke in strokes:
-            first, *rest = self.points(stroke)
-            mouse.move(*first)
-            mouse.down()
-            for point in rest:
-                mouse.move(*point, steps=6)
-            mouse.up()
-
-    def idle(self) -> None:
-        """Wait until no prediction is pending or in flight."""
-        # A function, not an expression string: the page's Content-Security-Policy forbids eval.
-        self.page.wait_for_function("() => document.body.dataset.busy === 'false'")
-
-    def cards(self) -> list[dict]:
-        """Each model's answer as shown: model, digit, and the bars' probabilities and widths."""
-        return self.page.eval_on_selector_all("#results .card", """cards => cards.map(card => ({
-            model: card.dataset.model,
-            digit: card.querySelector('.digit').textContent,
-            time: card.querySelector('.time').textContent,
-            bars: [...card.querySelectorAll('.bars li')].map(li => ({
-                digit: Number(li.dataset.digit), p: Number(li.dataset.p), top: li.classList.contains('top'),
-                width: li.querySelector('.fill').getBoundingClientRect().width,
-                track: li.querySelector('.track').getBoundingClientRect().width}))}))""")
-
-    def check_reads(self, digit: int, models: int = 1) -> list[dict]:
-        cards = self.cards()
-        assert len(cards) == models
-        for card in cards:
-            assert card["digit"] == str(digit), card
-            bars = card["bars"]
-            assert [b["digit"] for b in bars] == list(range(10))
-            assert abs(sum(b["p"] for b in bars) - 1) < 1e-3
-            top = max(bars, key=lambda b: b["p"])
-            assert top["digit"] == digit and top["top"] and [b["top"] for b in bars].count(True) == 1
-            assert top["p"] > 0.5 and top["width"] > 0.5 * top["track"]  # the bar is drawn to scale
-            assert all(b["width"] <= top["width"] for b in bars)
-            assert "ms on the server" in card["time"]
-        seen = self.page.locator("#seen")
-        assert seen.is_visible() and seen.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [28, 28]
-        return cards
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from .runtime import package_version, set_threads
 from .weights import load_model, pretrained_path
 
 MODEL_CHOICE = click.Choice(list(MODELS), case_sensitive=False)
-RECIPE_CHOICE = click.Choice(["default", "reference"], case_sensitive=False)
+RECIPE_CHOICE = click.Choice(["default", "full", "reference"], case_sensitive=False)
 
 
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -188,12 +188,14 @@ def summary(model_name: str, as_json: bool) -> None:
 
 
 @main.command(name="export")
-@click.option("--model", "model_name", type=MODEL_CHOICE, required=True)
+@click.option("--model", "model_name", type=MODEL_CHOICE, default=None,
+              help="The model (required, except for --format web: default all three).")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Weights to export (default: the pretrained weights shipped with the package).")
-@click.option("--format", "fmt", type=click.Choice([*FORMATS, "c"], case_sensitive=False), default="onnx",
-              show_default=True,
-              help="onnx or torchscript (a file), or c (a folder: integer-only C99 for microcontrollers).")
+@click.option("--format", "fmt", type=click.Choice([*FORMATS, "c", "web"], case_sensitive=False),
+              default="onnx", show_default=True,
+              help="onnx or torchscript (a file); c (a folder: integer-only C99 for microcontrollers); "
+                   "web (a folder: the demo as a static site, the models running in the browser).")
 @click.option("--int8", is_flag=True,
               help="ONNX: BatchNorm folded, static int8 quantization calibrated on training images "
                    "(the C export is always int8, with the same quantization).")
@@ -205,13 +207,19 @@ def summary(model_name: str, as_json: bool) -> None:
 @data_dir_option
 @threads_option
 @friendly_errors
-def export_command(model_name: str, weights: Path | None, fmt: str, int8: bool, output: Path,
+def export_command(model_name: str | None, weights: Path | None, fmt: str, int8: bool, output: Path,
                    verify: bool, data_dir: Path | None, threads: int | None) -> None:
-    """Export a model to ONNX (fp32 or int8), TorchScript or integer-only C."""
+    """Export a model to ONNX (fp32 or int8), TorchScript or integer-only C, or the web demo
+    as a static site."""
     from .deploy.engines import check_export
     from .deploy.export import calibration_subset, check_format, export_model
 
     set_threads(threads)
+    if fmt == "web":
+        _export_web(model_name, weights, output, int8)
+        return
+    if model_name is None:
+        raise click.UsageError(f"--model is required for --format {fmt}")
     if fmt == "c":
         _export_c(model_name, weights, output, verify, data_dir)
         return
@@ -230,6 +238,26 @@ def export_command(model_name: str, weights: Path | None, fmt: str, int8: bool, 
     click.echo(f"test accuracy {check.accuracy:.2f}% ({kind}) vs {check.reference_accuracy:.2f}% "
                f"(PyTorch fp32) on {check.count:,} images; {check.prediction_mismatches} predictions "
                f"differ, max |log-prob difference| {check.max_abs_diff:.2e}")
+
+
+def _export_web(model_name: str | None, weights: Path | None, output: Path, int8: bool) -> None:
+    from .deploy.static_site import ORT_WEB_PACKAGE, export_site, fetch_runtime, previous_files
+
+    if int8:
+        raise click.UsageError("--int8 is not available for --format web: the site ships the fp32 models")
+    if weights is not None and model_name is None:
+        raise click.UsageError("--weights needs --model: which model are they?")
+    names = [model_name] if model_name else list(MODELS)
+    previous_files(output)  # a folder that will be refused is refused before any download
+    models = {name: load_model(name, weights, pretrained=weights is None) for name in names}
+    runtime = fetch_runtime()
+    site = export_site(output, models, runtime, pretrained=weights is None)
+    onnx = ", ".join(f"{name}.onnx {site.files[f'models/{name}.onnx']:,} B" for name in names)
+    runtime_bytes = sum(size for path, size in site.files.items() if path.startswith("ort/"))
+    click.echo(f"wrote a static site of {len(site.files)} files, {site.total_bytes / 1e6:.1f} MB, "
+               f"to {output} "
+               f"({onnx}; {ORT_WEB_PACKAGE} {runtime_bytes / 1e6:.1f} MB)")
+    click.echo(f"serve it with any static file server, e.g.: python -m http.server -d {output}")
 
 
 def _export_c(model_name: str, weights: Path | None, output: Path, verify: bool,
@@ -514,23 +542,29 @@ def reproduce(model_names: str, recipe_kind: str, seeds: int, results_dir: Path,
 
 @main.command()
 @models_or_all_option
+@click.option("--recipe", "recipe_kind", type=click.Choice(["full", "default"], case_sensitive=False),
+              default="full", show_default=True,
+              help="full: seed 0 of results/<model>-full.json (all 60k images, nothing selected); "
+                   "default: the best-validation seed of results/<model>.json.")
 @results_dir_option
 @data_dir_option
 @friendly_errors
-def publish(model_names: str, results_dir: Path, data_dir: Path | None) -> None:
-    """Ship the best-validation seed's weights from results/<model>.json in the package."""
+def publish(model_names: str, recipe_kind: str, results_dir: Path, data_dir: Path | None) -> None:
+    """Ship one reproduced seed's weights in the package (see --recipe)."""
     from .lab.publish import pick_seed
     from .lab.publish import publish as publish_weights
     from .lab.reproduce import load_results
 
     mnist = data.load_mnist(data_dir)
     for name in model_names_from(model_names):
-        results = load_results(name, "default", results_dir)
+        results = load_results(name, recipe_kind, results_dir)
         if results is None:
-            raise click.ClickException(f"no results for {name}; run: tinydigits reproduce --model {name}")
+            raise click.ClickException(f"no {recipe_kind} results for {name}; "
+                                       f"run: tinydigits reproduce --model {name} --recipe {recipe_kind}")
         weights = publish_weights(results, mnist=mnist)
+        val = "none" if weights.val_accuracy is None else f"{weights.val_accuracy:.2f}%"
         click.echo(f"{name}: shipped seed {pick_seed(results)['seed']} "
-                   f"(validation {weights.val_accuracy:.2f}%, test {weights.test_accuracy:.2f}%) "
+                   f"(validation {val}, test {weights.test_accuracy:.2f}%) "
                    f"-> {weights.path} sha256 {weights.sha256[:16]}...")
 
 
@@ -538,16 +572,17 @@ def publish(model_names: str, results_dir: Path, data_dir: Path | None) -> None:
 @results_dir_option
 @click.option("--update-readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table into this README, between its models-table markers.")
+@click.option("--ablation", is_flag=True, help="The table of recipe experiments (results/ablation/*).")
 @friendly_errors
-def table(results_dir: Path, update_readme: Path | None) -> None:
-    """Print the Markdown models table (the README's table is this output)."""
-    from .lab.table import models_table
-    from .lab.table import update_readme as write_readme
+def table(results_dir: Path, update_readme: Path | None, ablation: bool) -> None:
+    """Print the Markdown models table, or with --ablation the recipe experiments' table
+    (the README's tables are this output)."""
+    from .lab.table import ABLATION_BLOCK, README_BLOCK, ablation_table, models_table
 
-    text = models_table(results_dir)
+    text = ablation_table(results_dir) if ablation else models_table(results_dir)
     click.echo(text, nl=False)
     if update_readme is not None:
-        changed = write_readme(update_readme, text)
+        changed = (ABLATION_BLOCK if ablation else README_BLOCK).update(update_readme, text)
         click.echo(f"{update_readme}: {'updated' if changed else 'already up to date'}", err=True)
 
 
@@ -624,20 +659,26 @@ def tune(model_name: str, trials: int, storage: str | None, study_name: str | No
               help="A model to serve; repeat for several (default: all three).")
 @click.option("--server-threads", type=click.IntRange(min=1), default=4, show_default=True,
               help="waitress worker threads, i.e. requests handled at once.")
+@click.option("--in-browser", is_flag=True,
+              help="Also let the page run the models in the visitor's browser (ONNX Runtime Web, "
+                   "fetched once with npm), switchable on the page.")
 @backend_option()
 @threads_option
 @friendly_errors
-def serve_command(host: str, port: int, model_names: tuple[str, ...], server_threads: int, backend: str,
-                  threads: int | None) -> None:
+def serve_command(host: str, port: int, model_names: tuple[str, ...], server_threads: int, in_browser: bool,
+                  backend: str, threads: int | None) -> None:
     """Serve the web demo (draw a digit, see the models read it) and its JSON API with waitress."""
     for needed in ("flask", "waitress"):
         require(needed, "web", "the web demo")
     from .deploy import serve as web
+    from .deploy.static_site import fetch_runtime
 
     set_threads(threads)
     names = list(dict.fromkeys(model_names)) or None
+    runtime = fetch_runtime() if in_browser else None
     try:
-        web.serve(host, port, names, threads=server_threads, backend=backend.lower(), announce=click.echo)
+        web.serve(host, port, names, threads=server_threads, backend=backend.lower(), announce=click.echo,
+                  browser_runtime=runtime)
     except OSError as err:
         raise click.ClickException(f"cannot serve on {host}:{port}: {err.strerror or err}") from None
     click.echo("stopped")

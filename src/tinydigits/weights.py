@@ -33,7 +33,7 @@ class WeightsMeta:
     recipe: Recipe
     seed: int
     epochs: int
-    val_accuracy: float
+    val_accuracy: float | None  # None: trained on all 60,000 images, no validation split
     test_accuracy: float
     test_loss: float
     chosen_by: str
@@ -57,7 +57,8 @@ class WeightsMeta:
         except (TypeError, ValueError) as err:
             raise WeightsError(f"{source}: malformed metadata ({err})") from None
         for f in fields(cls):
-            kind = {"int": int, "float": (int, float), "str": str}.get(str(f.type))
+            kind = {"int": int, "float": (int, float), "str": str,
+                    "float | None": (int, float, type(None))}.get(str(f.type))
             if kind is not None and not isinstance(getattr(meta, f.name), kind):
                 raise WeightsError(f"{source}: metadata field {f.name} should be {f.type}, "
                                    f"got {getattr(meta, f.name)!r}")
@@ -83,7 +84,7 @@ class Weights:
         return self.meta.test_accuracy
 
     @property
-    def val_accuracy(self) -> float:
+    def val_accuracy(self) -> float | None:
         return self.meta.val_accuracy
 
     def verify(self) -> Path:

@@ -197,7 +197,7 @@ def _shrink_onnx(model: Any) -> None:
         node.output[:] = [rename(name) for name in node.output]
 
 
-def _onnx_proto(model: nn.Module) -> Any:
+def onnx_proto(model: nn.Module) -> Any:
     """The ONNX ModelProto of an eval-mode model, batch dimension dynamic, all weights inline."""
     require("onnx", "export", "ONNX export")
     require("onnxscript", "export", "ONNX export")  # torch's ONNX exporter runs on it
@@ -238,7 +238,7 @@ def export_onnx(model: nn.Module, path: str | Path) -> Path:
     input ``images`` [N, 1, 28, 28] has a dynamic batch size N; output ``log_probs`` [N, 10]."""
     path = Path(path)
     _check_writable(path)
-    return _write_onnx(_onnx_proto(model), path)
+    return _write_onnx(onnx_proto(model), path)
 
 
 def export_torchscript(model: nn.Module, path: str | Path) -> Path:
@@ -283,7 +283,7 @@ def int8_onnx_proto(model: nn.Module, calibration_images: torch.Tensor) -> Any:
         quantize_static,
     )
 
-    proto = _onnx_proto(fold_batchnorm(model))
+    proto = onnx_proto(fold_batchnorm(model))
     reader = _Calibration(calibration_images.cpu().float())
     CalibrationDataReader.register(_Calibration)
     with tempfile.TemporaryDirectory() as tmp:

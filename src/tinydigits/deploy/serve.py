@@ -39,13 +39,13 @@ from torch import nn
 from werkzeug.exceptions import HTTPException
 
 from ..errors import ConfigError, TinyDigitsError
-from ..io import WeightsError
 from ..models import MODELS, get_spec
 from ..predict import Classifier, classify
 from ..preprocess import WORK_SIDE, PreprocessError, load_image, to_mnist
 from ..read import read_number
-from ..weights import get_weights, pretrained_path
+from ..weights import load_model, pretrained_path
 from .engines import open_engine
+from .static_site import ORT_WEB_FILES, model_info, models_document, onnx_bytes
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MAX_IMAGE_PIXELS", "MAX_UPLOAD_BYTES", "ApiError",
            "BackgroundServer", "create_app", "serve"]
@@ -61,9 +61,10 @@ MAX_IMAGE_PIXELS = 13_000_000
 WEB_DIR = Path(__file__).parent / "web"
 # Everything the page loads comes from this server; data: and blob: URLs are the
 # canvas snapshot, the returned 28x28 image and the local preview of an uploaded photo.
+# 'wasm-unsafe-eval': compiling ONNX Runtime Web's WebAssembly (in-browser inference); no JS eval.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
-                           "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-                           "form-action 'self'; frame-ancestors 'none'")
+                           "script-src 'self' 'wasm-unsafe-eval'; connect-src 'self'; object-src 'none'; "
+                           "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 log = logging.getLogger(__name__)
 
@@ -75,22 +76,6 @@ class ApiError(TinyDigitsError):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def _accuracies(name: str) -> tuple[float | None, float | None]:
-    """Test and validation accuracy (percent) of the shipped weights of ``name``, where known."""
-    try:  # read from the weights file itself, so the figures cannot drift from it
-        weights = get_weights(name)
-    except WeightsError:  # no shipped file: serve the model, leave the figures out
-        return None, None
-    return weights.test_accuracy, weights.val_accuracy
-
-
-def _model_info(name: str, pretrained: bool) -> dict[str, Any]:
-    spec = get_spec(name)
-    test, val = _accuracies(name) if pretrained else (None, None)
-    return {"name": spec.name, "title": spec.title, "parameters": spec.parameters,
-            "conv_blocks": spec.conv_blocks, "test_accuracy": test, "val_accuracy": val}
 
 
 def _is_api(path: str) -> bool:
@@ -144,8 +129,12 @@ def _read_request() -> tuple[bytes, str | None]:
 
 def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
                pretrained: bool = True, backend: str = "auto", max_upload_bytes: int = MAX_UPLOAD_BYTES,
-               max_image_pixels: int = MAX_IMAGE_PIXELS) -> Flask:
+               max_image_pixels: int = MAX_IMAGE_PIXELS, browser_runtime: Path | None = None) -> Flask:
     """The Flask application: the page at ``/`` and the JSON API under ``/api``.
+
+    With ``browser_runtime`` (the folder of :func:`tinydigits.deploy.static_site.fetch_runtime`)
+    the page may also run the models in the visitor's browser: ``/ort/*`` and
+    ``/models/<name>.onnx`` are served too, and ``models.json`` offers both.
 
     ``models`` are model names (their shipped weights run on ``backend``, by default the
     fastest engine installed for single pictures: see :mod:`tinydigits.deploy.engines`), or
@@ -173,7 +162,14 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
     # numpy's BLAS threads): run in parallel they only contended, and the load test answered
     # about a quarter fewer requests per second.
     one_at_a_time = threading.Lock()
-    infos = [_model_info(name, pretrained) for name in loaded]
+    infos = [model_info(name, pretrained) for name in loaded]
+    onnx_files: dict[str, bytes] = {}
+    if browser_runtime is not None:
+        modules = models if isinstance(models, Mapping) else {name: load_model(name, pretrained=True)
+                                                              for name in loaded}
+        onnx_files = {get_spec(name).name: onnx_bytes(module) for name, module in modules.items()}
+    page_models = models_document(infos, default, ["server", "browser"] if onnx_files else ["server"],
+                                  {name: len(data) for name, data in onnx_files.items()})
 
     app = Flask(__name__, static_folder=str(WEB_DIR), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
@@ -218,6 +214,23 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
     @app.get("/")
     def index() -> Response:
         return send_from_directory(WEB_DIR, "index.html")
+
+    @app.get("/models.json")
+    def page_models_document() -> Response:
+        return jsonify(page_models)
+
+    if browser_runtime is not None:
+        @app.get("/ort/<name>")
+        def runtime_file(name: str) -> Response:
+            if name not in ORT_WEB_FILES:
+                return Response("not found", 404, mimetype="text/plain")
+            return send_from_directory(browser_runtime, name)
+
+        @app.get("/models/<name>.onnx")
+        def onnx_file(name: str) -> Response:
+            if name not in onnx_files:
+                return Response("not found", 404, mimetype="text/plain")
+            return Response(onnx_files[name], mimetype="application/octet-stream")
 
     @app.get("/api/models")
     def list_models() -> Response:
@@ -313,12 +326,13 @@ class BackgroundServer:
 
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, models: Sequence[str] | None = None, *,
-          threads: int = 4, backend: str = "auto", announce: Callable[[str], Any] = print) -> None:
+          threads: int = 4, backend: str = "auto", announce: Callable[[str], Any] = print,
+          browser_runtime: Path | None = None) -> None:
     """Serve the demo with waitress (``threads`` worker threads) until Ctrl-C or SIGTERM.
     ``port`` 0 picks a free port; the URL goes to ``announce`` once the socket listens."""
     import signal
 
-    app = create_app(models, backend=backend)
+    app = create_app(models, backend=backend, browser_runtime=browser_runtime)
     server = _create_server(app, host, port, threads)
     announce(f"tinydigits web demo on {' and '.join(_urls(server))} ({threads} server threads, "
              f"{torch.get_num_threads()} torch threads, models on {app.config['TINYDIGITS_BACKENDS']}; "

@@ -1,4 +1,7 @@
-"""The release step: ship the best-validation seed of a reproduction inside the package.
+"""The release step: ship one seed of a reproduction inside the package.
+
+From a ``full`` reproduction (all 60,000 training images) that is seed 0: nothing is chosen.
+From one with a validation split it is the best-validation seed.
 
 Writes ``pretrained/<model>.safetensors`` with full metadata (see
 :class:`tinydigits.weights.WeightsMeta`) and records its size and SHA-256 in
@@ -21,9 +24,21 @@ from ..weights import PRETRAINED_DIR, Weights, WeightsMeta, get_weights, load_mo
 
 
 def pick_seed(results: dict[str, Any]) -> dict[str, Any]:
-    """The run to ship: highest final-epoch validation accuracy, lowest seed on a tie.
+    """The run to ship: seed 0 of runs without a validation split (no selection at all),
+    else the highest final-epoch validation accuracy, lowest seed on a tie.
     Test accuracy plays no part in the choice."""
+    if results["recipe"].get("val_size") == 0:
+        return min(results["runs"], key=lambda run: run["seed"])
     return max(results["runs"], key=lambda run: (run["val_accuracy"], -run["seed"]))
+
+
+def how_chosen(results: dict[str, Any]) -> str:
+    """The ``chosen_by`` line of the shipped file's metadata."""
+    seeds = len(results["runs"])
+    if results["recipe"].get("val_size") == 0:
+        return (f"seed 0 of {seeds}, trained on all 60,000 training images (no validation split), "
+                "final epoch: nothing selected")
+    return f"highest final-epoch validation accuracy among {seeds} seeds"
 
 
 def publish(
@@ -50,7 +65,7 @@ def publish(
         val_accuracy=run["val_accuracy"],
         test_accuracy=round(test.accuracy, 4),
         test_loss=round(test.loss, 6),
-        chosen_by=f"highest final-epoch validation accuracy among {len(results['runs'])} seeds",
+        chosen_by=how_chosen(results),
         command=run["command"],
         # The code that trained the run, as reproduce recorded it.
         package_version=run.get("package_version", UNKNOWN),

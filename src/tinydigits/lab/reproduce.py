@@ -63,6 +63,15 @@ def seed_command(model_name: str, recipe_kind: str, seed: int, changes: dict[str
                                      "seed": seed})
 
 
+def _same_recipe(saved: Any, recipe: Recipe) -> bool:
+    """Whether a recorded recipe is ``recipe``. A field added to Recipe after the record was
+    written is missing from it and reads as its default, which keeps the old behaviour."""
+    try:
+        return Recipe.from_dict(saved) == recipe
+    except (ConfigError, TypeError, AttributeError):
+        return False
+
+
 def _saved_recipe(run_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((run_dir / "config.json").read_text())["recipe"]
@@ -78,7 +87,7 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe) -> bool:
         # Stopped before its first epoch was saved: nothing in it is worth keeping.
         shutil.rmtree(run_dir)
         return False
-    if _saved_recipe(run_dir) != recipe.to_dict():
+    if not _same_recipe(_saved_recipe(run_dir), recipe):
         raise ConfigError(f"{run_dir}: holds a run with another recipe; "
                          "move it away or use another --runs-dir")
     return True  # a run stopped part-way (Ctrl-C, a kill) continues from its last saved epoch
@@ -106,12 +115,10 @@ def reproduce(
     """
     model_name = get_spec(model_name).name
     recipe = get_recipe(model_name, recipe_kind).replace(**recipe_changes)
-    if recipe.val_size <= 0:
-        raise ConfigError("reproduce records validation accuracy, so it needs val_size > 0")
     path = results_path(model_name, recipe_kind, results_root)
     previous = load_results(model_name, recipe_kind, results_root) or {}
     runs: list[dict[str, Any]] = []
-    if previous.get("recipe") == recipe.replace(seed=0).to_dict():
+    if _same_recipe(previous.get("recipe"), recipe.replace(seed=0)):
         runs = [run for run in previous.get("runs", []) if run["seed"] < seeds]
 
     def write_results() -> dict[str, Any]:
@@ -121,7 +128,9 @@ def reproduce(
             "recipe": recipe.replace(seed=0).to_dict(),
             "seeds": len(runs),
             "test_accuracy": seed_statistics([run["test_accuracy"] for run in runs]),
-            "val_accuracy": seed_statistics([run["val_accuracy"] for run in runs]),
+            # None when the runs trained on all 60k images (no validation split).
+            "val_accuracy": (seed_statistics([run["val_accuracy"] for run in runs])
+                             if recipe.val_size else None),
             "machine": {"platform": platform.platform(), "torch": torch.__version__,
                         "device": str(select_device(device)), "threads": torch.get_num_threads()},
             "command": tinydigits_line("reproduce", {"model": model_name, "recipe": recipe_kind,

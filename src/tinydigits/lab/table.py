@@ -9,10 +9,12 @@ the two equal.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..analysis import summarize
 from ..markdown import GeneratedBlock, markdown_table
 from ..models import MODELS, build_model
+from ..recipes import DEFAULT_RECIPES
 from ..weights import PRETRAINED_DIR, get_weights
 from . import DEFAULT_SEEDS
 from .commands import tinydigits_line
@@ -20,10 +22,15 @@ from .reproduce import RESULTS_DIR, load_results
 
 README_BLOCK = GeneratedBlock("models-table", "tinydigits table")
 README_START, README_END = README_BLOCK.start, README_BLOCK.end
+ABLATION_BLOCK = GeneratedBlock("ablation-table", "tinydigits table --ablation")
+# Each experiment is a `tinydigits reproduce ... --results-dir results/ablation/<name>`;
+# "baseline" holds the recipe the others change.
+ABLATION_DIR = "ablation"
 
 COLUMNS = (
     "Model", "Parameters", "Weights file", "Test acc. (shipped weights)",
-    "Ours: final epoch, mean ± std", "Reference recipe, same harness", "Reference, published",
+    "Ours: final epoch, mean ± std", "Ours, trained on all 60k", "Reference recipe, same harness",
+    "Reference, published",
     "Conv blocks", "Max RF", "MACs", "Weights", "Reproduce",
 )
 
@@ -42,6 +49,7 @@ def models_table(results_root: str | Path = RESULTS_DIR) -> str:
         summary = summarize(build_model(name), name)
         weights = get_weights(name)
         ours = load_results(name, "default", results_root)
+        full = load_results(name, "full", results_root)
         reference = load_results(name, "reference", results_root)
         seeds = ours["seeds"] if ours else DEFAULT_SEEDS
         cells = [
@@ -50,13 +58,14 @@ def models_table(results_root: str | Path = RESULTS_DIR) -> str:
             f"{weights.file_bytes:,} B ({weights.file_bytes / 1024:.1f} KB)",
             f"{weights.test_accuracy:.2f}% (seed {weights.meta.seed})",
             _seed_cell(ours),
+            _seed_cell(full),
             _seed_cell(reference),
             f"{spec.reference_accuracy:.2f}% (best epoch on test)",
             str(spec.conv_blocks),
             f"{summary.max_receptive_field} px",
             f"{summary.total_macs:,}",
             f"`src/tinydigits/{PRETRAINED_DIR.name}/{weights.path.name}`",
-            f"`{tinydigits_line('reproduce', {'model': name, 'seeds': seeds})}`",
+            f"`{tinydigits_line('reproduce', {'model': name, 'seeds': seeds})}` (all 60k: `--recipe full`)",
         ]
         rows.append(cells)
     return "\n".join(markdown_table(COLUMNS, rows)) + "\n"
@@ -70,3 +79,40 @@ def readme_table(readme_text: str) -> str:
 def update_readme(path: str | Path, table: str) -> bool:
     """Replace the README's table with ``table``; True when the file changed."""
     return README_BLOCK.update(path, table)
+
+
+def _validation_cell(results: dict[str, Any] | None) -> str:
+    if not results:
+        return "not run"
+    summary = results["val_accuracy"]
+    return f"{summary['mean']:.2f} ± {summary['std']:.2f} ({results['seeds']})"
+
+
+def _changes(recipe: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in recipe.items() if key != "seed" and baseline.get(key) != value}
+
+
+def ablation_table(results_root: str | Path = RESULTS_DIR) -> str:
+    """Validation accuracy (mean ± std over seeds, final epoch) of each experiment under
+    ``results/ablation/``, per model, and the models whose default recipe kept its change.
+    The test set decides nothing here, so it is not shown."""
+    root = Path(results_root) / ABLATION_DIR
+    names = sorted(path.name for path in root.iterdir() if path.is_dir()) if root.is_dir() else []
+    rows = []
+    for experiment in sorted(names, key=lambda name: name != "baseline"):
+        change, kept, cells = "the recipe before this study", [], []
+        for name, spec in MODELS.items():
+            results = load_results(name, "default", root / experiment)
+            baseline = load_results(name, "default", root / "baseline")
+            cells.append(_validation_cell(results))
+            if experiment == "baseline" or not results or not baseline:
+                continue
+            changes = _changes(results["recipe"], baseline["recipe"])
+            before = baseline["recipe"]
+            change = ", ".join(f"{key} {before.get(key)} → {value}" for key, value in changes.items())
+            default = DEFAULT_RECIPES[name].to_dict()
+            if changes and all(default[key] == value for key, value in changes.items()):
+                kept.append(spec.title)
+        rows.append([f"`{experiment}`", change, *cells, ", ".join(kept) or "—"])
+    header = ["Experiment", "Recipe change", *(f"{s.title} val. %" for s in MODELS.values()), "Kept for"]
+    return "\n".join(markdown_table(header, rows, left=2)) + "\n"

@@ -1,14 +1,17 @@
-// The tinydigits web demo: a drawing pad (Pointer Events: mouse, pen and touch) whose
-// picture is sent to /api/predict as you draw; the answers are shown as a digit, ten
-// probability bars and the 28x28 image the model saw. In "A number" mode the pad is wide
-// and the picture goes to /api/read: the number, a box and a bar per digit. No libraries,
-// nothing fetched from anywhere but this server.
+// The tinydigits web demo: a drawing pad (Pointer Events: mouse, pen and touch) read as you
+// draw; the answers are shown as a digit, ten probability bars and the 28x28 image the model
+// saw. Inference runs on the server (/api/predict; in "A number" mode the pad is wide and the
+// picture goes to /api/read: the number, a box and a bar per digit) or in the browser (ONNX
+// Runtime Web and preprocess.js), as models.json offers: `tinydigits serve` offers the server
+// (and the browser with --in-browser), a static export the browser only. No libraries besides
+// ONNX Runtime Web, nothing fetched from anywhere but the page's own origin.
 "use strict";
 
 (() => {
   const $ = (id) => document.getElementById(id);
   const pad = $("pad");
-  const ctx = pad.getContext("2d");
+  // Read back on every in-browser prediction: a CPU-backed canvas makes that cheap.
+  const ctx = pad.getContext("2d", { willReadFrequently: true });
   // Stroke width on the 280-px pad: a digit drawn about 200 px tall is scaled into
   // MNIST's 20-px box, where this becomes about MNIST's own 2-px stroke.
   const LINE_WIDTH = 18;
@@ -20,7 +23,9 @@
     drawing: null, // {id, points} while a pointer is down
     photo: null, // the uploaded File, when a photo is the input instead of the drawing
     photoUrl: null,
-    models: [], // from /api/models
+    models: [], // from models.json
+    inference: "server", // or "browser"
+    offered: [], // what models.json offers: "server" and/or "browser"
     choice: null, // a model name or ALL
     inflight: false,
     dirty: false, // the input changed since the last request was sent
@@ -216,7 +221,7 @@
   }
 
   async function predictWith(model) {
-    const endpoint = state.mode === "number" ? "/api/read" : "/api/predict";
+    const endpoint = state.mode === "number" ? "api/read" : "api/predict";
     const response = await fetch(endpoint, requestFor(model));
     let answer;
     try {
@@ -242,7 +247,9 @@
     const epoch = state.epoch;
     try {
       if (!hasInput()) return;
-      const answers = await Promise.all(selectedModels().map(predictWith));
+      const answers = state.inference === "browser"
+        ? await inBrowser.predict(selectedModels())
+        : await Promise.all(selectedModels().map(predictWith));
       if (epoch === state.epoch) showAnswers(answers);
     } catch (error) {
       if (epoch === state.epoch) showError(error);
@@ -294,7 +301,8 @@
     $("seen").hidden = true;
     $("seen-empty").hidden = false;
     const what = state.mode === "number" ? "Write a number" : "Draw a digit";
-    showMessage(state.models.length ? `${what}, or upload a photo of one.` : "");
+    const photo = state.inference === "browser" ? "." : ", or upload a photo of one.";
+    showMessage(state.models.length ? `${what}${photo}` : "");
   }
 
   function showMessage(text, isError = false) {
@@ -329,15 +337,19 @@
         row.querySelector(".pct").textContent = percent(p);
         row.title = `${digit}: ${(p * 100).toFixed(3)}%`;
       });
-      card.querySelector(".time").textContent =
-        `${answer.milliseconds.toFixed(1)} ms on the server, ` +
-        `${answer.inference_milliseconds.toFixed(2)} ms of it in the model`;
+      card.querySelector(".time").textContent = answer.where === "browser"
+        ? `${answer.milliseconds.toFixed(1)} ms in your browser, ` +
+          `${answer.inference_milliseconds.toFixed(2)} ms of it in the model`
+        : `${answer.milliseconds.toFixed(1)} ms on the server, ` +
+          `${answer.inference_milliseconds.toFixed(2)} ms of it in the model`;
     }
     $("seen").src = answers[0].image;
     $("seen").hidden = false;
     $("seen-empty").hidden = true;
     const source = state.photo ? `your photo (${state.photo.name})` : "your drawing";
-    showMessage(`Reading ${source}.`);
+    showMessage(state.inference === "browser"
+      ? "Reading your drawing in your browser: nothing you draw leaves this machine."
+      : `Reading ${source}.`);
   }
 
   // The answers of /api/read: per model the number and a bar per digit; the first model's
@@ -378,6 +390,112 @@
     $("boxes").replaceChildren(...boxes);
     const source = state.photo ? `your photo (${state.photo.name})` : "your writing";
     showMessage(`Reading ${source} as a number.`);
+  }
+
+  // ---------------------------------------------------------- in the browser
+
+  // ONNX Runtime Web's plain wasm build, single-threaded (no cross-origin isolation needed),
+  // loaded on first use; one session per model. Answers have the API's shape.
+  const inBrowser = {
+    sessions: new Map(),
+    runtime: null,
+
+    loadRuntime() {
+      this.runtime ??= new Promise((resolve, reject) => {
+        const script = document.createElement("script");
+        script.src = "ort/ort.wasm.min.js";
+        script.onload = () => {
+          window.ort.env.wasm.numThreads = 1;
+          window.ort.env.wasm.proxy = false;
+          window.ort.env.wasm.wasmPaths = new URL("ort/", document.baseURI).href;
+          resolve(window.ort);
+        };
+        script.onerror = () => reject(new Error("cannot load ONNX Runtime Web (ort/ort.wasm.min.js)"));
+        document.head.append(script);
+      });
+      return this.runtime;
+    },
+
+    async session(name) {
+      if (!this.sessions.has(name)) {
+        const info = state.models.find((m) => m.name === name);
+        const ort = await this.loadRuntime();
+        this.sessions.set(name, ort.InferenceSession.create(new URL(info.onnx, document.baseURI).href,
+          { executionProviders: ["wasm"], graphOptimizationLevel: "all" }));
+      }
+      return this.sessions.get(name);
+    },
+
+    async predict(names) {
+      const ort = await this.loadRuntime();
+      const started = performance.now();
+      const image = ctx.getImageData(0, 0, pad.width, pad.height);
+      const digit = window.tinydigitsPreprocess.fromImageData(image);
+      if (!digit) {
+        const error = new Error("no ink found: the drawing looks blank");
+        error.status = 422;
+        throw error;
+      }
+      const prepared = performance.now() - started;
+      // Normalized as in training: (pixel / 255 - mean) / std.
+      const input = Float32Array.from(digit, (v) => (v / 255 - 0.1307) / 0.3081);
+      const tensor = new ort.Tensor("float32", input, [1, 1, 28, 28]);
+      const seen = seenDataUrl(digit);
+      const answers = [];
+      for (const name of names) {
+        const session = await this.session(name);
+        const t0 = performance.now();
+        const output = await session.run({ [session.inputNames[0]]: tensor });
+        const inference = performance.now() - t0;
+        const probabilities = Array.from(output[session.outputNames[0]].data, Math.exp);
+        const best = probabilities.indexOf(Math.max(...probabilities));
+        answers.push({
+          model: name, digit: best, probability: probabilities[best], probabilities, image: seen,
+          milliseconds: prepared + inference, inference_milliseconds: inference, where: "browser",
+        });
+      }
+      return answers;
+    },
+  };
+
+  // The 28x28 bytes as a PNG data URL, for "what the model saw".
+  function seenDataUrl(digit) {
+    const canvas = document.createElement("canvas");
+    canvas.width = canvas.height = 28;
+    const context = canvas.getContext("2d");
+    const image = context.createImageData(28, 28);
+    digit.forEach((v, i) => image.data.set([v, v, v, 255], 4 * i));
+    context.putImageData(image, 0, 0);
+    return canvas.toDataURL("image/png");
+  }
+
+  function inferenceChosen(where) {
+    state.inference = where;
+    document.body.dataset.inference = where;
+    const radio = document.querySelector(`#inference input[value="${where}"]`);
+    if (radio) radio.checked = true;
+    if (where === "browser") {
+      if (state.mode !== "digit") {
+        document.querySelector('#mode input[value="digit"]').checked = true;
+        modeChosen("digit"); // numbers are read on the server only
+      }
+      if (state.photo) clearAll(); // so are photos
+      // Fetched now, not at the first stroke; the mark times the page's first load.
+      Promise.all(state.models.map((m) => inBrowser.session(m.name)))
+        .then(() => {
+          performance.mark("tinydigits-models-ready");
+          document.body.dataset.modelsReady = "true";
+        })
+        .catch((error) => showMessage(`Error: ${error.message}`, true));
+    }
+    state.epoch++;
+    buildCards();
+    if (hasInput()) inputChanged(true);
+    else showEmpty();
+  }
+
+  for (const input of document.querySelectorAll('#inference input[name="inference"]')) {
+    input.addEventListener("change", () => inferenceChosen(input.value));
   }
 
   // --------------------------------------------------------------------- mode
@@ -437,17 +555,23 @@
     resetCanvas();
     setBusy();
     try {
-      const response = await fetch("/api/models");
+      const response = await fetch("models.json");
       const answer = await response.json();
       state.models = answer.models;
       state.choice = answer.default;
+      state.offered = answer.inference || ["server"];
       buildPicker(answer.models, answer.default);
+      document.body.dataset.server = String(state.offered.includes("server"));
+      $("inference").hidden = state.offered.length < 2;
+      const restoredWhere = document.querySelector('#inference input[name="inference"]:checked');
+      const where = state.offered.includes(restoredWhere?.value) ? restoredWhere.value : state.offered[0];
+      if (where !== state.inference) inferenceChosen(where);
       const restored = document.querySelector('#mode input[name="mode"]:checked'); // a reload keeps it
       if (restored && restored.value !== state.mode) modeChosen(restored.value);
       document.body.dataset.ready = "true";
       showEmpty();
     } catch (error) {
-      showMessage(`Cannot reach the tinydigits server: ${error.message}`, true);
+      showMessage(`Cannot load the page's models.json: ${error.message}`, true);
     }
   }
 
