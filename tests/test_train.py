@@ -113,3 +113,29 @@ def test_corrupt_or_foreign_checkpoint_is_a_clear_error(small_mnist, tmp_path):
     (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="corrupt checkpoint"):
         quiet_train("medium", QUICK, small_mnist, run, resume=True)
+
+
+def test_distillation_from_a_teacher_folder(small_mnist, tmp_path):
+    from pathlib import Path
+
+    from tinydigits.train import distillation_loss, teacher_log_probs
+
+    teachers = Path(__file__).resolve().parents[1] / "results" / "teachers" / "shipped-v1"
+    images = data.normalize(small_mnist.test_images[:500])
+    ensemble, hashes = teacher_log_probs(teachers, images)
+    assert sorted(hashes) == ["medium.safetensors", "small.safetensors", "ultrasmall.safetensors"]
+    assert float((ensemble.argmax(1) == small_mnist.test_labels[:500]).float().mean()) > 0.98
+    # The same answers cost nothing; different ones do.
+    assert float(distillation_loss(ensemble, ensemble, 4.0)) < 1e-6
+    assert float(distillation_loss(ensemble.roll(1, dims=0), ensemble, 4.0)) > 0.1
+
+    recipe = QUICK.replace(distill=0.5, temperature=3.0, teacher=str(teachers))
+    result = quiet_train("ultrasmall", recipe, small_mnist, tmp_path / "run")
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["teacher_sha256"] == hashes and config["recipe"]["distill"] == 0.5
+    assert result.test["accuracy"] > 50
+
+
+def test_distillation_needs_a_teacher():
+    with pytest.raises(ValueError, match="teacher=''"):
+        QUICK.replace(distill=0.5)

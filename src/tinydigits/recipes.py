@@ -34,6 +34,12 @@ class Recipe:
     elastic: float = 0.0  # elastic distortion strength (Simard's alpha, pixels); 0 = off
     elastic_sigma: float = 4.0  # smoothness of the elastic field (Gaussian sigma, pixels)
     label_smoothing: float = 0.0
+    # Knowledge distillation (Hinton et al. 2015): the loss mixes in, with weight `distill`, the
+    # KL divergence to a teacher's temperature-softened answers. The teacher is the ensemble of
+    # the weights files in the folder `teacher`, run once on the un-augmented training images.
+    distill: float = 0.0
+    temperature: float = 4.0
+    teacher: str = ""
     seed: int = 0
     val_size: int = 5000
 
@@ -55,6 +61,9 @@ class Recipe:
             "elastic": 0 <= self.elastic <= 100,
             "elastic_sigma": 0.5 <= self.elastic_sigma <= 14,
             "label_smoothing": 0 <= self.label_smoothing < 1,
+            "distill": 0 <= self.distill <= 1,
+            "temperature": 0 < self.temperature <= 100,
+            "teacher": bool(self.teacher) or self.distill == 0,
             "val_size": 0 <= self.val_size < 60_000,
         }
         bad = [name for name, ok in checks.items() if not ok]

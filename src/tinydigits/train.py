@@ -27,10 +27,11 @@ from . import data
 from .augment import random_affine
 from .errors import ConfigError
 from .evaluate import evaluate
-from .io import WeightsError, load_checkpoint, save_checkpoint, save_weights
+from .io import WeightsError, file_sha256, load_checkpoint, read_metadata, save_checkpoint, save_weights
 from .models import build_model, count_parameters, get_spec
 from .recipes import Recipe
 from .runtime import provenance, select_device, set_threads
+from .weights import load_model
 
 BACKGROUND = (0.0 - data.MEAN) / data.STD  # an empty pixel after normalization
 
@@ -75,6 +76,30 @@ def make_schedule(
     raise ConfigError(f"unknown schedule {recipe.schedule!r}; choose 'constant' or 'onecycle'")
 
 
+def teacher_log_probs(folder: str | Path, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, str]]:
+    """The ensemble of the weights files in ``folder`` on ``images`` (normalized): the mean of
+    their log-probabilities, [N, 10], and each file's SHA-256 (the run records which teacher)."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise ConfigError(f"{folder}: no .safetensors teacher weights there (recipe field teacher)")
+    total = torch.zeros(len(images), 10)
+    with torch.no_grad():
+        for path in files:
+            teacher = load_model(read_metadata(path).get("model", path.stem), path)
+            for start in range(0, len(images), 2000):
+                total[start : start + 2000] += teacher(images[start : start + 2000].cpu())
+    return total / len(files), {path.name: file_sha256(path) for path in files}
+
+
+def distillation_loss(log_probs: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the temperature-softened distributions, times T^2 so that its
+    gradients keep their size as T changes (Hinton et al. 2015). Log-probabilities differ from
+    logits by a constant per row, which softmax ignores."""
+    student = F.log_softmax(log_probs / temperature, dim=1)
+    target = F.log_softmax(teacher / temperature, dim=1)
+    return F.kl_div(student, target, reduction="batchmean", log_target=True) * temperature**2
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -84,8 +109,10 @@ def train_one_epoch(
     recipe: Recipe,
     generator: torch.Generator,
     on_step: Callable[[], Any] = lambda: None,
+    teacher: torch.Tensor | None = None,
 ) -> tuple[float, float]:
-    """One pass over shuffled, augmented batches; returns mean loss and accuracy (%)."""
+    """One pass over shuffled, augmented batches; returns mean loss and accuracy (%).
+    ``teacher``: the teacher's log-probabilities of ``images`` (un-augmented), for distillation."""
     model.train()
     device = images.device
     order = torch.randperm(len(images), generator=generator, device=device)
@@ -105,6 +132,9 @@ def train_one_epoch(
             # NLL against a target mixed with the uniform distribution.
             uniform = -log_probs.mean(dim=1).mean()
             loss = (1 - recipe.label_smoothing) * loss + recipe.label_smoothing * uniform
+        if teacher is not None and recipe.distill:
+            soft = distillation_loss(log_probs, teacher[index], recipe.temperature)
+            loss = (1 - recipe.distill) * loss + recipe.distill * soft
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -162,6 +192,10 @@ def train(
     )
     train_x, train_y = data.normalize(train_x).to(dev), train_y.to(dev)
     val_x = data.normalize(val_x)
+    teacher, teacher_files = None, {}
+    if recipe.distill:
+        teacher, teacher_files = teacher_log_probs(recipe.teacher, train_x)
+        teacher = teacher.to(dev)
 
     torch.manual_seed(recipe.seed)
     # channels_last weights make every activation after the first convolution channels_last,
@@ -196,7 +230,7 @@ def train(
         config = {
             "model": model_name, "recipe": recipe.to_dict(), "device": str(dev),
             "threads": threads, "torch": torch.__version__,
-            "parameters": count_parameters(model), **provenance(),
+            "parameters": count_parameters(model), "teacher_sha256": teacher_files, **provenance(),
         }
         (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (run_dir / "metrics.jsonl").write_text("")
@@ -212,7 +246,7 @@ def train(
                    # None: shown on a terminal only, so logs get one line per epoch, not a bar's redraws
                    leave=False, disable=None if progress else True, unit="batch")
         train_loss, train_accuracy = train_one_epoch(
-            model, optimizer, schedule, train_x, train_y, recipe, shuffle, on_step=bar.update
+            model, optimizer, schedule, train_x, train_y, recipe, shuffle, on_step=bar.update, teacher=teacher
         )
         bar.close()
 

@@ -14,7 +14,7 @@ from typing import Any
 from ..analysis import summarize
 from ..markdown import GeneratedBlock, markdown_table
 from ..models import MODELS, build_model
-from ..recipes import DEFAULT_RECIPES
+from ..recipes import DEFAULT_RECIPES, Recipe
 from ..weights import PRETRAINED_DIR, get_weights
 from . import DEFAULT_SEEDS
 from .commands import tinydigits_line
@@ -89,7 +89,9 @@ def _validation_cell(results: dict[str, Any] | None) -> str:
 
 
 def _changes(recipe: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in recipe.items() if key != "seed" and baseline.get(key) != value}
+    # Through Recipe: a field added since a file was written reads as its default there.
+    recipe, baseline = Recipe.from_dict(recipe).to_dict(), Recipe.from_dict(baseline).to_dict()
+    return {key: value for key, value in recipe.items() if key != "seed" and baseline[key] != value}
 
 
 def ablation_table(results_root: str | Path = RESULTS_DIR) -> str:
@@ -108,8 +110,8 @@ def ablation_table(results_root: str | Path = RESULTS_DIR) -> str:
             if experiment == "baseline" or not results or not baseline:
                 continue
             changes = _changes(results["recipe"], baseline["recipe"])
-            before = baseline["recipe"]
-            change = ", ".join(f"{key} {before.get(key)} → {value}" for key, value in changes.items())
+            before = Recipe.from_dict(baseline["recipe"]).to_dict()
+            change = ", ".join(f"{key} {before[key]} → {value}" for key, value in changes.items())
             default = DEFAULT_RECIPES[name].to_dict()
             if changes and all(default[key] == value for key, value in changes.items()):
                 kept.append(spec.title)
