@@ -27,6 +27,7 @@ need_program chromium chromium "the web demo's browser tests drive Debian's chro
 need_program cc gcc "\`tinydigits export --format c\` compiles its verifier with the host C compiler"
 need_program arm-none-eabi-gcc gcc-arm-none-eabi "the C export is cross-compiled for Cortex-M0+/M4 (\`tinydigits mcu\`)"
 need_program qemu-system-arm qemu-system-arm "the C export runs on an emulated Cortex-M3 (\`tinydigits mcu\`)"
+need_program pg_ctlcluster postgresql "the tests run tuning workers against a throw-away PostgreSQL"
 
 stamp="$VENV/.tinydigits-installed-$EXTRAS"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then

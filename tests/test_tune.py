@@ -1,8 +1,13 @@
 """Optuna tuning: validation-only scoring, and several workers sharing one SQLite study."""
 
+import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -60,3 +65,80 @@ def test_bad_storage_url_is_a_one_line_error(tmp_path):
     assert result.exit_code == 1
     assert result.output.startswith("Error: cannot open Optuna storage 'nosuchdb://x'")
     assert len(result.output.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ PostgreSQL
+
+
+def _postgres_programs() -> Path | None:
+    """The folder of initdb and pg_ctl: Debian keeps them per version under /usr/lib/postgresql."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throw-away PostgreSQL cluster listening on a Unix socket in a fresh folder (no TCP port,
+    so nothing to clash with), run as the postgres user when the tests run as root."""
+    programs = _postgres_programs()
+    if programs is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed; scripts/setup.sh installs it")
+        pytest.skip("PostgreSQL is not installed (scripts/setup.sh installs it)")
+    pytest.importorskip("psycopg")
+    folder = Path(tempfile.mkdtemp(prefix="tinydigits-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(folder, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+
+    def run(*command: str) -> None:
+        subprocess.run([*as_user, *command], check=True, capture_output=True, text=True, timeout=120)
+
+    data_dir = folder / "data"
+    run(str(programs / "initdb"), "-D", str(data_dir), "-A", "trust", "-U", "postgres", "--no-sync",
+        "-E", "UTF8", "--locale=C")
+    options = f"-c listen_addresses='' -c unix_socket_directories='{folder}' -c fsync=off"
+    pg_ctl = str(programs / "pg_ctl")
+    run(pg_ctl, "-D", str(data_dir), "-o", options, "-l", str(folder / "log"), "-w", "start")
+    try:
+        run(str(programs / "createdb"), "-h", str(folder), "-U", "postgres", "tinydigits")
+        # +psycopg: the psycopg 3 driver (the [postgres] extra), whichever SQLAlchemy's default is.
+        yield f"postgresql+psycopg://postgres@/tinydigits?host={folder}"
+    finally:
+        run(pg_ctl, "-D", str(data_dir), "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_tune_workers_share_one_postgresql_study(postgres_url, tmp_path):
+    # The first worker a user starts creates the study; here the test does, so the two don't race to.
+    optuna.create_study(study_name="shared", storage=postgres_url, direction="maximize")
+    command = [sys.executable, "-m", "tinydigits", "tune", "--model", "ultrasmall", "--trials", "2",
+               "--storage", postgres_url, "--study-name", "shared", "--epochs", "1", "--subset", "1200",
+               "--val-size", "200", "--threads", "1"]
+    for i in range(2):
+        (tmp_path / f"w{i}").mkdir()
+    workers = [subprocess.Popen(command, cwd=tmp_path / f"w{i}", stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    study = optuna.load_study(study_name="shared", storage=postgres_url)
+    trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # four distinct trials, none run twice
+    assert len({t.params["lr"] for t in trials}) == 4 and all(0 < t.value <= 100 for t in trials)
+    # Each worker ran two of them, in run directories of its own.
+    assert sorted(len(list((tmp_path / f"w{i}" / "runs" / "tune").iterdir())) for i in range(2)) == [2, 2]
+    # Each reports the best trial finished when it stopped. The worker that ran the study's best
+    # trial stopped after it, so the best report is the study's best trial.
+    pattern = r"best of \d+ trials: #(\d+), validation accuracy ([\d.]+)%"
+    reported = [re.search(pattern, out) for out in outputs]
+    assert all(reported), outputs
+    values = {t.number: t.value for t in trials}
+    for match in reported:
+        assert float(match.group(2)) == pytest.approx(values[int(match.group(1))], abs=0.005)
+    best = max(reported, key=lambda m: float(m.group(2)))
+    assert float(best.group(2)) == pytest.approx(study.best_value, abs=0.005)
+    assert "train it with: tinydigits train --model ultrasmall" in outputs[0] + outputs[1]

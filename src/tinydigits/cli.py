@@ -630,21 +630,26 @@ def curves(model_names: str, results_dir: Path, output_dir: Path) -> None:
 @click.option("--storage", default=None,
               help="Optuna storage URL shared by all workers (default: sqlite:///runs/tune/<model>.db).")
 @click.option("--study-name", default=None, help="Default: tinydigits-<model>.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Epochs per trial (default: the default recipe's).")
+@click.option("--subset", type=click.IntRange(min=2), default=None,
+              help="Train trials on the first N training images only (a quick trial of the set-up; "
+                   "the validation split comes out of these, so give --val-size too).")
+@recipe_options
 @data_dir_option
 @device_option
 @threads_option
 @friendly_errors
-def tune(model_name: str, trials: int, storage: str | None, study_name: str | None, epochs: int | None,
-         data_dir: Path | None, device: str | None, threads: int | None) -> None:
-    """Search recipe hyper-parameters with Optuna, scored on validation accuracy only."""
+def tune(model_name: str, trials: int, storage: str | None, study_name: str | None, subset: int | None,
+         data_dir: Path | None, device: str | None, threads: int | None, **overrides: Any) -> None:
+    """Search recipe hyper-parameters with Optuna, scored on validation accuracy only.
+
+    Recipe options fix fields the search leaves alone (e.g. --epochs); those it searches it sets."""
     from .lab.tune import recipe_command
     from .lab.tune import tune as run_study
 
     name = model_name
-    study = run_study(name, trials, storage=storage, study_name=study_name, epochs=epochs,
-                      data_dir=data_dir, device=device, threads=threads, log=click.echo)
+    changes = {key: value for key, value in overrides.items() if value is not None}
+    study = run_study(name, trials, storage=storage, study_name=study_name, subset=subset,
+                      data_dir=data_dir, device=device, threads=threads, log=click.echo, **changes)
     best = study.best_trial
     click.echo(f"best of {len(study.trials)} trials: #{best.number}, validation accuracy {best.value:.2f}%")
     click.echo(f"train it with: {recipe_command(name, best.user_attrs['recipe'])}")

@@ -47,6 +47,7 @@ def tune(
     storage: str | None = None,
     study_name: str | None = None,
     epochs: int | None = None,
+    subset: int | None = None,
     mnist: data.MNIST | None = None,
     data_dir: str | Path | None = None,
     runs_root: str | Path = "runs/tune",
@@ -56,7 +57,8 @@ def tune(
     **recipe_changes: Any,
 ) -> Any:
     """Run ``trials`` more trials of the study (created on first use); returns the study.
-    ``recipe_changes`` fix recipe fields outside the search space (e.g. ``val_size``)."""
+    ``recipe_changes`` fix recipe fields outside the search space (e.g. ``val_size``);
+    ``subset`` trains on the first ``subset`` training images only."""
     optuna = require("optuna", "tune", "tuning")
     model_name = get_spec(model_name).name
     storage = storage or default_storage(model_name)
@@ -68,12 +70,18 @@ def tune(
         base = base.replace(epochs=epochs)
     if base.val_size <= 0:
         raise ConfigError("tuning scores validation accuracy, so it needs val_size > 0")
+    if subset is not None and subset <= base.val_size:
+        raise ConfigError(f"--subset {subset} leaves nothing to train on after the {base.val_size}-image "
+                          "validation split; give a smaller --val-size")
     try:
         study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
                                     load_if_exists=True)
     except Exception as err:  # sqlalchemy and optuna raise many types for a bad URL
         raise ConfigError(f"cannot open Optuna storage {storage!r}: {first_line(err)}") from None
     mnist = mnist if mnist is not None else data.load_mnist(data_dir)
+    if subset is not None:
+        mnist = data.MNIST(mnist.train_images[:subset], mnist.train_labels[:subset],
+                           mnist.test_images, mnist.test_labels)
 
     def objective(trial: Any) -> float:
         recipe = suggest_recipe(trial, base)
