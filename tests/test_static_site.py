@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import gzip
 import http.server
 import io
 import json
@@ -33,11 +34,36 @@ from tinydigits import data
 from tinydigits.cli import main
 from tinydigits.deploy.static_site import MANIFEST, ORT_WEB_FILES, fetch_runtime, runtime_dir
 from tinydigits.io import file_sha256
+from tinydigits.markdown import GeneratedBlock
 from tinydigits.preprocess import load_image, to_mnist
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")
 pytest.importorskip("playwright.sync_api")
 FIGURES = STATIC_SCREENSHOT.with_suffix(".json")
+README = Path(__file__).resolve().parents[1] / "README.md"
+README_BLOCK = GeneratedBlock("static-site", "TINYDIGITS_SCREENSHOT=1 pytest tests/test_static_site.py")
+
+
+def summary(figures: dict) -> str:
+    """The README's sentences about the site, from docs/static-site.json."""
+    f = figures
+    size = f"{f['site_bytes'] / 1e6:.1f} MB ({f['site_gzip_bytes'] / 1e6:.1f} MB gzipped, as hosts serve it)"
+    runtime = f"{f['runtime_bytes'] / f['site_bytes']:.0%}"
+    return (f"{size}, {runtime} of it ONNX Runtime Web. From navigation to all three models ready took "
+            f"{f['first_load_ms']:,} ms in headless Chromium, served from 127.0.0.1 (load average "
+            f"{f['load_average']} on {f['cpus']} CPUs). JavaScript preprocessing gave the same 28x28 input "
+            f"as Python's `to_mnist` on {f['parity_drawings']} drawn digits (mean absolute difference "
+            f"{f['parity_mean_abs_diff']:.4f}, largest {f['parity_max_abs_diff']:.4f}, on 0-1 pixels), and "
+            f"the page's in-browser Medium read the same digit as Python and PyTorch on "
+            f"{f['parity_same_prediction']} of {f['parity_drawings']} ({f['parity_correct']} of "
+            f"{f['parity_drawings']} the digit drawn).\n")
+
+
+def test_the_readme_quotes_the_measured_figures():
+    figures = json.loads(FIGURES.read_text())
+    assert README_BLOCK.read(README.read_text()) == summary(figures), (
+        "README's static-site figures are stale: run TINYDIGITS_SCREENSHOT=1 pytest "
+        "tests/test_static_site.py")
 
 
 class StaticServer:
@@ -111,7 +137,6 @@ def test_the_export_is_a_self_contained_site(site, mnist):
 
 
 def test_digits_drawn_with_the_mouse_are_read_in_the_browser(browser, static, site, tmp_path):
-    started = os.times().elapsed
     page = open_page(browser, static)
     try:
         p = page.page
@@ -133,10 +158,12 @@ def test_digits_drawn_with_the_mouse_are_read_in_the_browser(browser, static, si
         p.screenshot(path=str(shot), full_page=True)
         if os.environ.get("TINYDIGITS_SCREENSHOT"):
             shutil.copyfile(shot, STATIC_SCREENSHOT)
-            total = sum(f.stat().st_size for f in site.rglob("*") if f.is_file())
+            files = [f for f in site.rglob("*") if f.is_file()]
             runtime = sum((site / "ort" / name).stat().st_size for name in ORT_WEB_FILES)
-            _record(site_bytes=total, runtime_bytes=runtime, first_load_ms=round(ready_ms),
-                    seconds_to_test=round(os.times().elapsed - started, 1))
+            _record(site_bytes=sum(f.stat().st_size for f in files), runtime_bytes=runtime,
+                    site_gzip_bytes=sum(len(gzip.compress(f.read_bytes(), 9)) for f in files),
+                    first_load_ms=round(ready_ms), load_average=round(os.getloadavg()[0], 1),
+                    cpus=os.cpu_count())
     finally:
         page.context.close()
 
@@ -144,6 +171,8 @@ def test_digits_drawn_with_the_mouse_are_read_in_the_browser(browser, static, si
 def _record(**figures: object) -> None:
     previous = json.loads(FIGURES.read_text()) if FIGURES.is_file() else {}
     FIGURES.write_text(json.dumps({**previous, **figures}, indent=2) + "\n")
+    if all(key in previous or key in figures for key in ("site_bytes", "parity_drawings")):
+        README_BLOCK.update(README, summary({**previous, **figures}))
 
 
 def test_phone_sized_window_with_a_finger(browser, static):
@@ -219,6 +248,7 @@ def test_javascript_preprocessing_matches_python_on_50_drawn_digits(browser, sta
                 canvas = p.evaluate("() => document.getElementById('pad').toDataURL('image/png')")
                 ours = _png_pixels(p.locator("#seen").get_attribute("src"))  # what the page's model saw
                 python = to_mnist(load_image(base64.b64decode(canvas.split(",", 1)[1]))).numpy()
+                assert ours.shape == (28, 28) and ours.max() > 200  # a digit, not an empty picture
                 diffs.append(float(np.abs(ours.astype(np.float32) - python.astype(np.float32)).mean() / 255))
                 with torch.no_grad():
                     expected = int(medium(data.normalize(torch.from_numpy(python)[None])).argmax())
