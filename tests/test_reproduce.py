@@ -111,3 +111,14 @@ def test_a_recipe_field_added_later_keeps_recorded_seeds(tmp_path, small_mnist):
     del old["recipe"]["elastic"]  # as files written before the field existed
     path.write_text(json.dumps(old))
     assert reproduce("ultrasmall", seeds=1, **kwargs, **QUICK)["runs"] == old["runs"]  # not retrained
+
+
+def test_recipe_options_never_overwrite_the_published_results(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from tinydigits.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["reproduce", "--model", "small", "--epochs", "19"])
+    assert result.exit_code == 2 and "give it its own folder" in result.output
+    assert not (tmp_path / "results").exists()

@@ -377,6 +377,7 @@ def test_models_json_offers_the_server_only_unless_asked(client):
     assert all("onnx" not in m for m in document["models"])
     for path in ("/ort/ort.wasm.min.js", "/models/medium.onnx"):
         assert client.get(path).status_code == 404
+    assert "wasm" not in client.get("/").headers["Content-Security-Policy"]  # nothing compiles here
 
 
 def test_in_browser_inference_serves_the_runtime_and_the_models(tmp_path):
@@ -397,7 +398,7 @@ def test_in_browser_inference_serves_the_runtime_and_the_models(tmp_path):
     assert response.status_code == 200 and len(response.data) == info["onnx_bytes"]
     assert onnx.load_from_string(response.data).graph.input[0].name == "images"
     assert client.get("/ort/ort.wasm.min.js").data == b"// ort.wasm.min.js"
-    assert "'wasm-unsafe-eval'" in client.get("/").headers["Content-Security-Policy"]
+    assert "script-src 'self' 'wasm-unsafe-eval';" in client.get("/").headers["Content-Security-Policy"]
     for path in ("/ort/../secret.txt", "/ort/%2e%2e%2fsecret.txt", "/ort/secret.txt", "/models/medium.onnx",
                  "/models/..%2fsecret.onnx"):
         assert client.get(path).status_code == 404, path

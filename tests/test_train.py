@@ -134,6 +134,11 @@ def test_distillation_from_a_teacher_folder(small_mnist, tmp_path):
     config = json.loads((result.run_dir / "config.json").read_text())
     assert config["teacher_sha256"] == hashes and config["recipe"]["distill"] == 0.5
     assert result.test["accuracy"] > 50
+    # The teacher changed the training: the same seed without it ends elsewhere.
+    plain = quiet_train("ultrasmall", QUICK, small_mnist, tmp_path / "plain")
+    assert result.history[0]["train_loss"] != plain.history[0]["train_loss"]
+    taught, untaught = (load_file(run.run_dir / "final.safetensors") for run in (result, plain))
+    assert any(not torch.equal(tensor, untaught[name]) for name, tensor in taught.items())
 
 
 def test_distillation_needs_a_teacher():

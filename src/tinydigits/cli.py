@@ -529,6 +529,10 @@ def reproduce(model_names: str, recipe_kind: str, seeds: int, results_dir: Path,
     changes = {name: value for name, value in overrides.items() if value is not None}
     if "seed" in changes:
         raise click.UsageError("reproduce trains seeds 0..N-1; set how many with --seeds, not --seed")
+    if changes and results_dir.resolve() == Path("results").resolve():
+        # results/<model>.json holds the published figures of the recipe as it is in recipes.py.
+        raise click.UsageError("recipe options make an experiment: give it its own folder, "
+                               "e.g. --results-dir results/ablation/NAME")
     mnist = data.load_mnist(data_dir)
     for name in model_names_from(model_names):
         results = run_seeds(name, recipe_kind=recipe_kind, seeds=seeds, results_root=results_dir,

@@ -61,10 +61,12 @@ MAX_IMAGE_PIXELS = 13_000_000
 WEB_DIR = Path(__file__).parent / "web"
 # Everything the page loads comes from this server; data: and blob: URLs are the
 # canvas snapshot, the returned 28x28 image and the local preview of an uploaded photo.
-# 'wasm-unsafe-eval': compiling ONNX Runtime Web's WebAssembly (in-browser inference); no JS eval.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
-                           "script-src 'self' 'wasm-unsafe-eval'; connect-src 'self'; object-src 'none'; "
+                           "script-src 'self'; connect-src 'self'; object-src 'none'; "
                            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+# With in-browser inference: compiling ONNX Runtime Web's WebAssembly (still no JavaScript eval).
+BROWSER_INFERENCE_POLICY = CONTENT_SECURITY_POLICY.replace("script-src 'self'",
+                                                           "script-src 'self' 'wasm-unsafe-eval'")
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +206,8 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
 
     @app.after_request
     def headers(response: Response) -> Response:
-        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers.setdefault("Content-Security-Policy", BROWSER_INFERENCE_POLICY if onnx_files
+                                    else CONTENT_SECURITY_POLICY)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         if _is_api(request.path):

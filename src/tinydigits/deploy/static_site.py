@@ -15,6 +15,7 @@ files are never overwritten or deleted.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tarfile
 import tempfile
@@ -64,7 +65,7 @@ def fetch_runtime(timeout: float = 300.0) -> Path:
     folder = runtime_dir()
     if _runtime_ok(folder):
         return folder
-    fix = "install npm (scripts/setup.sh does) and make its registry reachable, then export again"
+    fix = "tinydigits needs npm and its registry to fetch it once (scripts/setup.sh installs npm)"
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="ort-web-", dir=folder.parent))
@@ -84,9 +85,13 @@ def fetch_runtime(timeout: float = 300.0) -> Path:
         if not _runtime_ok(staged):
             raise ExportError(f"{ORT_WEB_PACKAGE} from npm does not match the SHA-256s tinydigits pins; "
                               "check the npm registry npm is configured with")
-        if folder.exists():  # damaged or partial: replaced as a whole
-            shutil.rmtree(folder)
-        staged.rename(folder)  # atomic: a half-written runtime is never seen under its name
+        try:
+            if folder.exists():  # damaged or partial: replaced as a whole
+                shutil.rmtree(folder)
+            staged.rename(folder)  # atomic: a half-written runtime is never seen under its name
+        except OSError as err:
+            if not _runtime_ok(folder):  # else another process installed it meanwhile
+                raise ExportError(f"{folder}: cannot install the runtime ({err.strerror or err})") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return folder
@@ -139,9 +144,22 @@ def onnx_bytes(model: nn.Module) -> bytes:
     return onnx_proto(model.eval()).SerializeToString()
 
 
+# The only paths an export writes; a manifest naming anything else is not ours (a hostile
+# one could otherwise name files outside the folder for a re-export to delete).
+_SITE_PATH = re.compile(r"index\.html|models\.json|static/[a-z]+\.(?:js|css)|ort/[A-Za-z0-9._-]+"
+                        r"|models/[a-z0-9]+\.onnx")
+# What io.atomic_write leaves if killed mid-write: ".<name>.<random>.tmp" beside the file.
+_LEFTOVER = re.compile(r"(?:(?:static|ort|models)/)?\.[^/]+\.tmp")
+
+
+def _write_manifest(directory: Path, files: Mapping[str, int]) -> None:
+    manifest = {"generator": f"tinydigits {package_version()}", "files": dict(sorted(files.items()))}
+    write_text(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
 def previous_files(directory: Path) -> set[str]:
     """The files a previous export wrote into ``directory`` (none if it does not exist yet);
-    a one-line error if it holds anything else, or is not a writable folder."""
+    a one-line error if it holds anything else, or is not a folder."""
     if not directory.exists():
         return set()
     if not directory.is_dir():
@@ -151,6 +169,8 @@ def previous_files(directory: Path) -> set[str]:
     if manifest.is_file():
         try:
             previous = set(json.loads(manifest.read_text())["files"])
+            if not all(isinstance(path, str) and _SITE_PATH.fullmatch(path) for path in previous):
+                raise ValueError("a path outside the site's layout")
         except (OSError, ValueError, KeyError, TypeError):
             raise ExportError(f"{manifest}: not a tinydigits site manifest; choose an empty or new folder "
                               "(nothing was written)") from None
@@ -159,7 +179,8 @@ def previous_files(directory: Path) -> set[str]:
         relative = path.relative_to(directory).as_posix()
         if path.is_dir() and not path.is_symlink() and any(f.startswith(relative + "/") for f in allowed):
             continue
-        if relative not in allowed or path.is_symlink() or not path.is_file():
+        ours = relative in allowed or _LEFTOVER.fullmatch(relative) is not None
+        if not ours or path.is_symlink() or not path.is_file():
             raise ExportError(f"{directory}: holds {relative}, which a site export did not write; "
                               "choose an empty or new folder (nothing was written)")
     return previous
@@ -183,14 +204,17 @@ def export_site(directory: str | Path, models: Mapping[str, nn.Module], runtime:
     infos = [model_info(name, pretrained) for name in models]
     document = models_document(infos, next(iter(models)), ["browser"], sizes)
     contents["models.json"] = (json.dumps(document, indent=2) + "\n").encode()
+    files = {path: len(payload) for path, payload in sorted(contents.items())}
     try:
+        # Listed before they are written, so an export killed half-way can be run again.
+        _write_manifest(directory, {**dict.fromkeys(previous, 0), **files})
         for relative, payload in contents.items():
             atomic_write(directory / relative, lambda tmp, payload=payload: tmp.write_bytes(payload))
         for stale in sorted(previous - set(contents)):  # only files an export wrote
             (directory / stale).unlink(missing_ok=True)
-        files = {path: len(payload) for path, payload in sorted(contents.items())}
-        manifest: dict[str, Any] = {"generator": f"tinydigits {package_version()}", "files": files}
-        write_text(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        for leftover in directory.rglob(".*.tmp"):  # of an export that was killed
+            leftover.unlink(missing_ok=True)
+        _write_manifest(directory, files)
     except OSError as err:
         raise ExportError(f"{directory}: cannot write ({err.strerror or err})") from None
     return SiteExport(directory, files)

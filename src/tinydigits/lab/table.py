@@ -85,6 +85,8 @@ def _validation_cell(results: dict[str, Any] | None) -> str:
     if not results:
         return "not run"
     summary = results["val_accuracy"]
+    if summary is None:
+        return "no validation split"
     return f"{summary['mean']:.2f} ± {summary['std']:.2f} ({results['seeds']})"
 
 
@@ -102,7 +104,8 @@ def ablation_table(results_root: str | Path = RESULTS_DIR) -> str:
     names = sorted(path.name for path in root.iterdir() if path.is_dir()) if root.is_dir() else []
     rows = []
     for experiment in sorted(names, key=lambda name: name != "baseline"):
-        change, kept, cells = "the recipe before this study", [], []
+        change = "the recipe before this study" if experiment == "baseline" else "(no baseline to compare)"
+        kept, cells = [], []
         for name, spec in MODELS.items():
             results = load_results(name, "default", root / experiment)
             baseline = load_results(name, "default", root / "baseline")

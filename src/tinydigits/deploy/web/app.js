@@ -402,6 +402,10 @@
 
     loadRuntime() {
       this.runtime ??= new Promise((resolve, reject) => {
+        const failed = (error) => {
+          this.runtime = null; // the next prediction tries again
+          reject(error);
+        };
         const script = document.createElement("script");
         script.src = "ort/ort.wasm.min.js";
         script.onload = () => {
@@ -410,7 +414,10 @@
           window.ort.env.wasm.wasmPaths = new URL("ort/", document.baseURI).href;
           resolve(window.ort);
         };
-        script.onerror = () => reject(new Error("cannot load ONNX Runtime Web (ort/ort.wasm.min.js)"));
+        script.onerror = () => {
+          script.remove();
+          failed(new Error("cannot load ONNX Runtime Web (ort/ort.wasm.min.js)"));
+        };
         document.head.append(script);
       });
       return this.runtime;
@@ -420,8 +427,10 @@
       if (!this.sessions.has(name)) {
         const info = state.models.find((m) => m.name === name);
         const ort = await this.loadRuntime();
-        this.sessions.set(name, ort.InferenceSession.create(new URL(info.onnx, document.baseURI).href,
-          { executionProviders: ["wasm"], graphOptimizationLevel: "all" }));
+        const session = ort.InferenceSession.create(new URL(info.onnx, document.baseURI).href,
+          { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+        session.catch(() => this.sessions.delete(name)); // tried again next time
+        this.sessions.set(name, session);
       }
       return this.sessions.get(name);
     },
@@ -472,6 +481,7 @@
   function inferenceChosen(where) {
     state.inference = where;
     document.body.dataset.inference = where;
+    $("file").disabled = where === "browser"; // hidden, and out of the keyboard's reach too
     const radio = document.querySelector(`#inference input[value="${where}"]`);
     if (radio) radio.checked = true;
     if (where === "browser") {

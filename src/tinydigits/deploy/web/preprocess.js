@@ -1,11 +1,12 @@
 // MNIST framing of a drawing, in the browser: a port of tinydigits.preprocess.to_mnist for the
 // page's canvas (dark strokes on white). The same steps in the same order: grayscale, ink
 // strength (levels as ink_map sets them), specks dropped (remove_specks), crop to the ink,
-// scale into a 20x20 box keeping the aspect ratio with Pillow's Lanczos filter (ported
-// below), centre of mass at the centre of 28x28 by whole pixels, rounded to bytes.
-// Python's round() and numpy's round half to even, so this does too. Two shortcuts, both
-// exact for this canvas: the paper is known to be white (Python fits a surface and finds
-// 1.0), and strokes are never hair-thin, so Python's thickening step never applies.
+// strokes thickened when they would come out thinner than MNIST's (_thicken: a digit drawn
+// nearly as tall as the pad), scale into a 20x20 box keeping the aspect ratio with Pillow's
+// Lanczos filter (ported below), centre of mass at the centre of 28x28 by whole pixels,
+// rounded to bytes. Python's round() and numpy's round half to even, so this does too. One
+// shortcut, exact for this canvas: the paper is known to be white (Python fits a surface to
+// it and finds 1.0).
 "use strict";
 
 window.tinydigitsPreprocess = (() => {
@@ -109,6 +110,68 @@ window.tinydigitsPreprocess = (() => {
     return out;
   }
 
+  // Crop a width x height float image to its nonzero pixels: {data, w, h}, or null if none.
+  function cropToInk(ink, width, height) {
+    let top = height;
+    let bottom = -1;
+    let left = width;
+    let right = -1;
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        if (ink[y * width + x] > 0) {
+          top = Math.min(top, y);
+          bottom = Math.max(bottom, y);
+          left = Math.min(left, x);
+          right = Math.max(right, x);
+        }
+      }
+    }
+    if (bottom < 0) return null;
+    const h = bottom - top + 1;
+    const w = right - left + 1;
+    const data = new Float32Array(w * h);
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) data[y * w + x] = ink[(top + y) * width + left + x];
+    }
+    return { data, w, h };
+  }
+
+  // preprocess._thicken: strokes that would be thinner than MIN_STROKE (1.2 px) once scaled
+  // by `scale` are dilated (a square max filter, clipped at the border) towards 1.8 px.
+  function thicken(ink, w, h, scale) {
+    let area = 0;
+    let edges = 0;
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        const solid = ink[y * w + x] > 0.5;
+        area += ink[y * w + x];
+        if (y + 1 < h && solid !== ink[(y + 1) * w + x] > 0.5) edges++;
+        if (x + 1 < w && solid !== ink[y * w + x + 1] > 0.5) edges++;
+      }
+    }
+    if (edges === 0) return ink;
+    const width = (2 * area) / edges; // a stroke of width w and length L: area wL, perimeter ~2L
+    if (width * scale >= 1.2 || scale > 0.5) return ink;
+    const r = Math.max(1, roundHalfEven((1.8 / scale - width) / 2));
+    const rows = new Float32Array(w * h); // separable: the max along rows, then along columns
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        let m = -Infinity;
+        for (let k = Math.max(0, x - r); k <= Math.min(w - 1, x + r); k++) m = Math.max(m, ink[y * w + k]);
+        rows[y * w + x] = m;
+      }
+    }
+    const out = new Float32Array(w * h);
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        let m = -Infinity;
+        for (let k = Math.max(0, y - r); k <= Math.min(h - 1, y + r); k++) m = Math.max(m, rows[k * w + x]);
+        out[y * w + x] = m;
+      }
+    }
+    return out;
+  }
+
   function lanczos(x) {
     const sinc = (t) => (t === 0 ? 1 : Math.sin(Math.PI * t) / (Math.PI * t));
     return x >= -3 && x < 3 ? sinc(x) * sinc(x / 3) : 0;
@@ -177,27 +240,14 @@ window.tinydigitsPreprocess = (() => {
     let ink = inkMap(image.data, width * height);
     if (ink) ink = removeSpecks(ink, width, height);
     if (!ink) return null;
-    let top = height;
-    let bottom = -1;
-    let left = width;
-    let right = -1;
-    for (let y = 0; y < height; y++) {
-      for (let x = 0; x < width; x++) {
-        if (ink[y * width + x] > 0) {
-          top = Math.min(top, y);
-          bottom = Math.max(bottom, y);
-          left = Math.min(left, x);
-          right = Math.max(right, x);
-        }
-      }
-    }
-    if (bottom < 0) return null;
-    const h = bottom - top + 1;
-    const w = right - left + 1;
-    const cropped = new Float32Array(w * h);
-    for (let y = 0; y < h; y++) {
-      for (let x = 0; x < w; x++) cropped[y * w + x] = ink[(top + y) * width + left + x];
-    }
+    const tight = cropToInk(ink, width, height);
+    if (!tight) return null;
+    // As Python: a one-pixel border, thickened with the scale of the tight crop, cropped again.
+    const paddedW = tight.w + 2;
+    const padded = new Float32Array(paddedW * (tight.h + 2));
+    for (let y = 0; y < tight.h; y++) padded.set(tight.data.subarray(y * tight.w, (y + 1) * tight.w), (y + 1) * paddedW + 1);
+    const thick = thicken(padded, paddedW, tight.h + 2, BOX / Math.max(tight.h, tight.w));
+    const { data: cropped, w, h } = cropToInk(thick, paddedW, tight.h + 2);
     const scale = BOX / Math.max(h, w);
     const outW = Math.max(1, roundHalfEven(w * scale));
     const outH = Math.max(1, roundHalfEven(h * scale));
