@@ -220,7 +220,7 @@ SHAPES: dict[int, list[Stroke]] = {
 
 def varied(strokes: list[Stroke], rng: np.random.Generator) -> list[Stroke]:
     # Up to nearly the pad's height: there Python thickens the strokes (preprocess._thicken).
-    angle, zoom = math.radians(rng.uniform(-12, 12)), rng.uniform(0.75, 1.4)
+    angle, zoom = math.radians(rng.uniform(-12, 12)), rng.uniform(0.75, 1.35)
     dx, dy = rng.uniform(-0.06, 0.06, size=2)
     out = []
     for stroke in strokes:
@@ -229,7 +229,8 @@ def varied(strokes: list[Stroke], rng: np.random.Generator) -> list[Stroke]:
             x, y = x - 0.5, y - 0.5
             x, y = x * math.cos(angle) - y * math.sin(angle), x * math.sin(angle) + y * math.cos(angle)
             wobble = rng.normal(0, 0.008, size=2)
-            points.append((0.5 + zoom * x + dx + wobble[0], 0.5 + zoom * y + dy + wobble[1]))
+            x, y = 0.5 + zoom * x + dx + wobble[0], 0.5 + zoom * y + dy + wobble[1]
+            points.append((min(max(x, 0.03), 0.97), min(max(y, 0.03), 0.97)))  # on the pad
         out.append(points)
     return out
 
@@ -287,7 +288,7 @@ def test_without_npm_the_export_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # nothing cached yet
     monkeypatch.setenv("PATH", str(tmp_path / "no-programs"))
     line = one_line_error(export("--model", "small", "-o", str(tmp_path / "site")))
-    assert "npm is not on PATH" in line and "install npm" in line
+    assert "npm is not on PATH" in line and "install Node.js's npm" in line
     assert not (tmp_path / "site").exists()
 
 

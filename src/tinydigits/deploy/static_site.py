@@ -65,7 +65,6 @@ def fetch_runtime(timeout: float = 300.0) -> Path:
     folder = runtime_dir()
     if _runtime_ok(folder):
         return folder
-    fix = "tinydigits needs npm and its registry to fetch it once (scripts/setup.sh installs npm)"
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="ort-web-", dir=folder.parent))
@@ -75,7 +74,8 @@ def fetch_runtime(timeout: float = 300.0) -> Path:
         try:
             tarball = npm_pack(ORT_WEB_PACKAGE, work, timeout)
         except DataError as err:
-            raise ExportError(f"cannot fetch {ORT_WEB_PACKAGE}: {err}; {fix}") from None
+            hint = "" if "not on PATH" in str(err) else "; check that npm reaches its registry (npm ping)"
+            raise ExportError(f"cannot fetch {ORT_WEB_PACKAGE}: {err}{hint}") from None
         staged = work / "files"
         staged.mkdir()
         try:
