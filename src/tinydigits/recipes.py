@@ -104,7 +104,17 @@ _TUNED = Recipe(
     rotation=8.0, translate=0.08, scale=0.08,
 )
 
-DEFAULT_RECIPES: dict[str, Recipe] = {"medium": _TUNED, "small": _TUNED, "ultrasmall": _TUNED}
+# Per model, from the experiments in results/ablation/ (README, "Recipe experiments over
+# seeds"): a change is kept when its mean final-epoch validation accuracy over at least 3
+# seeds beats the recipe's by more than 0.05 point, the noise level. Medium: none did (19
+# epochs -0.07, plus elastic distortion -0.15, distillation from the shipped three lower on
+# its first seeds). Small: 19 epochs with elastic distortion (alpha 20, sigma 4), +0.07.
+# UltraSmall: not experimented on (its figures were already above the reference's).
+DEFAULT_RECIPES: dict[str, Recipe] = {
+    "medium": _TUNED,
+    "small": _TUNED.replace(epochs=19, elastic=20.0),
+    "ultrasmall": _TUNED,
+}
 
 # Once the default recipe is chosen on the validation split, nothing is left to select, so
 # the final models train on all 60,000 training images: the default recipe without a split.
