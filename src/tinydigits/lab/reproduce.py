@@ -72,11 +72,23 @@ def _same_recipe(saved: Any, recipe: Recipe) -> bool:
         return False
 
 
-def _saved_recipe(run_dir: Path) -> dict[str, Any] | None:
+def _saved_config(run_dir: Path) -> dict[str, Any]:
     try:
-        return json.loads((run_dir / "config.json").read_text())["recipe"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        config = json.loads((run_dir / "config.json").read_text())
+        return config if isinstance(config, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _saved_recipe(run_dir: Path) -> dict[str, Any] | None:
+    return _saved_config(run_dir).get("recipe")
+
+
+def _trained_by(run_dir: Path) -> dict[str, str]:
+    """The code that started the run, from its config.json (a resumed run is credited to it),
+    else the code running now."""
+    config = _saved_config(run_dir)
+    return {key: config.get(key, value) for key, value in provenance().items()}
 
 
 def _prepare_run_dir(run_dir: Path, recipe: Recipe) -> bool:
@@ -164,7 +176,7 @@ def reproduce(
             "train_seconds": round(result.seconds, 1),
             "command": seed_command(model_name, recipe_kind, seed, recipe_changes),
             "run_dir": str(run_dir),
-            **provenance(),  # the code that trained this seed
+            **_trained_by(run_dir),  # the code that trained this seed
             "history": result.history,
         })
         runs.sort(key=lambda run: run["seed"])
