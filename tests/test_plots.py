@@ -23,6 +23,9 @@ def test_training_curves_from_a_history(tmp_path):
     history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_accuracy": 95 + e / 3,
                 "val_accuracy": 96 + e / 4} for e in range(1, 6)]
     assert_png(plot_training_curves(history, "test run", tmp_path / "curves.png"))
+    # A run on all 60k images has no validation figures: train curves only.
+    full = [{**h, "val_loss": None, "val_accuracy": None} for h in history]
+    assert_png(plot_training_curves(full, "all the data", tmp_path / "full.png"))
 
 
 def test_report_writes_confusion_and_misclassified_grid(tmp_path, mnist):

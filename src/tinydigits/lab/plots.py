@@ -37,19 +37,21 @@ def _save(figure: Any, output: str | Path) -> Path:
 
 
 def plot_training_curves(history: list[dict[str, Any]], title: str, output: str | Path) -> Path:
-    """Loss and accuracy per epoch, train and validation, from a run's metrics."""
+    """Loss and accuracy per epoch, train and validation (when the run had a validation
+    split), from a run's metrics."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
     for axis, metric, label in ((loss_axis, "loss", "NLL loss"), (accuracy_axis, "accuracy", "accuracy (%)")):
         axis.plot(epochs, [h[f"train_{metric}"] for h in history], marker="o", label="train (augmented)")
-        axis.plot(epochs, [h[f"val_{metric}"] for h in history], marker="o", label="validation")
+        if history[0].get(f"val_{metric}") is not None:
+            axis.plot(epochs, [h[f"val_{metric}"] for h in history], marker="o", label="validation")
         axis.set_xlabel("epoch")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
         axis.legend()
     loss_axis.set_yscale("log")
-    lowest = min(min(h["train_accuracy"], h["val_accuracy"]) for h in history)
+    lowest = min(min(h["train_accuracy"], h.get("val_accuracy") or 100) for h in history)
     accuracy_axis.set_ylim(lowest - 0.5, 100.2)
     figure.suptitle(title)
     return _save(figure, output)
@@ -57,12 +59,14 @@ def plot_training_curves(history: list[dict[str, Any]], title: str, output: str 
 
 def plot_shipped_curves(name: str, results_root: str | Path, output: str | Path) -> Path:
     """The training curves of the run whose final weights ship in the package."""
-    seed = get_weights(name).meta.seed
-    runs = {run["seed"]: run for run in (load_results(name, "default", results_root) or {}).get("runs", [])}
+    meta = get_weights(name).meta
+    seed, kind = meta.seed, "full" if meta.recipe.val_size == 0 else "default"
+    runs = {run["seed"]: run for run in (load_results(name, kind, results_root) or {}).get("runs", [])}
     if seed not in runs:
         raise ConfigError(f"{name}: the shipped weights' run (seed {seed}) is not in {results_root}; "
                          "run tinydigits reproduce and publish first")
-    title = f"{get_spec(name).title}, shipped weights (seed {seed}): default recipe"
+    recipe = "default recipe on all 60,000 training images" if kind == "full" else "default recipe"
+    title = f"{get_spec(name).title}, shipped weights (seed {seed}): {recipe}"
     return plot_training_curves(runs[seed]["history"], title, output)
 
 
