@@ -114,7 +114,8 @@ def ablation_table(results_root: str | Path = RESULTS_DIR) -> str:
                 continue
             changes = _changes(results["recipe"], baseline["recipe"])
             before = Recipe.from_dict(baseline["recipe"]).to_dict()
-            change = ", ".join(f"{key} {before[key]} → {value}" for key, value in changes.items())
+            change = ", ".join(f"{key} {before[key] if before[key] != '' else '(none)'} → {value}"
+                               for key, value in changes.items())
             default = DEFAULT_RECIPES[name].to_dict()
             if changes and all(default[key] == value for key, value in changes.items()):
                 kept.append(spec.title)
