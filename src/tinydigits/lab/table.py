@@ -116,8 +116,8 @@ def ablation_table(results_root: str | Path = RESULTS_DIR) -> str:
             before = Recipe.from_dict(baseline["recipe"]).to_dict()
             change = ", ".join(f"{key} {before[key] if before[key] != '' else '(none)'} → {value}"
                                for key, value in changes.items())
-            default = DEFAULT_RECIPES[name].to_dict()
-            if changes and all(default[key] == value for key, value in changes.items()):
+            # Kept: the model's default recipe is the baseline with exactly these changes.
+            if changes and _changes(DEFAULT_RECIPES[name].to_dict(), baseline["recipe"]) == changes:
                 kept.append(spec.title)
         rows.append([f"`{experiment}`", change, *cells, ", ".join(kept) or "—"])
     header = ["Experiment", "Recipe change", *(f"{s.title} val. %" for s in MODELS.values()), "Kept for"]
