@@ -86,7 +86,9 @@ def test_models_lists_names_parameters_and_accuracy(client):
     for info in body["models"]:
         spec = MODELS[info["name"]]
         assert info["parameters"] == spec.parameters and info["title"] == spec.title
-        assert 98 < info["test_accuracy"] < 100 and 98 < info["val_accuracy"] < 100
+        assert 98 < info["test_accuracy"] < 100
+        # None for weights trained on all 60k images (no validation split).
+        assert info["val_accuracy"] is None or 98 < info["val_accuracy"] < 100
 
 
 def test_the_accuracy_shown_is_that_of_the_shipped_weights(client, mnist):

@@ -169,11 +169,11 @@ def previous_files(directory: Path) -> set[str]:
     if manifest.is_file():
         try:
             previous = set(json.loads(manifest.read_text())["files"])
-            if not all(isinstance(path, str) and _SITE_PATH.fullmatch(path) for path in previous):
-                raise ValueError("a path outside the site's layout")
         except (OSError, ValueError, KeyError, TypeError):
+            previous = {None}  # unreadable: refused below
+        if not all(isinstance(path, str) and _SITE_PATH.fullmatch(path) for path in previous):
             raise ExportError(f"{manifest}: not a tinydigits site manifest; choose an empty or new folder "
-                              "(nothing was written)") from None
+                              "(nothing was written)")
     allowed = previous | {MANIFEST}
     for path in sorted(directory.rglob("*")):
         relative = path.relative_to(directory).as_posix()
