@@ -46,7 +46,6 @@ def tune(
     *,
     storage: str | None = None,
     study_name: str | None = None,
-    epochs: int | None = None,
     subset: int | None = None,
     mnist: data.MNIST | None = None,
     data_dir: str | Path | None = None,
@@ -57,7 +56,7 @@ def tune(
     **recipe_changes: Any,
 ) -> Any:
     """Run ``trials`` more trials of the study (created on first use); returns the study.
-    ``recipe_changes`` fix recipe fields outside the search space (e.g. ``val_size``);
+    ``recipe_changes`` fix recipe fields outside the search space (e.g. ``epochs``, ``val_size``);
     ``subset`` trains on the first ``subset`` training images only."""
     optuna = require("optuna", "tune", "tuning")
     model_name = get_spec(model_name).name
@@ -66,8 +65,6 @@ def tune(
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     study_name = study_name or f"tinydigits-{model_name}"
     base = get_recipe(model_name).replace(**recipe_changes)
-    if epochs is not None:
-        base = base.replace(epochs=epochs)
     if base.val_size <= 0:
         raise ConfigError("tuning scores validation accuracy, so it needs val_size > 0")
     if subset is not None and subset <= base.val_size:

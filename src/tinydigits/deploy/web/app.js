@@ -571,7 +571,6 @@
       state.choice = answer.default;
       state.offered = answer.inference || ["server"];
       buildPicker(answer.models, answer.default);
-      document.body.dataset.server = String(state.offered.includes("server"));
       $("inference").hidden = state.offered.length < 2;
       const restoredWhere = document.querySelector('#inference input[name="inference"]:checked');
       const where = state.offered.includes(restoredWhere?.value) ? restoredWhere.value : state.offered[0];
