@@ -1,5 +1,6 @@
 """Optuna tuning: validation-only scoring, and several workers sharing one SQLite study."""
 
+import json
 import os
 import re
 import shutil
@@ -57,6 +58,36 @@ def test_recipe_command_lists_only_the_changed_fields():
     recipe = get_recipe("small").replace(lr=0.123456, nesterov=False, batch_size=64).to_dict()
     assert recipe_command("small", recipe) == (
         "tinydigits train --model small --lr 0.123456 --no-nesterov --batch-size 64")
+
+
+def test_tune_exports_the_study_trials_best_first(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    command = ["tune", "--model", "ultrasmall", "--trials", "2", "--storage", storage, "--epochs", "1",
+               "--subset", "1200", "--val-size", "200", "--threads", "1",
+               "--export", "trials/ultrasmall.json"]
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 0, result.output
+    assert "wrote trials/ultrasmall.json" in result.output
+    document = json.loads((tmp_path / "trials" / "ultrasmall.json").read_text())
+    study = optuna.load_study(study_name="tinydigits-ultrasmall", storage=storage)
+    assert document["study"] == "tinydigits-ultrasmall" and document["direction"] == "maximize"
+    assert storage not in json.dumps(document)
+    values = [trial["val_accuracy"] for trial in document["trials"]]
+    assert sorted(values, reverse=True) == values == sorted((t.value for t in study.trials), reverse=True)
+    for trial in document["trials"]:
+        assert trial["state"] == "complete" and trial["seconds"] > 0
+        assert trial["params"] == study.trials[trial["number"]].params
+        # The command trains that trial's recipe again.
+        assert trial["command"].startswith("tinydigits train --model ultrasmall --lr ")
+        for option in (f"--lr {trial['params']['lr']} ", "--epochs 1 ", "--val-size 200"):
+            assert option in trial["command"]
+
+
+def test_tune_export_to_a_folder_is_refused(tmp_path):
+    result = CliRunner().invoke(main, ["tune", "--model", "ultrasmall", "--export", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "is a directory" in result.output
 
 
 def test_bad_storage_url_is_a_one_line_error(tmp_path):

@@ -637,17 +637,20 @@ def curves(model_names: str, results_dir: Path, output_dir: Path) -> None:
 @click.option("--subset", type=click.IntRange(min=2), default=None,
               help="Train trials on the first N training images only (a quick trial of the set-up; "
                    "the validation split comes out of these, so give --val-size too).")
+@click.option("--export", "export_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Afterwards write all the study's trials (every worker's) to this JSON file.")
 @recipe_options
 @data_dir_option
 @device_option
 @threads_option
 @friendly_errors
 def tune(model_name: str, trials: int, storage: str | None, study_name: str | None, subset: int | None,
-         data_dir: Path | None, device: str | None, threads: int | None, **overrides: Any) -> None:
+         export_path: Path | None, data_dir: Path | None, device: str | None, threads: int | None,
+         **overrides: Any) -> None:
     """Search recipe hyper-parameters with Optuna, scored on validation accuracy only.
 
     Recipe options fix fields the search leaves alone (e.g. --epochs); those it searches it sets."""
-    from .lab.tune import recipe_command
+    from .lab.tune import export_trials, recipe_command
     from .lab.tune import tune as run_study
 
     name = model_name
@@ -657,6 +660,8 @@ def tune(model_name: str, trials: int, storage: str | None, study_name: str | No
     best = study.best_trial
     click.echo(f"best of {len(study.trials)} trials: #{best.number}, validation accuracy {best.value:.2f}%")
     click.echo(f"train it with: {recipe_command(name, best.user_attrs['recipe'])}")
+    if export_path is not None:
+        click.echo(f"wrote {export_trials(study, name, export_path)}")
 
 
 @main.command(name="serve")

@@ -8,6 +8,7 @@ set is never evaluated here.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 from .. import data
 from ..errors import ConfigError, first_line, require
+from ..io import write_text
 from ..models import get_spec
 from ..recipes import Recipe, get_recipe
 from ..train import train
@@ -34,6 +36,7 @@ def suggest_recipe(trial: Any, base: Recipe) -> Recipe:
         warmup=trial.suggest_float("warmup", 0.1, 0.4),
         dropout=trial.suggest_float("dropout", 0.0, 0.1),
         rotation=trial.suggest_float("rotation", 0.0, 15.0),
+        elastic=trial.suggest_float("elastic", 0.0, 30.0),
         translate=trial.suggest_float("translate", 0.0, 0.15),
         scale=trial.suggest_float("scale", 0.0, 0.15),
         label_smoothing=trial.suggest_float("label_smoothing", 0.0, 0.1),
@@ -103,3 +106,25 @@ def recipe_command(model_name: str, recipe: dict[str, Any]) -> str:
     default = get_recipe(model_name).to_dict()
     changed = {key: value for key, value in recipe.items() if value != default.get(key)}
     return tinydigits_line("train", {"model": model_name, **changed})
+
+
+def export_trials(study: Any, model_name: str, path: str | Path) -> Path:
+    """Write every trial of ``study`` to a JSON file small enough to commit, so that a search
+    can be inspected without its database: each trial's state, validation accuracy, searched
+    values and the ``tinydigits train`` command for its recipe, best first. The storage URL
+    is left out (it may hold a password)."""
+    trials = []
+    for trial in study.trials:
+        recipe = trial.user_attrs.get("recipe")
+        trials.append({
+            "number": trial.number,
+            "state": trial.state.name.lower(),
+            "val_accuracy": trial.value,
+            "params": trial.params,
+            "seconds": round(trial.duration.total_seconds(), 1) if trial.duration else None,
+            "command": recipe_command(model_name, recipe) if recipe else None,
+        })
+    trials.sort(key=lambda t: (t["val_accuracy"] is None, -(t["val_accuracy"] or 0), t["number"]))
+    document = {"study": study.study_name, "model": model_name, "direction": study.direction.name.lower(),
+                "trials": trials}
+    return write_text(path, json.dumps(document, indent=1) + "\n")
