@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from tinydigits.cli import main
-from tinydigits.lab.tune import recipe_command
+from tinydigits.lab.tune import SEARCHED_FIELDS, recipe_command
 from tinydigits.recipes import get_recipe
 
 optuna = pytest.importorskip("optuna")
@@ -73,15 +73,20 @@ def test_tune_exports_the_study_trials_best_first(tmp_path, monkeypatch):
     study = optuna.load_study(study_name="tinydigits-ultrasmall", storage=storage)
     assert document["study"] == "tinydigits-ultrasmall" and document["direction"] == "maximize"
     assert storage not in json.dumps(document)
+    # The worker that created the study ran the default recipe first.
+    default = get_recipe("ultrasmall")
+    assert study.trials[0].params == {name: getattr(default, name) for name in SEARCHED_FIELDS}
+    assert set(study.trials[1].params) == set(SEARCHED_FIELDS)
     values = [trial["val_accuracy"] for trial in document["trials"]]
     assert sorted(values, reverse=True) == values == sorted((t.value for t in study.trials), reverse=True)
     for trial in document["trials"]:
         assert trial["state"] == "complete" and trial["seconds"] > 0
         assert trial["params"] == study.trials[trial["number"]].params
         # The command trains that trial's recipe again.
-        assert trial["command"].startswith("tinydigits train --model ultrasmall --lr ")
-        for option in (f"--lr {trial['params']['lr']} ", "--epochs 1 ", "--val-size 200"):
-            assert option in trial["command"]
+        assert trial["command"].startswith("tinydigits train --model ultrasmall ")
+        assert "--epochs 1 " in trial["command"] and "--val-size 200" in trial["command"]
+        searched_lr = trial["params"]["lr"] != default.lr
+        assert (f"--lr {trial['params']['lr']} " in trial["command"]) == searched_lr
 
 
 def test_tune_export_to_a_folder_is_refused(tmp_path):

@@ -27,6 +27,11 @@ def default_storage(model_name: str) -> str:
     return f"sqlite:///runs/tune/{get_spec(model_name).name}.db"
 
 
+# The recipe fields `suggest_recipe` searches.
+SEARCHED_FIELDS = ("lr", "weight_decay", "batch_size", "warmup", "dropout", "rotation", "elastic",
+                   "translate", "scale", "label_smoothing")
+
+
 def suggest_recipe(trial: Any, base: Recipe) -> Recipe:
     """The search space: around the default recipe, wide enough to find a better one."""
     return base.replace(
@@ -74,8 +79,13 @@ def tune(
         raise ConfigError(f"--subset {subset} leaves nothing to train on after the {base.val_size}-image "
                           "validation split; give a smaller --val-size")
     try:
-        study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
-                                    load_if_exists=True)
+        try:
+            study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
+            # The worker that creates the study makes the base recipe its first trial, so the
+            # study shows what, if anything, beats it.
+            study.enqueue_trial({name: getattr(base, name) for name in SEARCHED_FIELDS})
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=study_name, storage=storage)
     except Exception as err:  # sqlalchemy and optuna raise many types for a bad URL
         raise ConfigError(f"cannot open Optuna storage {storage!r}: {first_line(err)}") from None
     mnist = mnist if mnist is not None else data.load_mnist(data_dir)
