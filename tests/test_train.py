@@ -144,3 +144,23 @@ def test_distillation_from_a_teacher_folder(small_mnist, tmp_path):
 def test_distillation_needs_a_teacher():
     with pytest.raises(ValueError, match="teacher=''"):
         QUICK.replace(distill=0.5)
+
+
+def test_clean_epochs_end_the_training_without_augmentation(small_mnist, tmp_path, monkeypatch):
+    import importlib
+
+    train_module = importlib.import_module("tinydigits.train")  # the package's `train` is the function
+    calls = []
+    augment = train_module.random_affine
+    counted = lambda batch, **kw: calls.append(1) or augment(batch, **kw)  # noqa: E731
+    monkeypatch.setattr(train_module, "random_affine", counted)
+    clean = quiet_train("ultrasmall", QUICK.replace(clean_epochs=1), small_mnist, tmp_path / "clean")
+    assert len(calls) == 2500 // QUICK.batch_size  # the first epoch's batches only
+    calls.clear()
+    plain = quiet_train("ultrasmall", QUICK, small_mnist, tmp_path / "plain")
+    assert len(calls) == 2 * 2500 // QUICK.batch_size
+    # The same first epoch; the last one differs, on un-augmented images fitting them better.
+    assert clean.history[0] == {**plain.history[0], "seconds": clean.history[0]["seconds"]}
+    assert clean.history[1]["train_loss"] < plain.history[1]["train_loss"]
+    with pytest.raises(ValueError, match="clean_epochs=3"):
+        QUICK.replace(clean_epochs=3)

@@ -34,6 +34,9 @@ class Recipe:
     elastic: float = 0.0  # elastic distortion strength (Simard's alpha, pixels); 0 = off
     elastic_sigma: float = 4.0  # smoothness of the elastic field (Gaussian sigma, pixels)
     label_smoothing: float = 0.0
+    # The last `clean_epochs` epochs train on the images as they are, no augmentation, so the
+    # model (and its batch-norm statistics) ends on the distribution it is evaluated on.
+    clean_epochs: int = 0
     # Knowledge distillation (Hinton et al. 2015): the loss mixes in, with weight `distill`, the
     # KL divergence to a teacher's temperature-softened answers. The teacher is the ensemble of
     # the weights files in the folder `teacher`, run once on the un-augmented training images.
@@ -61,6 +64,7 @@ class Recipe:
             "elastic": 0 <= self.elastic <= 100,
             "elastic_sigma": 0.5 <= self.elastic_sigma <= 14,
             "label_smoothing": 0 <= self.label_smoothing < 1,
+            "clean_epochs": 0 <= self.clean_epochs <= self.epochs,
             "distill": 0 <= self.distill <= 1,
             "temperature": 0 < self.temperature <= 100,
             "teacher": bool(self.teacher) or self.distill == 0,

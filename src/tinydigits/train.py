@@ -110,9 +110,11 @@ def train_one_epoch(
     generator: torch.Generator,
     on_step: Callable[[], Any] = lambda: None,
     teacher: torch.Tensor | None = None,
+    augment: bool = True,
 ) -> tuple[float, float]:
-    """One pass over shuffled, augmented batches; returns mean loss and accuracy (%).
-    ``teacher``: the teacher's log-probabilities of ``images`` (un-augmented), for distillation."""
+    """One pass over shuffled batches, augmented unless ``augment`` is False; returns mean loss
+    and accuracy (%). ``teacher``: the teacher's log-probabilities of ``images`` (un-augmented),
+    for distillation."""
     model.train()
     device = images.device
     order = torch.randperm(len(images), generator=generator, device=device)
@@ -120,11 +122,13 @@ def train_one_epoch(
     correct = torch.zeros((), device=device, dtype=torch.long)
     for start in range(0, len(images), recipe.batch_size):
         index = order[start : start + recipe.batch_size]
-        batch = random_affine(
-            images[index], degrees=recipe.rotation, translate=recipe.translate,
-            scale=recipe.scale, elastic=recipe.elastic, elastic_sigma=recipe.elastic_sigma,
-            background=BACKGROUND, generator=generator,
-        )
+        batch = images[index]
+        if augment:
+            batch = random_affine(
+                batch, degrees=recipe.rotation, translate=recipe.translate,
+                scale=recipe.scale, elastic=recipe.elastic, elastic_sigma=recipe.elastic_sigma,
+                background=BACKGROUND, generator=generator,
+            )
         targets = labels[index]
         log_probs = model(batch)
         loss = F.nll_loss(log_probs, targets)
@@ -246,7 +250,8 @@ def train(
                    # None: shown on a terminal only, so logs get one line per epoch, not a bar's redraws
                    leave=False, disable=None if progress else True, unit="batch")
         train_loss, train_accuracy = train_one_epoch(
-            model, optimizer, schedule, train_x, train_y, recipe, shuffle, on_step=bar.update, teacher=teacher
+            model, optimizer, schedule, train_x, train_y, recipe, shuffle, on_step=bar.update,
+            teacher=teacher, augment=epoch <= recipe.epochs - recipe.clean_epochs,
         )
         bar.close()
 
