@@ -89,6 +89,23 @@ def test_tune_exports_the_study_trials_best_first(tmp_path, monkeypatch):
         assert (f"--lr {trial['params']['lr']} " in trial["command"]) == searched_lr
 
 
+    # --trials 0 runs nothing and exports the same study again, e.g. from another machine.
+    again = CliRunner().invoke(main, [*command[:4], "0", *command[5:-1], "again.json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "again.json").read_text()) == document
+    assert len(optuna.load_study(study_name="tinydigits-ultrasmall", storage=storage).trials) == 2
+
+
+def test_tune_export_of_a_missing_study_is_a_one_line_error(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    result = CliRunner().invoke(main, ["tune", "--model", "ultrasmall", "--trials", "0", "--storage", storage,
+                                       "--study-name", "nosuch", "--export", str(tmp_path / "t.json")])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: no study 'nosuch' in {storage!r}; give --study-name, "
+                             "or run some trials first\n")
+    assert not (tmp_path / "t.json").exists()
+
+
 def test_tune_export_to_a_folder_is_refused(tmp_path):
     result = CliRunner().invoke(main, ["tune", "--model", "ultrasmall", "--export", str(tmp_path)])
     assert result.exit_code == 2

@@ -629,8 +629,9 @@ def curves(model_names: str, results_dir: Path, output_dir: Path) -> None:
 
 @main.command()
 @click.option("--model", "model_name", type=MODEL_CHOICE, default="medium", show_default=True)
-@click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Trials this process runs (other workers on the same study add theirs).")
+@click.option("--trials", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Trials this process runs (other workers on the same study add theirs); "
+                   "0 runs none, e.g. to --export a study.")
 @click.option("--storage", default=None,
               help="Optuna storage URL shared by all workers (default: sqlite:///runs/tune/<model>.db).")
 @click.option("--study-name", default=None, help="Default: tinydigits-<model>.")
@@ -657,9 +658,14 @@ def tune(model_name: str, trials: int, storage: str | None, study_name: str | No
     changes = {key: value for key, value in overrides.items() if value is not None}
     study = run_study(name, trials, storage=storage, study_name=study_name, subset=subset,
                       data_dir=data_dir, device=device, threads=threads, log=click.echo, **changes)
-    best = study.best_trial
-    click.echo(f"best of {len(study.trials)} trials: #{best.number}, validation accuracy {best.value:.2f}%")
-    click.echo(f"train it with: {recipe_command(name, best.user_attrs['recipe'])}")
+    finished = [trial for trial in study.trials if trial.value is not None]
+    if finished:
+        best = study.best_trial
+        click.echo(f"best of {len(study.trials)} trials: #{best.number}, "
+                   f"validation accuracy {best.value:.2f}%")
+        click.echo(f"train it with: {recipe_command(name, best.user_attrs['recipe'])}")
+    else:
+        click.echo(f"no finished trials yet in study {study.study_name!r}")
     if export_path is not None:
         click.echo(f"wrote {export_trials(study, name, export_path)}")
 

@@ -87,6 +87,8 @@ def _validation_cell(results: dict[str, Any] | None) -> str:
     summary = results["val_accuracy"]
     if summary is None:
         return "no validation split"
+    if results["seeds"] == 1:
+        return f"{summary['mean']:.2f} (1)"  # one run has no spread to show
     return f"{summary['mean']:.2f} ± {summary['std']:.2f} ({results['seeds']})"
 
 

@@ -63,7 +63,7 @@ def tune(
     log: Callable[[str], None] = print,
     **recipe_changes: Any,
 ) -> Any:
-    """Run ``trials`` more trials of the study (created on first use); returns the study.
+    """Run ``trials`` more trials of the study (created on first use; 0 only opens it); returns it.
     ``recipe_changes`` fix recipe fields outside the search space (e.g. ``epochs``, ``val_size``);
     ``subset`` trains on the first ``subset`` training images only."""
     optuna = require("optuna", "tune", "tuning")
@@ -78,6 +78,14 @@ def tune(
     if subset is not None and subset <= base.val_size:
         raise ConfigError(f"--subset {subset} leaves nothing to train on after the {base.val_size}-image "
                           "validation split; give a smaller --val-size")
+    if trials == 0:  # only read the study, e.g. to export it
+        try:
+            return optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:
+            raise ConfigError(f"no study {study_name!r} in {storage!r}; give --study-name, or run "
+                              "some trials first") from None
+        except Exception as err:
+            raise ConfigError(f"cannot open Optuna storage {storage!r}: {first_line(err)}") from None
     try:
         try:
             study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
