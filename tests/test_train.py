@@ -141,6 +141,25 @@ def test_distillation_from_a_teacher_folder(small_mnist, tmp_path):
     assert any(not torch.equal(tensor, untaught[name]) for name, tensor in taught.items())
 
 
+def test_distillation_on_the_augmented_batches(small_mnist, tmp_path, monkeypatch):
+    import importlib
+    from pathlib import Path
+
+    train_module = importlib.import_module("tinydigits.train")
+    teachers = Path(__file__).resolve().parents[1] / "results" / "teachers" / "shipped-v1"
+    seen = []
+    ensemble = train_module.ensemble_log_probs
+    counted = lambda models, x: seen.append(len(x)) or ensemble(models, x)  # noqa: E731
+    monkeypatch.setattr(train_module, "ensemble_log_probs", counted)
+    recipe = QUICK.replace(distill=0.5, teacher=str(teachers), teacher_augmented=True)
+    online = quiet_train("ultrasmall", recipe, small_mnist, tmp_path / "online")
+    assert seen == [QUICK.batch_size] * (2 * 2500 // QUICK.batch_size)  # the teachers see every batch
+    seen.clear()
+    once = quiet_train("ultrasmall", recipe.replace(teacher_augmented=False), small_mnist, tmp_path / "once")
+    assert seen == [2500]  # once, on the un-augmented training images
+    assert online.history[0]["train_loss"] != once.history[0]["train_loss"]
+
+
 def test_distillation_needs_a_teacher():
     with pytest.raises(ValueError, match="teacher=''"):
         QUICK.replace(distill=0.5)

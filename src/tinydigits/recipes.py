@@ -39,10 +39,12 @@ class Recipe:
     clean_epochs: int = 0
     # Knowledge distillation (Hinton et al. 2015): the loss mixes in, with weight `distill`, the
     # KL divergence to a teacher's temperature-softened answers. The teacher is the ensemble of
-    # the weights files in the folder `teacher`, run once on the un-augmented training images.
+    # the weights files in the folder `teacher`, run once on the un-augmented training images,
+    # or with `teacher_augmented` on each augmented batch (a teacher forward pass per step).
     distill: float = 0.0
     temperature: float = 4.0
     teacher: str = ""
+    teacher_augmented: bool = False
     seed: int = 0
     val_size: int = 5000
 

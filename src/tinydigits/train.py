@@ -76,19 +76,33 @@ def make_schedule(
     raise ConfigError(f"unknown schedule {recipe.schedule!r}; choose 'constant' or 'onecycle'")
 
 
-def teacher_log_probs(folder: str | Path, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, str]]:
-    """The ensemble of the weights files in ``folder`` on ``images`` (normalized): the mean of
-    their log-probabilities, [N, 10], and each file's SHA-256 (the run records which teacher)."""
+def load_teachers(
+    folder: str | Path, device: torch.device | str = "cpu"
+) -> tuple[list[torch.nn.Module], dict[str, str]]:
+    """The models of the weights files in ``folder`` (in eval mode), and each file's SHA-256
+    (the run records which teacher)."""
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
         raise ConfigError(f"{folder}: no .safetensors teacher weights there (recipe field teacher)")
-    total = torch.zeros(len(images), 10)
+    models = [load_model(read_metadata(path).get("model", path.stem), path, device=device) for path in files]
+    return models, {path.name: file_sha256(path) for path in files}
+
+
+def ensemble_log_probs(models: list[torch.nn.Module], images: torch.Tensor) -> torch.Tensor:
+    """The mean of the models' log-probabilities of ``images`` (normalized), [N, 10]."""
+    total = torch.zeros(len(images), 10, device=images.device)
     with torch.no_grad():
-        for path in files:
-            teacher = load_model(read_metadata(path).get("model", path.stem), path)
+        for model in models:
             for start in range(0, len(images), 2000):
-                total[start : start + 2000] += teacher(images[start : start + 2000].cpu())
-    return total / len(files), {path.name: file_sha256(path) for path in files}
+                total[start : start + 2000] += model(images[start : start + 2000])
+    return total / len(models)
+
+
+def teacher_log_probs(folder: str | Path, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, str]]:
+    """The ensemble of the weights files in ``folder`` on ``images``: its log-probabilities and
+    the files' SHA-256s."""
+    models, hashes = load_teachers(folder, images.device)
+    return ensemble_log_probs(models, images), hashes
 
 
 def distillation_loss(log_probs: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -109,12 +123,12 @@ def train_one_epoch(
     recipe: Recipe,
     generator: torch.Generator,
     on_step: Callable[[], Any] = lambda: None,
-    teacher: torch.Tensor | None = None,
+    teacher: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     augment: bool = True,
 ) -> tuple[float, float]:
     """One pass over shuffled batches, augmented unless ``augment`` is False; returns mean loss
-    and accuracy (%). ``teacher``: the teacher's log-probabilities of ``images`` (un-augmented),
-    for distillation."""
+    and accuracy (%). ``teacher(batch, index)``: the teacher's log-probabilities for the batch
+    of ``images[index]`` as augmented, ``batch``, for distillation."""
     model.train()
     device = images.device
     order = torch.randperm(len(images), generator=generator, device=device)
@@ -137,7 +151,7 @@ def train_one_epoch(
             uniform = -log_probs.mean(dim=1).mean()
             loss = (1 - recipe.label_smoothing) * loss + recipe.label_smoothing * uniform
         if teacher is not None and recipe.distill:
-            soft = distillation_loss(log_probs, teacher[index], recipe.temperature)
+            soft = distillation_loss(log_probs, teacher(batch, index), recipe.temperature)
             loss = (1 - recipe.distill) * loss + recipe.distill * soft
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -198,8 +212,15 @@ def train(
     val_x = data.normalize(val_x)
     teacher, teacher_files = None, {}
     if recipe.distill:
-        teacher, teacher_files = teacher_log_probs(recipe.teacher, train_x)
-        teacher = teacher.to(dev)
+        teachers, teacher_files = load_teachers(recipe.teacher, dev)
+        if recipe.teacher_augmented:
+            def teacher(batch: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+                return ensemble_log_probs(teachers, batch)
+        else:  # once, on the un-augmented images
+            fixed = ensemble_log_probs(teachers, train_x)
+
+            def teacher(batch: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+                return fixed[index]
 
     torch.manual_seed(recipe.seed)
     # channels_last weights make every activation after the first convolution channels_last,
