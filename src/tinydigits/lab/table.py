@@ -98,6 +98,12 @@ def _changes(recipe: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]
     return {key: value for key, value in recipe.items() if key != "seed" and baseline[key] != value}
 
 
+def _shown(value: Any) -> str:
+    if value == "":
+        return "(none)"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def ablation_table(results_root: str | Path = RESULTS_DIR) -> str:
     """Validation accuracy (mean ± std over seeds, final epoch) of each experiment under
     ``results/ablation/``, per model, and the models whose default recipe kept its change.
@@ -116,7 +122,7 @@ def ablation_table(results_root: str | Path = RESULTS_DIR) -> str:
                 continue
             changes = _changes(results["recipe"], baseline["recipe"])
             before = Recipe.from_dict(baseline["recipe"]).to_dict()
-            change = ", ".join(f"{key} {before[key] if before[key] != '' else '(none)'} → {value}"
+            change = ", ".join(f"{key} {_shown(before[key])} → {_shown(value)}"
                                for key, value in changes.items())
             # Kept: the model's default recipe is the baseline with exactly these changes.
             if changes and _changes(DEFAULT_RECIPES[name].to_dict(), baseline["recipe"]) == changes:
