@@ -183,3 +183,20 @@ def test_clean_epochs_end_the_training_without_augmentation(small_mnist, tmp_pat
     assert clean.history[1]["train_loss"] < plain.history[1]["train_loss"]
     with pytest.raises(ValueError, match="clean_epochs=3"):
         QUICK.replace(clean_epochs=3)
+
+
+def test_shipped_teachers_are_the_repository_copies(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from tinydigits.io import file_sha256
+    from tinydigits.train import TEACHERS_DIR, load_teachers
+
+    repository = Path(__file__).resolve().parents[1] / "results" / "teachers"
+    for shipped in TEACHERS_DIR.iterdir():
+        files = sorted(shipped.glob("*.safetensors"))
+        assert files and [file_sha256(f) for f in files] == [
+            file_sha256(repository / shipped.name / f.name) for f in files]
+        # Outside the repository, a recipe's results/teachers/<name> is the package's copy.
+        monkeypatch.chdir(tmp_path)
+        models, hashes = load_teachers(f"results/teachers/{shipped.name}")
+        assert len(models) == len(files) and sorted(hashes) == [f.name for f in files]

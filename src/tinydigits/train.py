@@ -76,11 +76,19 @@ def make_schedule(
     raise ConfigError(f"unknown schedule {recipe.schedule!r}; choose 'constant' or 'onecycle'")
 
 
+# Teacher ensembles for distillation that ship with the package, so that a recipe can name one.
+TEACHERS_DIR = Path(__file__).parent / "teachers"
+
+
 def load_teachers(
     folder: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[list[torch.nn.Module], dict[str, str]]:
     """The models of the weights files in ``folder`` (in eval mode), and each file's SHA-256
-    (the run records which teacher)."""
+    (the run records which teacher). A folder that is not here, such as a recipe's
+    ``results/teachers/<name>`` outside the repository, is the copy of that name shipped
+    with the package (``tinydigits/teachers/<name>``), if there is one."""
+    if not Path(folder).is_dir() and (TEACHERS_DIR / Path(folder).name).is_dir():
+        folder = TEACHERS_DIR / Path(folder).name
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
         raise ConfigError(f"{folder}: no .safetensors teacher weights there (recipe field teacher)")
