@@ -167,7 +167,11 @@ def _to_gray(image: Image.Image) -> np.ndarray:
     if image.mode == "L":
         return pixels
     color, alpha = (pixels, None) if image.mode == "RGB" else (pixels[..., :-1], pixels[..., -1])
-    gray = color[..., 0] if color.shape[-1] == 1 else color @ np.float32([0.299, 0.587, 0.114])
+    if color.shape[-1] == 1:
+        gray = color[..., 0]
+    else:  # elementwise in float64, rounded once: a BLAS product's result depends on the CPU's kernel
+        rgb = color.astype(np.float64)
+        gray = (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).astype(np.float32)
     if alpha is None or alpha.min() >= 1.0:
         return gray
     # Transparent background: composite over white, as viewers show it, unless the visible
@@ -178,22 +182,65 @@ def _to_gray(image: Image.Image) -> np.ndarray:
     return gray * alpha + backdrop * (1.0 - alpha)
 
 
+# The quadratic surface's terms, as powers (of x, of y): c0 + c1 x + c2 y + c3 x^2 + c4 xy + c5 y^2.
+_TERMS = ((0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2))
+
+
+def _surface_at(coef: tuple[float, ...], xn: np.ndarray, yn: np.ndarray) -> np.ndarray:
+    """The quadratic surface at points, elementwise in a fixed order (float64)."""
+    return coef[0] + coef[1] * xn + coef[2] * yn + coef[3] * (xn * xn) + coef[4] * (xn * yn) + coef[5] * (yn * yn)
+
+
+def _solve(matrix: list[list[float]], rhs: list[float]) -> tuple[float, ...]:
+    """``matrix @ x = rhs`` for a small system by Gaussian elimination with partial pivoting in
+    Python floats: a fixed order of IEEE operations, so the same answer on every CPU (LAPACK's
+    blocked kernels differ between them). A (near-)singular pivot leaves its unknown at 0,
+    which a one- or two-pixel-thin picture needs."""
+    n = len(rhs)
+    rows = [[*row, value] for row, value in zip(matrix, rhs)]
+    scale = max(abs(v) for row in matrix for v in row) or 1.0
+    pivots: list[int | None] = []
+    r = 0
+    for c in range(n):
+        best = max(range(r, n), key=lambda i: abs(rows[i][c]), default=None)
+        if best is None or abs(rows[best][c]) <= 1e-9 * scale:
+            pivots.append(None)
+            continue
+        rows[r], rows[best] = rows[best], rows[r]
+        for i in range(r + 1, n):
+            factor = rows[i][c] / rows[r][c]
+            if factor:
+                rows[i] = [a - factor * b for a, b in zip(rows[i], rows[r])]
+        pivots.append(r)
+        r += 1
+    solution = [0.0] * n
+    for c in reversed(range(n)):
+        row = pivots[c]
+        if row is not None:
+            known = sum(rows[row][k] * solution[k] for k in range(c + 1, n))
+            solution[c] = (rows[row][n] - known) / rows[row][c]
+    return tuple(solution)
+
+
 def _fit_background(gray: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """A smooth (quadratic) paper surface fitted robustly, the paper's noise level and median."""
+    """A smooth (quadratic) paper surface fitted robustly, the paper's noise level and median.
+
+    Computed in float64 with elementwise operations, NumPy's fixed-order sums and a solver of
+    our own, so the result does not depend on which BLAS/LAPACK kernel the CPU picks: the
+    surface decides which pixels count as ink, and a last-bit difference there once moved an
+    output pixel by 1/255 between two machines."""
     h, w = gray.shape
     step = max(1, int(math.sqrt(h * w / 8_000)))  # fit on about 8k pixels at most
     ys, xs = np.mgrid[0:h:step, 0:w:step]
-    values = gray[::step, ::step].ravel()
+    values = gray[::step, ::step].ravel().astype(np.float64)
     # Coordinates scaled to [-1, 1] keep the normal equations well conditioned.
     yn, xn = (ys.ravel() / max(h - 1, 1)) * 2 - 1, (xs.ravel() / max(w - 1, 1)) * 2 - 1
-    basis = np.stack([np.ones_like(yn), xn, yn, xn * xn, xn * yn, yn * yn], axis=1).astype(np.float32)
-    coef = np.zeros(6, dtype=np.float32)
-    coef[0] = np.median(values)
+    coef: tuple[float, ...] = (float(np.median(values)), 0.0, 0.0, 0.0, 0.0, 0.0)
     inliers = np.ones(len(values), dtype=bool)
     sigma = 0.0
     fitted_on = None  # the pixels the current coef was fitted on
     for _ in range(6):
-        residual = values - basis @ coef
+        residual = values - _surface_at(coef, xn, yn)
         sigma = 1.4826 * float(np.median(np.abs(residual[inliers])))
         # Ink, in either polarity, is the outlier; the paper is what is left.
         inliers = np.abs(residual) <= max(2.5 * sigma, 0.01)
@@ -202,15 +249,22 @@ def _fit_background(gray: np.ndarray) -> tuple[np.ndarray, float, float]:
         if fitted_on is not None and np.array_equal(inliers, fitted_on):
             break  # a fixed point: every further round would refit the same pixels to the same surface
         fitted_on = inliers
-        chosen = basis[inliers]  # normal equations: 6x6, far cheaper than lstsq's SVD
-        gram = chosen.T @ chosen + np.eye(6, dtype=np.float32) * 1e-6
-        # lstsq, not solve: a one- or two-pixel-thin picture makes the system singular.
-        coef = np.linalg.lstsq(gram, chosen.T @ values[inliers], rcond=None)[0].astype(np.float32)
+        # Normal equations (6x6, far cheaper than an SVD): each entry a sum of x^a y^b over the inliers.
+        x, y, v = xn[inliers], yn[inliers], values[inliers]
+        powers_x, powers_y = [np.ones_like(x), x, x * x, x * x * x, x * x * x * x], \
+            [np.ones_like(y), y, y * y, y * y * y, y * y * y * y]
+        moment = {(a, b): float((powers_x[a] * powers_y[b]).sum())
+                  for a in range(5) for b in range(5 - a)}
+        gram = [[moment[(a + c, b + d)] + (1e-6 if (a, b) == (c, d) else 0.0) for c, d in _TERMS]
+                for a, b in _TERMS]
+        rhs = [float((powers_x[a] * powers_y[b] * v).sum()) for a, b in _TERMS]
+        coef = _solve(gram, rhs)
     # The surface, by broadcasting a column of y terms against a row of x terms.
-    yy = (np.arange(h, dtype=np.float32) / max(h - 1, 1) * 2 - 1)[:, None]
-    xx = (np.arange(w, dtype=np.float32) / max(w - 1, 1) * 2 - 1)[None, :]
+    yy = (np.arange(h, dtype=np.float64) / max(h - 1, 1) * 2 - 1)[:, None]
+    xx = (np.arange(w, dtype=np.float64) / max(w - 1, 1) * 2 - 1)[None, :]
     surface = (coef[0] + coef[2] * yy + coef[5] * yy * yy) + xx * (coef[1] + coef[3] * xx + coef[4] * yy)
-    return np.clip(surface, 0.0, 1.0), sigma, float(np.median(basis[inliers] @ coef))
+    paper = float(np.median(_surface_at(coef, xn[inliers], yn[inliers])))
+    return np.clip(surface, 0.0, 1.0).astype(np.float32), sigma, paper
 
 
 def _ink_map(gray: np.ndarray) -> np.ndarray:
