@@ -163,23 +163,24 @@ def _to_gray(image: Image.Image) -> np.ndarray:
         image = image.reduce(factor)  # area average: keeps thin strokes as faint lines
     if image.mode == "F":
         return np.asarray(image, dtype=np.float32).copy()
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    # float64 elementwise, rounded to float32 once at the end: the same on every CPU (a BLAS
+    # product's last bit depends on its kernel), and what the page's JavaScript computes in doubles.
+    pixels = np.asarray(image, dtype=np.float64) / 255.0
     if image.mode == "L":
-        return pixels
+        return pixels.astype(np.float32)
     color, alpha = (pixels, None) if image.mode == "RGB" else (pixels[..., :-1], pixels[..., -1])
     if color.shape[-1] == 1:
         gray = color[..., 0]
-    else:  # elementwise in float64, rounded once: a BLAS product's result depends on the CPU's kernel
-        rgb = color.astype(np.float64)
-        gray = (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).astype(np.float32)
+    else:
+        gray = color[..., 0] * 0.299 + color[..., 1] * 0.587 + color[..., 2] * 0.114
     if alpha is None or alpha.min() >= 1.0:
-        return gray
+        return gray.astype(np.float32)
     # Transparent background: composite over white, as viewers show it, unless the visible
     # content is nearly all light (white strokes on transparent), which needs a black backdrop.
     opaque = alpha > 0.5
     light = opaque.any() and float(np.quantile(gray[opaque], 0.25)) > 0.5
     backdrop = 0.0 if light else 1.0
-    return gray * alpha + backdrop * (1.0 - alpha)
+    return (gray * alpha + backdrop * (1.0 - alpha)).astype(np.float32)
 
 
 # The quadratic surface's terms, as powers (of x, of y): c0 + c1 x + c2 y + c3 x^2 + c4 xy + c5 y^2.
@@ -188,7 +189,8 @@ _TERMS = ((0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2))
 
 def _surface_at(coef: tuple[float, ...], xn: np.ndarray, yn: np.ndarray) -> np.ndarray:
     """The quadratic surface at points, elementwise in a fixed order (float64)."""
-    return coef[0] + coef[1] * xn + coef[2] * yn + coef[3] * (xn * xn) + coef[4] * (xn * yn) + coef[5] * (yn * yn)
+    return (coef[0] + coef[1] * xn + coef[2] * yn
+            + coef[3] * (xn * xn) + coef[4] * (xn * yn) + coef[5] * (yn * yn))
 
 
 def _solve(matrix: list[list[float]], rhs: list[float]) -> tuple[float, ...]:
@@ -197,7 +199,7 @@ def _solve(matrix: list[list[float]], rhs: list[float]) -> tuple[float, ...]:
     blocked kernels differ between them). A (near-)singular pivot leaves its unknown at 0,
     which a one- or two-pixel-thin picture needs."""
     n = len(rhs)
-    rows = [[*row, value] for row, value in zip(matrix, rhs)]
+    rows = [[*row, value] for row, value in zip(matrix, rhs, strict=True)]
     scale = max(abs(v) for row in matrix for v in row) or 1.0
     pivots: list[int | None] = []
     r = 0
@@ -210,7 +212,7 @@ def _solve(matrix: list[list[float]], rhs: list[float]) -> tuple[float, ...]:
         for i in range(r + 1, n):
             factor = rows[i][c] / rows[r][c]
             if factor:
-                rows[i] = [a - factor * b for a, b in zip(rows[i], rows[r])]
+                rows[i] = [a - factor * b for a, b in zip(rows[i], rows[r], strict=True)]
         pivots.append(r)
         r += 1
     solution = [0.0] * n
