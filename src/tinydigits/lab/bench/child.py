@@ -8,7 +8,8 @@ import json
 from collections.abc import Sequence
 
 from ...models import MODELS
-from .measure import child_peak_memory, resolve_threads
+from ...runtime import resolve_threads
+from .measure import child_peak_memory
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,7 +49,7 @@ from ...errors import ConfigError, TinyDigitsError, require
 from ...evaluate import evaluate, evaluate_log_probs
 from ...models import MODELS, build_model, get_spec
 from ...recipes import Recipe, get_recipe
-from ...runtime import load_average, peak_rss_kib, select_device, set_threads
+from ...runtime import load_average, peak_rss_kib, resolve_threads, select_device, set_threads
 from ...train import BACKGROUND, make_optimizer, make_schedule, train, train_one_epoch
 from ...weights import load_model
 from ..commands import python_module_argv
@@ -58,7 +58,7 @@ CHILD_MODULE = "tinydigits.lab.bench.child"
 
 __all__ = [
     "BATCH", "FULL", "QUICK", "ReferenceStyleDataset", "Settings", "count_flops", "machine_info",
-    "matmul_peak", "resolve_threads", "run_benchmark",
+    "matmul_peak", "run_benchmark",
 ]
 
 BATCH = 128
@@ -89,15 +89,6 @@ FULL = Settings()
 QUICK = Settings(windows=2, window_batches=2, infer_images=1000, infer_batch_sizes=(250, 1000),
                  infer_repeats=1, latency_calls=20, latency_warmup=5, matmul_size=256,
                  calibration_images=200, tta_train_images=2500, tta_epochs=1)
-
-
-def resolve_threads(threads: int | None = None) -> int:
-    """``threads``, else $TINYDIGITS_THREADS, else 2 (the project machine's core count)."""
-    if threads is None:
-        threads = int(os.environ.get("TINYDIGITS_THREADS") or 2)
-    if threads < 1:
-        raise ConfigError(f"threads must be at least 1, got {threads}")
-    return threads
 
 
 def _sync(device: torch.device) -> None:
