@@ -1,18 +1,28 @@
 """The command line: real processes on the real data, and clear one-line errors."""
 
+import fractions
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
+from PIL import Image
 from safetensors.torch import load_file
 
 from tinydigits.cli import main
-from tinydigits.io import save_weights
+from tinydigits.io import file_sha256, save_weights
 from tinydigits.models import build_model
+from tinydigits.recipes import get_recipe
+from tinydigits.train import train
+from tinydigits.weights import pretrained_path
+
+RESULTS = Path(__file__).parents[1] / "results"
 
 # Training on 5,000 images (the rest held out as validation) keeps a real run short.
 SHORT = ["--model", "ultrasmall", "--val-size", "55000", "--batch-size", "100", "--no-progress"]
@@ -119,3 +129,90 @@ def test_interrupted_cli_run_resumes_to_the_same_weights(tmp_path, sig, uninterr
     a = load_file(uninterrupted_run / "final.safetensors")
     b = load_file(cut_dir / "final.safetensors")
     assert all((a[k] == b[k]).all() for k in a)
+
+
+def _one_line_error(result) -> str:
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_weights_of_another_model_name_the_model_and_the_fix(tmp_path):
+    # Metadata naming the model, as published weights and run files have, and none at all.
+    named = save_weights(build_model("small"), tmp_path / "named.safetensors", {"model": "small"})
+    bare = save_weights(build_model("small"), tmp_path / "bare.safetensors", {})
+    for weights, backend in [(named, "auto"), (named, "torch"), (bare, "auto"), (bare, "torch")]:
+        args = ["eval", "--model", "medium", "--weights", str(weights), "--backend", backend]
+        line = _one_line_error(CliRunner().invoke(main, args))
+        assert line.endswith("use --model small"), line
+        assert ("so says the file's metadata" in line) == (weights == named), line
+
+
+def test_a_file_that_is_not_weights_is_named_so_without_unsafe_advice(tmp_path):
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (64, 48), "white").save(photo)
+    result = CliRunner().invoke(main, ["predict", "--weights", str(photo), str(photo)])
+    line = _one_line_error(result)
+    assert line == (f"Error: {photo}: not a weights file; give a .safetensors file, a PyTorch .pt/.pth "
+                    "state_dict, an .onnx export or (with --backend torchscript) a TorchScript one")
+    # A real pickle holding an object: refused, and torch's advice to unpickle it anyway is not passed on.
+    pickled = tmp_path / "objects.pt"
+    torch.save({"weights": torch.zeros(2), "ratio": fractions.Fraction(1, 3)}, pickled)
+    for backend in ("auto", "torch"):
+        args = ["eval", "--model", "small", "--weights", str(pickled), "--backend", backend]
+        line = _one_line_error(CliRunner().invoke(main, args))
+        assert "it holds more than tensors (Unsupported global: GLOBAL fractions.Fraction" in line, line
+        assert "weights_only" not in line and "trusted source" not in line
+
+
+def test_train_on_a_subset_records_it_says_it_and_resumes_with_it(tmp_path):
+    args = ["--model", "ultrasmall", "--subset", "1200", "--val-size", "200", "--batch-size", "100",
+            "--epochs", "2", "--seed", "3", "--threads", "1", "--no-progress"]
+    whole = CliRunner().invoke(main, ["train", *args, "--run-dir", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+    assert "(seed 3, first 1,200 training images) on cpu, 1 thread;" in whole.output
+    assert "after 2 epochs," in whole.output
+    assert json.loads((tmp_path / "whole" / "config.json").read_text())["subset"] == 1200
+    # Stopped once epoch 1 is saved, as Ctrl-C would, then resumed: the subset comes from the checkpoint.
+    def stop_after_epoch_1(line: str) -> None:
+        if line.startswith("epoch  1/2"):
+            raise KeyboardInterrupt
+
+    recipe = get_recipe("ultrasmall").replace(val_size=200, batch_size=100, epochs=2, seed=3)
+    with pytest.raises(KeyboardInterrupt):
+        train("ultrasmall", recipe, run_dir=tmp_path / "cut", subset=1200, threads=1, progress=False,
+              log=stop_after_epoch_1)
+    resumed = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "cut"), "--no-progress",
+                                        "--threads", "1"])
+    assert resumed.exit_code == 0, resumed.output
+    a, b = (load_file(tmp_path / run / "final.safetensors") for run in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    refused = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "cut"), "--subset", "1200"])
+    assert refused.exit_code == 2 and "cannot be combined" in refused.output
+
+
+def test_one_epoch_and_one_thread_are_singular(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--model", "ultrasmall", "--subset", "600", "--val-size",
+                                       "100", "--epochs", "1", "--threads", "1", "--no-progress",
+                                       "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "1 thread;" in result.output and "after 1 epoch," in result.output
+    assert "1 threads" not in result.output and "1 epochs" not in result.output
+
+
+def test_publish_in_a_fresh_clone_names_the_missing_run_and_how_to_make_it(tmp_path, monkeypatch):
+    # A fresh clone: the committed results files, and no runs/ folder.
+    (tmp_path / "results").mkdir()
+    shutil.copy(RESULTS / "medium-full.json", tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    shipped = file_sha256(pretrained_path("medium"))
+    line = _one_line_error(CliRunner().invoke(main, ["publish", "--model", "medium"]))
+    run = json.loads((RESULTS / "medium-full.json").read_text())["runs"][0]
+    assert line.startswith(f"Error: {run['run_dir']}/final.safetensors: no such file;"), line
+    assert line.endswith(f"train it again: {run['command']} --run-dir {run['run_dir']}"), line
+    assert file_sha256(pretrained_path("medium")) == shipped  # nothing was published
+    # No results file at all (outside the checkout): its path and --results-dir.
+    line = _one_line_error(CliRunner().invoke(main, ["publish", "--model", "small"]))
+    assert line.startswith("Error: results/small-full.json: no such file; give --results-dir"), line

@@ -14,8 +14,8 @@ import tinydigits
 from tinydigits import data
 from tinydigits.cli import main
 from tinydigits.deploy import ExportError
-from tinydigits.deploy.engines import auto_backend, cached_onnx, open_engine
-from tinydigits.deploy.export import export_onnx, export_torchscript
+from tinydigits.deploy.engines import auto_backend, cached_onnx, open_engine, read_onnx_graph
+from tinydigits.deploy.export import MODEL_KEY, export_onnx, export_torchscript
 from tinydigits.evaluate import predict_log_probs
 from tinydigits.io import save_weights
 from tinydigits.models import MODELS
@@ -112,3 +112,68 @@ def test_auto_falls_back_to_pytorch_without_a_writable_cache(tmp_path, monkeypat
     assert open_engine("small", pretrained_path("small")).backend == "torch"
     with pytest.raises(ExportError):  # asked for by name, the failure is reported
         open_engine("small", pretrained_path("small"), "openvino")
+
+
+# ------------------------------------------------------------------ int8 files, and files of another model
+
+
+def _one_line_error(result) -> str:
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, Path]:
+    """medium.onnx and medium-int8.onnx as a user makes them, and both again without the
+    metadata naming the model, as files exported before it was written."""
+    import onnx
+
+    folder = tmp_path_factory.mktemp("exported")
+    files = {"fp32": folder / "medium.onnx", "int8": folder / "medium-int8.onnx"}
+    for kind, path in list(files.items()):
+        args = ["export", "--model", "medium", "--no-verify", "-o", str(path)]
+        result = CliRunner().invoke(main, [*args, "--int8"] if kind == "int8" else args)
+        assert result.exit_code == 0, result.output
+        proto = onnx.load(str(path))
+        assert {prop.key: prop.value for prop in proto.metadata_props} == {MODEL_KEY: "medium"}
+        del proto.metadata_props[:]
+        files[f"{kind}-bare"] = folder / f"bare-{path.name}"
+        onnx.save(proto, str(files[f"{kind}-bare"]))
+    return files
+
+
+def test_auto_runs_int8_files_on_onnx_runtime_and_openvino_refuses_them_in_one_line(exported):
+    int8 = exported["int8"]
+    graph = read_onnx_graph(int8)
+    assert graph is not None and graph.quantized and "QLinearConv" in graph.ort_int8_ops
+    assert not read_onnx_graph(exported["fp32"]).quantized
+    assert auto_backend(int8, batch=True) == auto_backend(int8, batch=False) == "onnxruntime"
+    assert auto_backend(exported["fp32"], batch=True) == "openvino"  # fp32 files still go to the fastest
+    result = CliRunner().invoke(main, ["eval", "--model", "medium", "--weights", str(int8), "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["backend"] == "onnxruntime" and answer["count"] == 10_000
+    assert answer["accuracy"] >= tinydigits.get_weights("medium").test_accuracy - 0.2
+    line = _one_line_error(CliRunner().invoke(main, ["eval", "--model", "medium", "--weights", str(int8),
+                                                     "--backend", "openvino"]))
+    assert line == (f"Error: {int8}: an int8 file of ONNX Runtime's quantized operators (QLinearConv, "
+                    "com.microsoft.QLinearAdd), which OpenVINO cannot compile; use --backend onnxruntime")
+    # The help no longer says OpenVINO takes int8 files.
+    help_text = " ".join(CliRunner().invoke(main, ["eval", "--help"]).output.split())
+    assert "onnxruntime (ONNX files, fp32 or int8) or openvino (fp32 ONNX files)" in help_text
+    assert "int8 files" in help_text.split("torch;")[0]  # auto's choice for them
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8", "fp32-bare", "int8-bare"])
+def test_an_onnx_file_of_another_model_is_refused(exported, kind):
+    path = exported[kind]
+    how = "by its convolutions' shapes" if kind.endswith("bare") else "so says its metadata"
+    for backend in ("auto", "onnxruntime"):
+        line = _one_line_error(CliRunner().invoke(main, ["eval", "--model", "small", "--weights", str(path),
+                                                         "--backend", backend]))
+        assert line == f"Error: {path}: a medium model ({how}), not small; use --model medium"
+    with pytest.raises(ExportError, match="not ultrasmall; use --model medium"):
+        open_engine("ultrasmall", path, batch=False)
+    assert open_engine("medium", path, batch=False)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

@@ -89,7 +89,7 @@ def test_loadtest_command_writes_the_report(tmp_path):
            f"--threads 1 --output {report}" in text
     # The threads the server really ran with, as it announced them.
     engine = "onnxruntime" if importlib.util.find_spec("onnxruntime") else "torch"
-    assert f"server with 2 waitress threads and 1 torch threads (--threads), models on {engine};" in text
+    assert f"server with 2 waitress threads and 1 torch thread (--threads), models on {engine};" in text
     # Before the load, one client alone: a canvas-sized PNG and a phone photo, both read right.
     assert re.search(r"\| one client alone, 560x560 canvas PNG: latency, median \| [\d.]+ ms \|", text)
     assert re.search(r"\| one client alone, 12 MP phone JPEG: latency, median \| [\d.]+ ms \|", text)
@@ -100,6 +100,9 @@ def test_the_report_names_the_servers_real_threads():
                         torch_threads_from="torch's default")
     text = result.to_markdown()
     assert "server with 4 waitress threads and 2 torch threads (torch's default), models on an engine" in text
+    one = LoadResult("http://127.0.0.1:1", "medium", 1, 1.0, [5.0], server_threads=1, torch_threads=1,
+                     torch_threads_from="--threads").to_markdown()
+    assert "server with 1 waitress thread and 1 torch thread (--threads), models on an engine" in one
     assert "TINYDIGITS_THREADS" not in text
     given = LoadResult("http://127.0.0.1:1", "medium", 1, 1.0, [5.0]).to_markdown()
     assert "a server the test did not start, its threads and memory unknown" in given

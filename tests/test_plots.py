@@ -66,3 +66,14 @@ def test_curves_command_needs_the_shipped_run_in_results(tmp_path):
                                        "--output-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert "is not in" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_curves_outside_the_checkout_name_the_results_file_and_the_option(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no results/ here
+    result = CliRunner().invoke(main, ["curves", "--model", "medium"])
+    assert result.exit_code == 1
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("Error: results/medium-full.json: no such file"), line
+    assert line.endswith("run this in the tinydigits checkout or give --results-dir the checkout's "
+                         "results folder"), line
+    assert not (tmp_path / "docs").exists()

@@ -372,6 +372,19 @@ def test_serve_command_reports_a_busy_port():
     assert f"Error: cannot serve on 127.0.0.1:{port}" in result.output + result.stderr
 
 
+@pytest.mark.parametrize("host", ["127.0.0.5x", "[::1"])
+def test_serve_command_names_a_host_it_cannot_listen_on(host):
+    result = CliRunner().invoke(main, ["serve", "--host", host, "--models", "small"])
+    assert result.exit_code == 1, result.output
+    [line] = result.output.strip().splitlines()  # waitress's own error was a ValueError's traceback
+    assert line.startswith(f"Error: cannot serve on {host!r}: not an address or a host name this machine "
+                           "resolves ("), line
+    assert line.endswith("); give e.g. --host 127.0.0.1 (this machine only) or --host 0.0.0.0 "
+                         "(every interface)"), line
+    serve_module.check_host("127.0.0.1")  # and a good one passes
+    serve_module.check_host("[::1]")  # bracketed as in a URL, as waitress reads it
+
+
 def test_models_json_offers_the_server_only_unless_asked(client):
     document = client.get("/models.json").get_json()
     assert document["inference"] == ["server"] and document["default"] == "medium"

@@ -3,7 +3,9 @@
 import json
 import os
 import re
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -14,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from tinydigits.cli import main
-from tinydigits.lab.tune import SEARCHED_FIELDS, recipe_command
+from tinydigits.lab.tune import SEARCHED_FIELDS, recipe_command, redact
 from tinydigits.recipes import get_recipe
 
 optuna = pytest.importorskip("optuna")
@@ -58,6 +60,9 @@ def test_recipe_command_lists_only_the_changed_fields():
     recipe = get_recipe("small").replace(lr=0.123456, nesterov=False, batch_size=64).to_dict()
     assert recipe_command("small", recipe) == (
         "tinydigits train --model small --lr 0.123456 --no-nesterov --batch-size 64")
+    # A trial trained on a subset: the command trains on the same one.
+    assert recipe_command("small", recipe, 1200) == (
+        "tinydigits train --model small --lr 0.123456 --no-nesterov --batch-size 64 --subset 1200")
 
 
 def test_tune_exports_the_study_trials_best_first(tmp_path, monkeypatch):
@@ -87,6 +92,7 @@ def test_tune_exports_the_study_trials_best_first(tmp_path, monkeypatch):
         assert "--epochs 1 " in trial["command"] and "--val-size 200" in trial["command"]
         searched_lr = trial["params"]["lr"] != default.lr
         assert (f"--lr {trial['params']['lr']} " in trial["command"]) == searched_lr
+        assert trial["command"].endswith(" --subset 1200")
 
 
     # --trials 0 runs nothing and exports the same study again, e.g. from another machine.
@@ -94,6 +100,15 @@ def test_tune_exports_the_study_trials_best_first(tmp_path, monkeypatch):
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "again.json").read_text()) == document
     assert len(optuna.load_study(study_name="tinydigits-ultrasmall", storage=storage).trials) == 2
+
+    # The best trial's command trains what the trial trained: the same validation accuracy.
+    best = document["trials"][0]
+    assert f"train it with: {best['command']}" in result.output
+    rerun = CliRunner().invoke(main, [*shlex.split(best["command"])[1:], "--threads", "1", "--no-progress",
+                                      "--run-dir", "rerun"])
+    assert rerun.exit_code == 0, rerun.output
+    history = [json.loads(line) for line in (tmp_path / "rerun" / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["val_accuracy"] == best["val_accuracy"]
 
 
 def test_tune_export_of_a_missing_study_is_a_one_line_error(tmp_path):
@@ -110,6 +125,27 @@ def test_tune_export_to_a_folder_is_refused(tmp_path):
     result = CliRunner().invoke(main, ["tune", "--model", "ultrasmall", "--export", str(tmp_path)])
     assert result.exit_code == 2
     assert "is a directory" in result.output
+
+
+def test_storage_passwords_are_never_printed(tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for url in (f"postgresql+psycopg://tuner:secret@127.0.0.1:{port}/optuna",
+                f"postgresql://tuner:secret@127.0.0.1:{port}/optuna"):
+        for trials in ("1", "0"):  # creating the study, and only reading it to --export it
+            result = CliRunner().invoke(main, ["tune", "--model", "ultrasmall", "--trials", trials,
+                                               "--storage", url, "--export", str(tmp_path / "t.json")])
+            assert result.exit_code == 1, result.output
+            assert "secret" not in result.output
+            shown = url.replace("secret", "***")
+            assert result.output.startswith(f"Error: cannot open Optuna storage {shown!r}: "), result.output
+            assert len(result.output.strip().splitlines()) == 1
+    # The password runs to the last @ (a stray @ in it, or a /, hides the rest too).
+    assert redact("postgresql://u:p@ss/w@db.example:5432/x?sslmode=require") == (
+        "postgresql://u:***@db.example:5432/x?sslmode=require")
+    assert redact("postgresql://u@db/x") == "postgresql://u@db/x"  # no password: as it was
+    assert redact("sqlite:///runs/tune/small.db") == "sqlite:///runs/tune/small.db"
 
 
 def test_bad_storage_url_is_a_one_line_error(tmp_path):

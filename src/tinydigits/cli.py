@@ -93,8 +93,12 @@ def main() -> None:
 @click.option("--model", "model_name", type=MODEL_CHOICE, default="medium", show_default=True)
 @click.option("--recipe", "recipe_kind", type=RECIPE_CHOICE,
               default="default", show_default=True,
-              help="The tuned default recipe or the original reference one.")
+              help="default: the tuned recipe; full: the same on all 60,000 training images (no "
+                   "validation split); reference: the original one.")
 @recipe_options
+@click.option("--subset", type=click.IntRange(min=2), default=None,
+              help="Train on the first N training images only, the validation split taken from them "
+                   "(as `tinydigits tune --subset` trains its trials).")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to write the run (default: runs/<model>-seed<seed>-<time>).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -105,22 +109,22 @@ def main() -> None:
 @device_option
 @threads_option
 @friendly_errors
-def train(model_name: str, recipe_kind: str, run_dir: Path | None, resume_dir: Path | None,
-          progress: bool, data_dir: Path | None, device: str | None, threads: int | None,
-          **overrides: Any) -> None:
+def train(model_name: str, recipe_kind: str, subset: int | None, run_dir: Path | None,
+          resume_dir: Path | None, progress: bool, data_dir: Path | None, device: str | None,
+          threads: int | None, **overrides: Any) -> None:
     """Train a model and report its final-epoch test accuracy."""
     from .recipes import get_recipe
     from .train import train as run_training
 
     changes = {key: value for key, value in overrides.items() if value is not None}
-    if resume_dir and changes:
-        raise click.UsageError("--resume continues a run with its saved recipe; "
-                               "recipe options cannot be combined with it")
+    if resume_dir and (changes or subset is not None):
+        raise click.UsageError("--resume continues a run with its saved recipe and subset; "
+                               "recipe options and --subset cannot be combined with it")
     recipe = get_recipe(model_name, recipe_kind).replace(**changes)
     try:
         run_training(model_name, recipe, data_dir=data_dir,
                      run_dir=resume_dir or run_dir, resume=resume_dir is not None,
-                     device=device, threads=threads, progress=progress, log=click.echo)
+                     device=device, threads=threads, progress=progress, log=click.echo, subset=subset)
     except KeyboardInterrupt:
         where = resume_dir or run_dir or "the run directory printed above"
         click.echo(f"\ninterrupted; the last finished epoch is saved. Continue with: "
@@ -128,9 +132,10 @@ def train(model_name: str, recipe_kind: str, run_dir: Path | None, resume_dir: P
         raise SystemExit(130) from None
 
 
-BACKEND_HELP = ("auto: the fastest engine installed (OpenVINO for batches, ONNX Runtime for single pictures, "
-                "else PyTorch); torch; onnxruntime or openvino (ONNX files, fp32 or int8, or a weights file "
-                "through its cached ONNX export); torchscript (runs the file's code: only files you trust).")
+BACKEND_HELP = ("auto: the fastest engine installed (OpenVINO for batches, ONNX Runtime for single pictures "
+                "and int8 files, else PyTorch); torch; onnxruntime (ONNX files, fp32 or int8) or openvino "
+                "(fp32 ONNX files), or either on a weights file through its cached ONNX export; "
+                "torchscript (runs the file's code: only files you trust).")
 
 
 def backend_option(default: str = "auto") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -228,7 +233,8 @@ def export_command(model_name: str | None, weights: Path | None, fmt: str, int8:
     model = load_model(model_name, source)
     mnist = data.load_mnist(data_dir) if (int8 or verify) else None
     calibration = calibration_subset(mnist.train_images) if mnist is not None and int8 else None
-    result = export_model(model, output, fmt, int8=int8, calibration_images=calibration)
+    result = export_model(model, output, fmt, int8=int8, calibration_images=calibration,
+                          model_name=model_name)
     kind = f"{fmt}{' int8' if int8 else ''}"
     click.echo(f"wrote {result.path} ({kind}): {result.size_bytes:,} bytes; "
                f"the fp32 weights file {source} is {source.stat().st_size:,} bytes")
@@ -539,7 +545,8 @@ def reproduce(model_names: str, recipe_kind: str, seeds: int, results_dir: Path,
                             runs_root=runs_dir, mnist=mnist, device=device, threads=threads,
                             log=click.echo, **changes)
         summary = results["test_accuracy"]
-        click.echo(f"{name} ({recipe_kind} recipe, {results['seeds']} seeds): final-epoch test accuracy "
+        seeds = f"{results['seeds']} seed{'' if results['seeds'] == 1 else 's'}"
+        click.echo(f"{name} ({recipe_kind} recipe, {seeds}): final-epoch test accuracy "
                    f"{summary['mean']:.2f}% +- {summary['std']:.2f} "
                    f"(min {summary['min']:.2f}, max {summary['max']:.2f})")
 
@@ -557,14 +564,15 @@ def publish(model_names: str, recipe_kind: str, results_dir: Path, data_dir: Pat
     """Ship one reproduced seed's weights in the package (see --recipe)."""
     from .lab.publish import pick_seed
     from .lab.publish import publish as publish_weights
-    from .lab.reproduce import load_results
+    from .lab.reproduce import load_results, results_path
 
     mnist = data.load_mnist(data_dir)
     for name in model_names_from(model_names):
         results = load_results(name, recipe_kind, results_dir)
         if results is None:
-            raise click.ClickException(f"no {recipe_kind} results for {name}; "
-                                       f"run: tinydigits reproduce --model {name} --recipe {recipe_kind}")
+            raise click.ClickException(f"{results_path(name, recipe_kind, results_dir)}: no such file; give "
+                                       "--results-dir the checkout's results folder, or run: tinydigits "
+                                       f"reproduce --model {name} --recipe {recipe_kind}")
         weights = publish_weights(results, mnist=mnist)
         val = "none" if weights.val_accuracy is None else f"{weights.val_accuracy:.2f}%"
         click.echo(f"{name}: shipped seed {pick_seed(results)['seed']} "
@@ -661,9 +669,11 @@ def tune(model_name: str, trials: int, storage: str | None, study_name: str | No
     finished = [trial for trial in study.trials if trial.value is not None]
     if finished:
         best = study.best_trial
-        click.echo(f"best of {len(study.trials)} trials: #{best.number}, "
+        trials_run = f"{len(study.trials)} trial{'' if len(study.trials) == 1 else 's'}"
+        click.echo(f"best of {trials_run}: #{best.number}, "
                    f"validation accuracy {best.value:.2f}%")
-        click.echo(f"train it with: {recipe_command(name, best.user_attrs['recipe'])}")
+        command = recipe_command(name, best.user_attrs["recipe"], best.user_attrs.get("subset"))
+        click.echo(f"train it with: {command}")
     else:
         click.echo(f"no finished trials yet in study {study.study_name!r}")
     if export_path is not None:
@@ -695,6 +705,7 @@ def serve_command(host: str, port: int, model_names: tuple[str, ...], server_thr
 
     set_threads(threads)
     names = list(dict.fromkeys(model_names)) or None
+    web.check_host(host, port)  # before any download
     runtime = fetch_runtime() if in_browser else None
     try:
         web.serve(host, port, names, threads=server_threads, backend=backend.lower(), announce=click.echo,

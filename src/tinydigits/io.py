@@ -92,12 +92,27 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError) as err:
             raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
+    with open(path, "rb") as file:
+        head = file.read(4)
+    # torch.save writes a zip archive, or a pickle (protocol 2 and up) in the legacy format.
+    # Anything else (a photo given as --weights) would only get torch's advice to unpickle
+    # with weights_only=False, the unsafe way, so it is named for what it is not.
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise WeightsError(f"{path}: not a weights file; give a .safetensors file, a PyTorch .pt/.pth "
+                           "state_dict, an .onnx export or (with --backend torchscript) a TorchScript one")
     try:
         # map_location moves tensors saved on a GPU to the CPU; weights_only refuses
         # anything that is not plain tensors and containers.
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or unsafe pickles
-        raise WeightsError(f"{path}: cannot load as a PyTorch state_dict ({first_line(err)})") from None
+        reason = first_line(err)
+        if "WeightsUnpickler error:" in str(err):  # torch's advice around it is to unpickle unsafely
+            reason = first_line(str(err).split("WeightsUnpickler error:", 1)[1]).split(". ")[0].rstrip(".")
+        if reason.startswith("Unsupported global"):
+            raise WeightsError(f"{path}: cannot load as a PyTorch state_dict: it holds more than tensors "
+                               f"({reason}), and unpickling those could run code from the file; "
+                               "save the model's state_dict() instead") from None
+        raise WeightsError(f"{path}: cannot load as a PyTorch state_dict ({reason})") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -125,6 +125,12 @@ class ModelSpec:
         """Counted on a built model, so no document ever types it by hand."""
         return count_parameters(self.builder())
 
+    @functools.cached_property
+    def conv_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The weight shapes of the convolutions in order: what tells the models apart in an
+        exported graph, fp32 or int8, whose tensors have lost their names."""
+        return conv_shapes(self.builder())
+
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
@@ -152,3 +158,13 @@ def build_model(name: str, dropout: float | None = None) -> TinyDigitNet:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def conv_shapes(model: nn.Module) -> tuple[tuple[int, ...], ...]:
+    """The weight shapes of a model's convolutions, in the order they run."""
+    return tuple(tuple(m.weight.shape) for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def model_with_conv_shapes(shapes: tuple[tuple[int, ...], ...]) -> str | None:
+    """The name of the model whose convolutions have these weight shapes, or None."""
+    return next((name for name, spec in MODELS.items() if spec.conv_shapes == shapes), None)

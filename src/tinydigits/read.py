@@ -58,6 +58,10 @@ class Digit:
         return {"box": {"x": self.x, "y": self.y, "width": self.width, "height": self.height},
                 "digit": self.digit, "probability": self.probability}
 
+    def __repr__(self) -> str:  # the digit, its probability and its box; not the 28x28 tensor
+        return (f"Digit({self.digit}, probability={self.probability:.4f}, "
+                f"box=(x={self.x}, y={self.y}, width={self.width}, height={self.height}))")
+
 
 @dataclass(frozen=True)
 class Reading:
@@ -68,6 +72,9 @@ class Reading:
 
     def to_dict(self) -> dict[str, Any]:
         return {"number": self.number, "digits": [digit.to_dict() for digit in self.digits]}
+
+    def __repr__(self) -> str:  # concise, so print(read_number(...)) shows the reading
+        return f"Reading(number={self.number!r}, digits={self.digits!r})"
 
 
 def _confidence(model: Classifier, pieces: list[Piece]) -> list[float]:

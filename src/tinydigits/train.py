@@ -190,8 +190,11 @@ def train(
     evaluate_test: bool = True,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    subset: int | None = None,
 ) -> RunResult:
-    """Train ``model_name`` with ``recipe``; with ``resume`` continue the run in ``run_dir``."""
+    """Train ``model_name`` with ``recipe``; with ``resume`` continue the run in ``run_dir``.
+    ``subset`` keeps the first ``subset`` training images only (the validation split is taken
+    from them), as ``tinydigits tune --subset`` trains its trials."""
     get_spec(model_name)  # fail early on an unknown name
     threads = set_threads(threads)
     run_dir = Path(run_dir) if run_dir else default_run_dir(model_name, recipe.seed)
@@ -202,6 +205,7 @@ def train(
         try:
             recipe = Recipe.from_dict(state["recipe"])
             model_name, saved_device = state["model"], torch.device(state["device"])
+            subset = state.get("subset")  # checkpoints from before subsets were recorded had none
         except (KeyError, TypeError, ValueError) as err:
             raise WeightsError(f"{checkpoint_path}: corrupt checkpoint ({err})") from None
         # The shuffling generator's state only fits a generator on the same kind of device.
@@ -212,7 +216,13 @@ def train(
     elif checkpoint_path.exists():
         raise WeightsError(f"{run_dir}: already holds a run; resume it or pick another directory")
 
+    if subset is not None and not recipe.val_size < subset:
+        raise ConfigError(f"subset {subset} leaves nothing to train on after the {recipe.val_size}-image "
+                          "validation split; give a smaller --val-size")
     mnist = mnist if mnist is not None else data.load_mnist(data_dir)
+    if subset is not None:
+        mnist = data.MNIST(mnist.train_images[:subset], mnist.train_labels[:subset],
+                           mnist.test_images, mnist.test_labels)
     train_x, train_y, val_x, val_y = data.split_train_val(
         mnist.train_images, mnist.train_labels, recipe.val_size, seed=0
     )
@@ -258,10 +268,12 @@ def train(
         if run_dir.exists() and any(run_dir.iterdir()):
             raise WeightsError(f"{run_dir}: already holds files; pick another run directory")
         run_dir.mkdir(parents=True, exist_ok=True)
-        log(f"training {model_name} (seed {recipe.seed}) on {dev}, {threads} threads; "
+        on = f", first {subset:,} training images" if subset is not None else ""
+        log(f"training {model_name} (seed {recipe.seed}{on}) on {dev}, "
+            f"{threads} thread{'' if threads == 1 else 's'}; "
             f"run directory: {run_dir}")
         config = {
-            "model": model_name, "recipe": recipe.to_dict(), "device": str(dev),
+            "model": model_name, "recipe": recipe.to_dict(), "subset": subset, "device": str(dev),
             "threads": threads, "torch": torch.__version__,
             "parameters": count_parameters(model), "teacher_sha256": teacher_files, **provenance(),
         }
@@ -300,7 +312,7 @@ def train(
             best_val = val.accuracy
             save_weights(model, run_dir / "best.safetensors", weights_metadata(epoch))
         save_checkpoint(checkpoint_path, {
-            "model": model_name, "recipe": recipe.to_dict(), "device": str(dev),
+            "model": model_name, "recipe": recipe.to_dict(), "subset": subset, "device": str(dev),
             "model_state": model.state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "shuffle_rng": shuffle.get_state(),
             "torch_rng": torch.get_rng_state(), "history": history, "best_val": best_val,
@@ -322,5 +334,6 @@ def train(
                 "train_seconds": round(seconds, 2), "epochs": recipe.epochs}
         (run_dir / "test.json").write_text(json.dumps(test, indent=2) + "\n")
         log(f"final test accuracy {result.accuracy:.2f}% (loss {result.loss:.4f}) "
-            f"after {recipe.epochs} epochs, {seconds:.0f}s; run saved in {run_dir}")
+            f"after {recipe.epochs} epoch{'' if recipe.epochs == 1 else 's'}, {seconds:.0f}s; "
+            f"run saved in {run_dir}")
     return RunResult(run_dir=run_dir, history=history, test=test, seconds=seconds)

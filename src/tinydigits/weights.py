@@ -17,7 +17,7 @@ import torch
 
 from .errors import ConfigError
 from .io import WeightsError, file_sha256, load_state_dict, read_metadata
-from .models import TinyDigitNet, build_model, count_parameters, get_spec
+from .models import MODELS, TinyDigitNet, build_model, count_parameters, get_spec, model_with_conv_shapes
 from .recipes import Recipe
 from .runtime import UNKNOWN
 
@@ -145,14 +145,37 @@ def load_model(
         weights = pretrained_path(name)
     model = build_model(name)
     if weights is not None:
+        named = _named_model(weights)
+        if named is not None and named != get_spec(name).name:
+            raise WeightsError(f"{weights}: {named} weights (so says the file's metadata), not {name}; "
+                               f"use --model {named}")
         state = load_state_dict(weights)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as err:
             missing = set(model.state_dict()) ^ set(state)
             detail = f"keys differ: {sorted(missing)[:4]}" if missing else "tensor shapes differ"
+            other = model_with_conv_shapes(_conv_shapes(state))
+            fix = f"; they fit {other}: use --model {other}" if other else ""
             raise WeightsError(
                 f"{weights}: not {name} weights ({detail}; "
-                f"{name} has {count_parameters(model)} parameters)"
+                f"{name} has {count_parameters(model)} parameters){fix}"
             ) from err
     return model.to(device).eval()
+
+
+def _named_model(weights: str | Path) -> str | None:
+    """The model a safetensors file's metadata names (published weights and run files say)."""
+    if Path(weights).suffix != ".safetensors" or not Path(weights).is_file():
+        return None
+    named = read_metadata(weights).get("model")
+    return named if named in MODELS else None
+
+
+def _conv_shapes(state: dict[str, torch.Tensor]) -> tuple[tuple[int, ...], ...]:
+    """The convolution weight shapes of a state_dict (its 4-D tensors), in the order they run:
+    keys sorted with their numbers as numbers (conv1.2 before conv1.10)."""
+    def order(key: str) -> list[tuple[int, int | str]]:
+        return [(0, int(part)) if part.isdigit() else (1, part) for part in key.split(".")]
+
+    return tuple(tuple(state[key].shape) for key in sorted(state, key=order) if state[key].dim() == 4)

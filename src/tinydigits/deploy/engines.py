@@ -28,10 +28,11 @@ from torch import nn
 from ..errors import first_line, require
 from ..evaluate import evaluate_log_probs, predict_log_probs
 from ..io import WeightsError, file_sha256
-from ..runtime import cache_dir, env_threads, package_version, select_device
+from ..models import MODELS, get_spec, model_with_conv_shapes
+from ..runtime import cache_dir, package_version, resolve_threads, select_device
 from ..weights import load_model
 from . import ExportError
-from .export import FP32_TOLERANCE, ExportResult, export_onnx
+from .export import FP32_TOLERANCE, MODEL_KEY, ExportResult, export_onnx
 
 BACKENDS = ("auto", "torch", "torchscript", "onnxruntime", "openvino")
 LogProbs = Callable[[torch.Tensor], torch.Tensor]  # normalized images [N, 1, 28, 28] -> [N, 10]
@@ -42,8 +43,9 @@ def _installed(module: str) -> bool:
 
 
 def _threads(threads: int | None) -> int:
-    """``threads``, else $TINYDIGITS_THREADS, else 0 (the engine's own choice)."""
-    return threads or env_threads() or 0
+    """``threads``, else $TINYDIGITS_THREADS, else the cores other work leaves free (the engines'
+    own default, every core, collapses on a busy machine as torch's does)."""
+    return resolve_threads(threads)
 
 
 def is_torchscript_file(path: str | Path) -> bool:
@@ -56,9 +58,67 @@ def is_torchscript_file(path: str | Path) -> bool:
     return any(name.endswith("/constants.pkl") or "/code/" in name for name in names)
 
 
+@dataclass(frozen=True)
+class OnnxGraph:
+    """What an ONNX file says about itself before an engine runs it."""
+
+    model: str | None  # the model its metadata names (tinydigits' exports do), else None
+    conv_shapes: tuple[tuple[int, ...], ...] | None  # None: no convolution weights to read
+    quantized: bool  # int8: quantize/dequantize or quantized operators in the graph
+    # ONNX Runtime's own int8 operators (QLinearConv, com.microsoft.QLinearAdd, ...), which
+    # `tinydigits export --int8` writes and OpenVINO cannot compile.
+    ort_int8_ops: tuple[str, ...]
+
+
+def read_onnx_graph(path: str | Path) -> OnnxGraph | None:
+    """The facts :func:`open_exported` checks in an ONNX file, or None when the onnx package
+    is not installed or cannot parse the file (the engine then says what is wrong with it).
+    The files are tens of kilobytes, so reading one is cheap."""
+    if not _installed("onnx"):
+        return None
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf's DecodeError and friends: not an ONNX file
+        return None
+    graph = proto.graph
+    named = {prop.key: prop.value for prop in proto.metadata_props}.get(MODEL_KEY)
+    weights = {tensor.name: tuple(tensor.dims) for tensor in graph.initializer}
+    # The weight is input 1 of Conv and ConvInteger, input 3 of QLinearConv.
+    convs = [node.input[3 if node.op_type == "QLinearConv" else 1] for node in graph.node
+             if node.op_type in ("Conv", "ConvInteger", "QLinearConv")]
+    shapes = tuple(weights[name] for name in convs) if convs and all(n in weights for n in convs) else None
+    ops = {(node.domain, node.op_type) for node in graph.node}
+    ort_int8 = sorted(f"{domain}.{op}" if domain else op for domain, op in ops
+                      if op.startswith("QLinear") or domain == "com.microsoft")
+    quantized = bool(ort_int8) or any(op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                                             "ConvInteger", "MatMulInteger") for _, op in ops)
+    return OnnxGraph(named if named in MODELS else None, shapes, quantized, tuple(ort_int8))
+
+
+def check_onnx_model(path: str | Path, model_name: str, graph: OnnxGraph | None) -> None:
+    """Raise unless the ONNX file holds ``model_name``: as its metadata says, else as the
+    shapes of its convolutions tell (a file that says neither is let through)."""
+    expected = get_spec(model_name).name
+    if graph is None:
+        return
+    if graph.model is not None:
+        found, how = graph.model, "so says its metadata"
+    elif graph.conv_shapes is not None:
+        found, how = model_with_conv_shapes(graph.conv_shapes), "by its convolutions' shapes"
+        if found is None:
+            raise ExportError(f"{path}: not a {expected} model (its convolutions' shapes are none of "
+                              f"{', '.join(MODELS)}'s)")
+    else:
+        return
+    if found != expected:
+        raise ExportError(f"{path}: a {found} model ({how}), not {expected}; use --model {found}")
+
+
 def onnx_session(path: str | Path, threads: int | None = None) -> Any:
     """An ONNX Runtime CPU session on ``path`` with ``threads`` intra-op threads (default:
-    $TINYDIGITS_THREADS, else ONNX Runtime's choice) and no inter-op parallelism."""
+    $TINYDIGITS_THREADS, else the free cores) and no inter-op parallelism."""
     ort = require("onnxruntime", "export", "the onnxruntime backend")
     options = ort.SessionOptions()
     options.intra_op_num_threads = _threads(threads)
@@ -78,8 +138,7 @@ def openvino_model(path: str | Path, threads: int | None = None, precision: str 
     default is bf16, about twice as fast here but a few test predictions differ from PyTorch's."""
     ov = require("openvino", "openvino", "the openvino backend")
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
-    if _threads(threads):
-        config["INFERENCE_NUM_THREADS"] = _threads(threads)
+    config["INFERENCE_NUM_THREADS"] = _threads(threads)
     try:
         return ov.Core().compile_model(str(path), "CPU", config)
     except Exception as err:  # OpenVINO raises RuntimeError/its own types for unreadable models
@@ -129,10 +188,11 @@ def _torchscript_engine(path: Path, batch_size: int) -> LogProbs:
 
 
 def open_exported(path: str | Path, backend: str | None = None, batch_size: int = 1000,
-                  threads: int | None = None) -> LogProbs:
+                  threads: int | None = None, model_name: str | None = None) -> LogProbs:
     """Load an exported file for inference: ONNX through ONNX Runtime (``onnxruntime``, the
-    default) or OpenVINO (``openvino``), a TorchScript archive through ``torch.jit.load``
-    (``torchscript``); ``backend`` defaults to what the file is. A file that cannot be run
+    default) or OpenVINO (``openvino``; not int8 files), a TorchScript archive through
+    ``torch.jit.load`` (``torchscript``); ``backend`` defaults to what the file is. With
+    ``model_name``, an ONNX file of another model is refused. A file that cannot be run
     fails here, before any image is read."""
     path = Path(path)
     if not path.is_file():
@@ -143,8 +203,16 @@ def open_exported(path: str | Path, backend: str | None = None, batch_size: int 
     if backend in ("onnxruntime", "openvino"):
         if torchscript:
             raise ExportError(f"{path}: a TorchScript archive; use --backend torchscript")
+        graph = read_onnx_graph(path)
+        if backend == "openvino" and graph is not None and graph.ort_int8_ops:
+            raise ExportError(f"{path}: an int8 file of ONNX Runtime's quantized operators "
+                              f"({', '.join(graph.ort_int8_ops)}), which OpenVINO cannot compile; "
+                              "use --backend onnxruntime")
         engine = _onnx_engine if backend == "onnxruntime" else _openvino_engine
-        return engine(path, batch_size, threads)
+        run = engine(path, batch_size, threads)  # an unreadable file fails here, saying why
+        if model_name is not None:
+            check_onnx_model(path, model_name, graph)
+        return run
     if backend == "torchscript":
         if not torchscript:
             raise ExportError(f"{path}: not a TorchScript archive; use --backend auto, torch, onnxruntime "
@@ -163,7 +231,8 @@ def cached_onnx(model_name: str, weights: str | Path, rebuild: bool = False) -> 
     key = hashlib.sha256(source.encode()).hexdigest()
     path = cache_dir() / "onnx" / f"{model_name}-{key[:16]}.onnx"
     if rebuild or not path.is_file():
-        export_onnx(load_model(model_name, weights), path)  # atomic: a racing process writes the same
+        # atomic: a racing process writes the same
+        export_onnx(load_model(model_name, weights), path, model_name=get_spec(model_name).name)
     return path
 
 
@@ -176,13 +245,19 @@ def _open_cached(model_name: str, weights: Path, backend: str, threads: int | No
 
 def auto_backend(weights: str | Path, batch: bool = True, device: str | None = None) -> str:
     """What ``auto`` runs ``weights`` on: see the module docstring. An exported ONNX file
-    needs an ONNX engine; a weights file goes through one when the ONNX exporter is
-    installed too; a TorchScript file is never run implicitly."""
+    needs an ONNX engine, and an int8 one ONNX Runtime (OpenVINO cannot compile the
+    quantized operators ONNX Runtime's quantizer writes); a weights file goes through one
+    when the ONNX exporter is installed too; a TorchScript file is never run implicitly."""
     weights = Path(weights)
     if is_torchscript_file(weights):
         raise ExportError(f"{weights}: a TorchScript program; run it with --backend torchscript "
                           "if you trust it")
     is_onnx = weights.suffix.lower() == ".onnx"
+    if is_onnx and (graph := read_onnx_graph(weights)) is not None and graph.quantized:
+        if not _installed("onnxruntime"):
+            raise ExportError(f"{weights}: an int8 ONNX file needs onnxruntime; "
+                              "pip install 'tinydigits[export]'")
+        return "onnxruntime"
     on_cpu = device is None or select_device(device).type == "cpu"
     exportable = is_onnx or (_installed("onnx") and _installed("onnxscript"))
     if on_cpu and exportable:
@@ -231,7 +306,7 @@ def open_engine(model_name: str, weights: str | Path, backend: str = "auto", dev
                 raise
             backend = "torch"  # no usable cache (a read-only home, say): auto still works
     if backend != "torch":
-        return Engine(backend, open_exported(weights, backend, threads=threads))
+        return Engine(backend, open_exported(weights, backend, threads=threads, model_name=model_name))
     if is_onnx:
         raise ExportError(f"{weights}: an ONNX file; evaluate it with --backend onnxruntime or openvino")
     if torchscript:

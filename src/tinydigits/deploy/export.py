@@ -25,6 +25,7 @@ from torch import nn
 from ..data import normalize
 from ..errors import require
 from ..io import atomic_write
+from ..models import conv_shapes, model_with_conv_shapes
 from . import ExportError
 from .fold import fold_batchnorm
 
@@ -33,6 +34,7 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "log_probs"
 OPSET = 18
 FP32_TOLERANCE = 1e-4  # largest |log-prob difference| an fp32 export may show against PyTorch
+MODEL_KEY = "tinydigits.model"  # the metadata_props entry naming the model a file holds
 
 
 # ------------------------------------------------------------------------ exporting
@@ -226,19 +228,28 @@ def _write(path: Path, write: Callable[[Path], None]) -> Path:
         raise ExportError(f"{path}: cannot write ({err.strerror or err})") from None
 
 
-def _write_onnx(proto: Any, path: Path) -> Path:
+def _write_onnx(proto: Any, path: Path, model_name: str | None) -> Path:
     import onnx
 
+    if model_name is not None:  # so an engine can tell a file of another model from the one asked for
+        onnx.helper.set_model_props(proto, {MODEL_KEY: model_name})
     onnx.checker.check_model(proto)
     return _write(path, lambda tmp: tmp.write_bytes(proto.SerializeToString()))
 
 
-def export_onnx(model: nn.Module, path: str | Path) -> Path:
+def _model_name(model: nn.Module, model_name: str | None) -> str | None:
+    """The registry name to record in an export: as given, else the model whose
+    convolutions ``model`` has (None for a model not in the registry)."""
+    return model_name if model_name is not None else model_with_conv_shapes(conv_shapes(model))
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, model_name: str | None = None) -> Path:
     """Write ``model`` as one self-contained ONNX file (no external ``.data`` file) whose
-    input ``images`` [N, 1, 28, 28] has a dynamic batch size N; output ``log_probs`` [N, 10]."""
+    input ``images`` [N, 1, 28, 28] has a dynamic batch size N; output ``log_probs`` [N, 10].
+    The file's metadata names the model (``model_name``, by default found from its shapes)."""
     path = Path(path)
     _check_writable(path)
-    return _write_onnx(onnx_proto(model), path)
+    return _write_onnx(onnx_proto(model), path, _model_name(model, model_name))
 
 
 def export_torchscript(model: nn.Module, path: str | Path) -> Path:
@@ -303,11 +314,12 @@ def int8_onnx_proto(model: nn.Module, calibration_images: torch.Tensor) -> Any:
     return quantized
 
 
-def export_onnx_int8(model: nn.Module, path: str | Path, calibration_images: torch.Tensor) -> Path:
-    """Write the int8 ONNX model of :func:`int8_onnx_proto`."""
+def export_onnx_int8(model: nn.Module, path: str | Path, calibration_images: torch.Tensor, *,
+                     model_name: str | None = None) -> Path:
+    """Write the int8 ONNX model of :func:`int8_onnx_proto` (metadata as :func:`export_onnx`)."""
     path = Path(path)
     _check_writable(path)
-    return _write_onnx(int8_onnx_proto(model, calibration_images), path)
+    return _write_onnx(int8_onnx_proto(model, calibration_images), path, _model_name(model, model_name))
 
 
 # --------------------------------------------------------------------- one call
@@ -338,16 +350,18 @@ def export_model(
     *,
     int8: bool = False,
     calibration_images: torch.Tensor | None = None,
+    model_name: str | None = None,
 ) -> ExportResult:
     """Export ``model`` in format ``fmt`` (``onnx`` or ``torchscript``); ``int8`` (ONNX only)
-    needs ``calibration_images``."""
+    needs ``calibration_images``. ONNX files name the model in their metadata (``model_name``,
+    by default found from the model's shapes)."""
     fmt = check_format(fmt, int8)
     if int8:
         if calibration_images is None:
             raise ExportError("int8 export needs calibration images")
-        written = export_onnx_int8(model, path, calibration_images)
+        written = export_onnx_int8(model, path, calibration_images, model_name=model_name)
     elif fmt == "onnx":
-        written = export_onnx(model, path)
+        written = export_onnx(model, path, model_name=model_name)
     else:
         written = export_torchscript(model, path)
     return ExportResult(written, fmt, int8, written.stat().st_size)

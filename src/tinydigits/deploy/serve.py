@@ -38,7 +38,7 @@ from PIL import Image
 from torch import nn
 from werkzeug.exceptions import HTTPException
 
-from ..errors import ConfigError, TinyDigitsError
+from ..errors import ConfigError, TinyDigitsError, first_line
 from ..models import MODELS, get_spec
 from ..predict import Classifier, classify
 from ..preprocess import WORK_SIDE, PreprocessError, load_image, to_mnist
@@ -48,7 +48,7 @@ from .engines import open_engine
 from .static_site import ORT_WEB_FILES, model_info, models_document, onnx_bytes
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MAX_IMAGE_PIXELS", "MAX_UPLOAD_BYTES", "ApiError",
-           "BackgroundServer", "create_app", "serve"]
+           "BackgroundServer", "check_host", "create_app", "serve"]
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: the demo is for this machine unless asked otherwise
 DEFAULT_PORT = 8000
@@ -297,14 +297,35 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
     return app
 
 
+def check_host(host: str, port: int = DEFAULT_PORT) -> None:
+    """Raise a one-line error unless ``host`` resolves to an address to listen on, as waitress
+    resolves it (whose own error, a ValueError, names neither the host nor the fix)."""
+    import socket
+
+    name = host.strip("[").rstrip("]") if "[" in host and "]" in host else host  # as waitress reads it
+    name = None if name == "*" else name
+    try:
+        socket.getaddrinfo(name, port, socket.AF_UNSPEC, socket.SOCK_STREAM, socket.IPPROTO_TCP,
+                           socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ConfigError(f"cannot serve on {host!r}: not an address or a host name this machine "
+                          f"resolves ({reason}); give e.g. --host 127.0.0.1 (this machine only) "
+                          "or --host 0.0.0.0 (every interface)") from None
+
+
 def _create_server(app: Flask, host: str, port: int, threads: int) -> Any:
     from waitress import create_server
 
+    check_host(host, port)
     # waitress reads a whole request before the app sees it; its own limit (a plain-text 413)
     # only bounds what it buffers, well above the app's JSON 413 at MAX_CONTENT_LENGTH.
     limit = 8 * (app.config["MAX_CONTENT_LENGTH"] or MAX_UPLOAD_BYTES)
-    return create_server(app, host=host, port=port, threads=threads, max_request_body_size=limit,
-                         ident="tinydigits")
+    try:
+        return create_server(app, host=host, port=port, threads=threads, max_request_body_size=limit,
+                             ident="tinydigits")
+    except ValueError as err:  # any other setting waitress refuses
+        raise ConfigError(f"cannot serve on {host!r} port {port}: {first_line(err)}") from None
 
 
 def _urls(server: Any) -> list[str]:
@@ -335,10 +356,14 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, models: Sequence[s
     ``port`` 0 picks a free port; the URL goes to ``announce`` once the socket listens."""
     import signal
 
+    check_host(host, port)  # before the models are loaded
     app = create_app(models, backend=backend, browser_runtime=browser_runtime)
     server = _create_server(app, host, port, threads)
-    announce(f"tinydigits web demo on {' and '.join(_urls(server))} ({threads} server threads, "
-             f"{torch.get_num_threads()} torch threads, models on {app.config['TINYDIGITS_BACKENDS']}; "
+    torch_threads = torch.get_num_threads()
+    announce(f"tinydigits web demo on {' and '.join(_urls(server))} "
+             f"({threads} server thread{'' if threads == 1 else 's'}, "
+             f"{torch_threads} torch thread{'' if torch_threads == 1 else 's'}, "
+             f"models on {app.config['TINYDIGITS_BACKENDS']}; "
              "Ctrl-C to stop)")
 
     def stop(signum: int, frame: Any) -> None:  # SIGTERM stops as cleanly as Ctrl-C

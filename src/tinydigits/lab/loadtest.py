@@ -243,8 +243,10 @@ class LoadResult:
         else:
             torch_threads = "unknown" if self.torch_threads is None else str(self.torch_threads)
             source = f" ({self.torch_threads_from})" if self.torch_threads_from else ""
-            server = (f"server with {self.server_threads} waitress threads and {torch_threads} torch "
-                      f"threads{source}, models on {self.engine or 'an engine it did not name'}")
+            waitress = f"{self.server_threads} waitress thread{'' if self.server_threads == 1 else 's'}"
+            torch_threads += f" torch thread{'' if self.torch_threads == 1 else 's'}"
+            server = (f"server with {waitress} and {torch_threads}{source}, "
+                      f"models on {self.engine or 'an engine it did not name'}")
         rows = [
             ("clients (concurrent, each one request at a time)", str(self.clients)),
             ("duration", f"{self.duration_s:.1f} s"),

@@ -17,7 +17,7 @@ from ..evaluate import evaluate_log_probs, predict_log_probs
 from ..io import atomic_write
 from ..models import get_spec
 from ..weights import get_weights
-from .reproduce import load_results
+from .reproduce import load_results, results_path
 
 
 def _pyplot() -> Any:
@@ -61,7 +61,12 @@ def plot_shipped_curves(name: str, results_root: str | Path, output: str | Path)
     """The training curves of the run whose final weights ship in the package."""
     meta = get_weights(name).meta
     seed, kind = meta.seed, "full" if meta.recipe.val_size == 0 else "default"
-    runs = {run["seed"]: run for run in (load_results(name, kind, results_root) or {}).get("runs", [])}
+    results = load_results(name, kind, results_root)
+    if results is None:  # outside the checkout, say, where results/ is not
+        raise ConfigError(f"{results_path(name, kind, results_root)}: no such file, so the shipped weights' "
+                          f"run (seed {seed}) is not in {results_root}; run this in the tinydigits checkout "
+                          "or give --results-dir the checkout's results folder")
+    runs = {run["seed"]: run for run in results.get("runs", [])}
     if seed not in runs:
         raise ConfigError(f"{name}: the shipped weights' run (seed {seed}) is not in {results_root}; "
                          "run tinydigits reproduce and publish first")

@@ -11,10 +11,12 @@ Writes ``pretrained/<model>.safetensors`` with full metadata (see
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
 from .. import data
+from ..errors import ConfigError
 from ..evaluate import evaluate
 from ..io import file_sha256, save_weights, write_text
 from ..models import count_parameters
@@ -38,7 +40,7 @@ def how_chosen(results: dict[str, Any]) -> str:
     if results["recipe"].get("val_size") == 0:
         return (f"seed 0 of {seeds}, trained on all 60,000 training images (no validation split), "
                 "final epoch: nothing selected")
-    return f"highest final-epoch validation accuracy among {seeds} seeds"
+    return f"highest final-epoch validation accuracy among {seeds} seed{'' if seeds == 1 else 's'}"
 
 
 def publish(
@@ -52,7 +54,13 @@ def publish(
     name = results["model"]
     run = pick_seed(results)
     weights_dir = Path(weights_dir)
-    model = load_model(name, Path(run["run_dir"]) / "final.safetensors")
+    final = Path(run["run_dir"]) / "final.safetensors"
+    if not final.is_file():  # run folders are not committed: a fresh clone has results, no runs
+        again = f"{run['command']} --run-dir {shlex.quote(run['run_dir'])}"
+        raise ConfigError(f"{final}: no such file; the {results.get('recipe_kind', 'default')} results "
+                          f"record seed {run['seed']} of {name} as trained in {run['run_dir']}, which is not "
+                          f"here: run publish where that folder is, or train it again: {again}")
+    model = load_model(name, final)
     # Measured again through the public loading path, so the recorded figure is exactly
     # what a user of the shipped file gets.
     test = evaluate(model, data.normalize(mnist.test_images), mnist.test_labels)

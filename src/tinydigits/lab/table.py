@@ -39,7 +39,8 @@ def _seed_cell(results: dict | None) -> str:
     if not results:
         return "not run"
     summary = results["test_accuracy"]
-    return f"{summary['mean']:.2f} ± {summary['std']:.2f}% ({results['seeds']} seeds)"
+    seeds = results["seeds"]
+    return f"{summary['mean']:.2f} ± {summary['std']:.2f}% ({seeds} seed{'' if seeds == 1 else 's'})"
 
 
 def models_table(results_root: str | Path = RESULTS_DIR) -> str:

@@ -9,10 +9,12 @@ set is never evaluated here.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from .. import data
 from ..errors import ConfigError, first_line, require
@@ -25,6 +27,26 @@ from .commands import tinydigits_line
 
 def default_storage(model_name: str) -> str:
     return f"sqlite:///runs/tune/{get_spec(model_name).name}.db"
+
+
+# scheme://user:PASSWORD@host...: the password runs to the last @ (SQLAlchemy's rule is the
+# first, but hiding too much is the safe side).
+_PASSWORD = re.compile(r"^(?P<head>[\w+.-]+://[^:/@]*:)(?P<password>.*)@")
+
+
+def redact(url: str) -> str:
+    """A storage URL fit to print: its password, if any, replaced by ``***``."""
+    return _PASSWORD.sub(r"\g<head>***@", url, count=1)
+
+
+def _storage_error(storage: str, err: BaseException) -> str:
+    """The first line of a storage error, with the URL's password hidden should the driver echo it."""
+    text = first_line(err)
+    found = _PASSWORD.match(storage)
+    password = found["password"] if found else ""
+    for form in {password, unquote(password)} - {""}:
+        text = text.replace(form, "***")
+    return text
 
 
 # The recipe fields `suggest_recipe` searches.
@@ -82,10 +104,11 @@ def tune(
         try:
             return optuna.load_study(study_name=study_name, storage=storage)
         except KeyError:
-            raise ConfigError(f"no study {study_name!r} in {storage!r}; give --study-name, or run "
+            raise ConfigError(f"no study {study_name!r} in {redact(storage)!r}; give --study-name, or run "
                               "some trials first") from None
         except Exception as err:
-            raise ConfigError(f"cannot open Optuna storage {storage!r}: {first_line(err)}") from None
+            raise ConfigError(f"cannot open Optuna storage {redact(storage)!r}: "
+                              f"{_storage_error(storage, err)}") from None
     try:
         try:
             study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
@@ -95,11 +118,9 @@ def tune(
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(study_name=study_name, storage=storage)
     except Exception as err:  # sqlalchemy and optuna raise many types for a bad URL
-        raise ConfigError(f"cannot open Optuna storage {storage!r}: {first_line(err)}") from None
+        raise ConfigError(f"cannot open Optuna storage {redact(storage)!r}: "
+                          f"{_storage_error(storage, err)}") from None
     mnist = mnist if mnist is not None else data.load_mnist(data_dir)
-    if subset is not None:
-        mnist = data.MNIST(mnist.train_images[:subset], mnist.train_labels[:subset],
-                           mnist.test_images, mnist.test_labels)
 
     def objective(trial: Any) -> float:
         recipe = suggest_recipe(trial, base)
@@ -108,8 +129,9 @@ def tune(
         run_dir = Path(tempfile.mkdtemp(prefix=f"{study_name}-trial{trial.number:04d}-", dir=runs_root))
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("recipe", recipe.to_dict())
+        trial.set_user_attr("subset", subset)  # for the command that trains the same again
         result = train(model_name, recipe, mnist=mnist, run_dir=run_dir, device=device, threads=threads,
-                       evaluate_test=False, progress=False, log=lambda line: None)
+                       evaluate_test=False, progress=False, log=lambda line: None, subset=subset)
         accuracy = result.final["val_accuracy"]
         log(f"trial {trial.number}: validation accuracy {accuracy:.2f}% with {trial.params}")
         return accuracy
@@ -118,12 +140,13 @@ def tune(
     return study
 
 
-def recipe_command(model_name: str, recipe: dict[str, Any]) -> str:
-    """The ``tinydigits train`` command that trains with a trial's recipe (the fields that
-    differ from the model's default recipe, as options)."""
+def recipe_command(model_name: str, recipe: dict[str, Any], subset: int | None = None) -> str:
+    """The ``tinydigits train`` command that trains what a trial trained: its recipe (the
+    fields that differ from the model's default recipe, as options) on the same ``subset``
+    of the training images."""
     default = get_recipe(model_name).to_dict()
     changed = {key: value for key, value in recipe.items() if value != default.get(key)}
-    return tinydigits_line("train", {"model": model_name, **changed})
+    return tinydigits_line("train", {"model": model_name, **changed, "subset": subset})
 
 
 def export_trials(study: Any, model_name: str, path: str | Path) -> Path:
@@ -140,7 +163,7 @@ def export_trials(study: Any, model_name: str, path: str | Path) -> Path:
             "val_accuracy": trial.value,
             "params": trial.params,
             "seconds": round(trial.duration.total_seconds(), 1) if trial.duration else None,
-            "command": recipe_command(model_name, recipe) if recipe else None,
+            "command": recipe_command(model_name, recipe, trial.user_attrs.get("subset")) if recipe else None,
         })
     trials.sort(key=lambda t: (t["val_accuracy"] is None, -(t["val_accuracy"] or 0), t["number"]))
     document = {"study": study.study_name, "model": model_name, "direction": study.direction.name.lower(),

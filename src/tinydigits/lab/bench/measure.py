@@ -338,7 +338,8 @@ def time_to_accuracy(mnist: data.MNIST, device: torch.device, threads: int, sett
     for kind in ("default", "reference"):
         run_data, recipe = _smoke_slice(mnist, get_recipe("medium", kind), settings.tta_train_images)
         recipe = recipe.replace(epochs=settings.tta_epochs or recipe.epochs)
-        log(f"time to accuracy: medium, {kind} recipe, {recipe.epochs} epochs")
+        epochs = f"{recipe.epochs} epoch{'' if recipe.epochs == 1 else 's'}"
+        log(f"time to accuracy: medium, {kind} recipe, {epochs}")
         with tempfile.TemporaryDirectory(prefix="tinydigits-bench-") as tmp:
             start = time.perf_counter()
             run = train("medium", recipe, mnist=run_data, run_dir=Path(tmp) / "run", device=str(device),
