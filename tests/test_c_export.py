@@ -1,6 +1,7 @@
 """The integer-only C export: compiled with the host compiler and run on all 10,000 test
 images, compared with the float model and the int8 ONNX export; cross-compiled for
-Cortex-M0+/M4 and run on QEMU's emulated Cortex-M3 where Debian's cross tools are installed."""
+Cortex-M0+/M4 and run on QEMU's emulated Cortex-M3 (portable kernels) and Cortex-M4 (DSP
+kernels) where Debian's cross tools are installed."""
 
 from __future__ import annotations
 
@@ -22,14 +23,19 @@ from tinydigits.deploy import ExportError
 from tinydigits.deploy.c_export import (
     COMPILE_FLAGS,
     CExport,
+    _rings,
+    _steps,
     export_c,
     find_compiler,
+    lower,
+    macs,
     quantized_multiplier,
+    schedule,
     verify_c,
     write_test_idx,
 )
 from tinydigits.deploy.engines import onnx_session
-from tinydigits.deploy.export import calibration_subset, export_onnx_int8
+from tinydigits.deploy.export import calibration_subset, export_onnx_int8, int8_onnx_proto
 from tinydigits.errors import ConfigError
 from tinydigits.lab import mcu
 from tinydigits.models import MODELS
@@ -88,10 +94,12 @@ def test_generated_c_is_integer_only_c99_with_const_tables(exported):
     assert re.findall(r"#include\s+(\S+)", header_code) == ["<stdint.h>"]
     for word in ("float", "double", "malloc", "free", "printf"):
         assert not re.search(rf"\b{word}\b", code), word
-    assert "static const int8_t weight" in code and "static uint8_t buffer0[" in code
-    # Every table is const; the only writable globals are the two activation buffers.
+    assert "static const int8_t weight" in code and "static uint8_t arena[" in code
+    # Every table is const; the only writable globals are the arena of activation rows and the
+    # average pooling's sums.
     writable = re.findall(r"^static (?!const)(?!.*\()[^\n]*;", code, flags=re.MULTILINE)
-    assert len(writable) == 2 and all(line.startswith("static uint8_t buffer") for line in writable), writable
+    names = [line.split("[")[0] for line in writable]
+    assert names == ["static uint8_t arena", "static int32_t sums"], writable
     # Stricter than the verifier's flags: pedantic C99, conversions, and no float anywhere.
     compiler = find_compiler()
     flags = [*COMPILE_FLAGS, "-pedantic", "-Wdouble-promotion", "-Wfloat-conversion"]
@@ -223,19 +231,71 @@ def test_unknown_model_is_a_one_line_error(tmp_path):
 @needs_cc
 @needs_cross
 @pytest.mark.parametrize("name", list(MODELS))
-def test_cortex_m_footprint_and_qemu_run_match_the_host(name, exported, mnist, tmp_path):
+def test_cortex_m_footprint_and_qemu_runs_match_the_host(name, exported, mnist, tmp_path):
+    """Flash, RAM under 4 KB with a stack bound, and the model on QEMU's Cortex-M3 (portable
+    kernels) and Cortex-M4 (DSP kernels): the host's digit on each of the first 1,000 test
+    images, under 3 instructions per multiply-accumulate, the stack used within its bound."""
     export = exported[name].export
     prefix = f"tinydigits_{name}"
-    sizes = {cpu: mcu.footprint(export.source, prefix, cpu, tmp_path) for cpu in mcu.CPUS}
+    sizes = {cpu: mcu.footprint(export.source, prefix, cpu, tmp_path) for cpu in (*mcu.CPUS, "cortex-m3")}
     for size in sizes.values():
         assert size.code_bytes > 0 and size.table_bytes > MODELS[name].parameters  # int8 weights and more
-        assert size.buffer_bytes == export.buffer_bytes and size.stack_bytes > 0
+        assert size.buffer_bytes == export.buffer_bytes and 0 < size.stack_bytes <= 640
+        assert size.ram_bytes <= 4096, size  # the rings of rows and the stack's bound
     if name == "medium":
         assert sizes["cortex-m0plus"].table_bytes <= 10 * 1024
-        assert all(size.ram_bytes <= 12 * 1024 for size in sizes.values())
-    run = mcu.run_on_qemu(export.source, export.header, prefix, mnist.test_images[:1000], tmp_path)
-    assert run.predictions.tolist() == exported[name].host.predictions[:1000].tolist()
-    assert run.instructions_per_image > 100_000  # a real count, not a placeholder
+        assert all(size.ram_bytes <= 3 * 1024 for size in sizes.values())
+    per_image = macs(lower(int8_onnx_proto(tinydigits.load_model(name, pretrained=True),
+                                           calibration_subset(mnist.train_images))))
+    dsp = subprocess.run(["arm-none-eabi-objdump", "-d", str(tmp_path / f"{prefix}-cortex-m4.elf")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "smlad" in dsp and "uxtb16" in dsp  # the M4 build takes the DSP path
+    for cpu, limit in (("cortex-m3", 3.0), ("cortex-m4", 2.6)):
+        run = mcu.run_on_qemu(export.source, export.header, prefix, mnist.test_images[:1000], tmp_path, cpu)
+        assert run.predictions.tolist() == exported[name].host.predictions[:1000].tolist(), cpu
+        assert 100_000 < run.instructions_per_image <= limit * per_image, (cpu, run.instructions_per_image)
+        assert 64 <= run.stack_bytes <= sizes[cpu].stack_bytes, (cpu, run.stack_bytes, sizes[cpu].stack_bytes)
+
+
+@needs_cross
+def test_stack_bound_is_the_deepest_call_chain(tmp_path):
+    """The bound follows GCC's call graph: the deepest chain of frames, not their sum."""
+    source = tmp_path / "chain.c"
+    source.write_text("""
+#define KEEP __attribute__((noinline)) static int
+KEEP leaf(volatile int *x) { volatile int big[40]; big[0] = *x; return big[0]; }
+KEEP small(volatile int *x) { volatile int two[2]; two[0] = *x; return two[0]; }
+KEEP middle(volatile int *x) { volatile int some[10]; some[0] = leaf(x); return some[0]; }
+int entry(int y) { volatile int v = y; return middle(&v) + small(&v); }
+""")
+    obj = tmp_path / "chain.o"
+    subprocess.run(["arm-none-eabi-gcc", "-mcpu=cortex-m3", "-mthumb", *mcu.CROSS_FLAGS, "-fstack-usage",
+                    "-fcallgraph-info=su", "-c", str(source), "-o", str(obj)], check=True)
+    elf = tmp_path / "chain.elf"
+    subprocess.run(["arm-none-eabi-gcc", "-mcpu=cortex-m3", "-mthumb", "-nostdlib", "-Wl,-e,entry", str(obj),
+                    "-o", str(elf)], check=True)
+    frames = {line.split("\t")[0].rsplit(":", 1)[-1]: int(line.split("\t")[1])
+              for line in obj.with_suffix(".su").read_text().splitlines()}
+    bound = mcu.stack_bound(obj.with_suffix(".ci"), elf, "entry")
+    assert bound == frames["entry"] + frames["middle"] + frames["leaf"] < sum(frames.values())
+
+
+@needs_cc
+def test_row_schedule_keeps_a_few_rows_per_layer(exported, mnist):
+    """Each layer keeps as many input rows as its kernel is tall; the schedule computes every
+    row once, never overwrites a row that is still needed (it checks as it goes), and the
+    activation memory is a few rows rather than whole maps."""
+    model = tinydigits.load_model("small", pretrained=True)
+    lowered = lower(int8_onnx_proto(model, calibration_subset(mnist.train_images)))
+    steps = _steps(lowered)
+    rings = _rings(steps, lowered.logits_zero)
+    order = schedule(steps, rings)
+    assert order[0] == 0 and order[-1] == len(steps) - 1  # an input row first, the logits last
+    assert order.count(0) == 28
+    assert all(ring.rows <= 3 for ring in rings)
+    assert macs(lowered) == 1_423_904
+    assert sum(ring.size for ring in rings) < 28 * 28 * 8 * 0.6  # the whole-map C held two 28x28x8 maps
+    assert exported["small"].export.buffer_bytes <= 3.5 * 1024
 
 
 @needs_cross

@@ -1,9 +1,10 @@
-/* Runs an exported tinydigits model on QEMU's mps2-an385 (Cortex-M3), bare metal: no C
- * library, output and exit through Arm semihosting. The test images are linked in (raw
- * 28x28 bytes, IMAGE_COUNT of them, from IMAGES_FILE). It prints "predictions: " and one
- * digit per image, then the instructions per image measured with SysTick under
- * `-icount shift=0` (one instruction per virtual nanosecond), calibrated on a loop of known
- * length.
+/* Runs an exported tinydigits model on QEMU's mps2-an385 (Cortex-M3) or mps2-an386
+ * (Cortex-M4), bare metal: no C library, output and exit through Arm semihosting. The test
+ * images are linked in (raw 28x28 bytes, IMAGE_COUNT of them, from IMAGES_FILE). It prints
+ * "predictions: " and one digit per image, then the instructions per image measured with
+ * SysTick under `-icount shift=0` (one instruction per virtual nanosecond), calibrated on a
+ * loop of known length, then the stack the model used: the bytes below main's frame that its
+ * calls overwrote in a region painted with a pattern beforehand (the high-water mark).
  *
  * Built by tinydigits.lab.mcu with -DPREDICT=tinydigits_<model>_predict
  * -DMODEL_HEADER=\"tinydigits_<model>.h\" -DIMAGES_FILE=\"...\" -DIMAGE_COUNT=N. */
@@ -67,11 +68,23 @@ static uint32_t loop_ticks(uint32_t iterations)
     return ticks_since(start);
 }
 
+#define STACK_PAINT_WORDS 4096 /* 16 KB painted below main's frame: far more than the model uses */
+#define STACK_PATTERN 0xC5A3E1F7u
+
 int main(void)
 {
     static char line[IMAGE_COUNT + 1];
     uint64_t ticks = 0;
     uint32_t i, calibration;
+    uint32_t *sp, *low, *mark;
+    /* Paint the stack below this frame (main's own frame stays as it is: the model's calls
+     * start at sp); a plain loop, which -fno-tree-loop-distribute-patterns keeps from
+     * becoming a call to memset. */
+    __asm__ volatile("mov %0, sp" : "=r"(sp));
+    low = sp - STACK_PAINT_WORDS;
+    for (mark = low; mark < sp; mark++) {
+        *(volatile uint32_t *)mark = STACK_PATTERN;
+    }
     SYST_RVR = 0xFFFFFF;
     SYST_CVR = 0;
     SYST_CSR = 5; /* enabled, core clock, no interrupt */
@@ -81,6 +94,8 @@ int main(void)
         ticks += ticks_since(start);
     }
     line[IMAGE_COUNT] = 0;
+    for (mark = low; mark < sp && *(volatile uint32_t *)mark == STACK_PATTERN; mark++) {
+    }
     print("predictions: ");
     print(line);
     /* 100,000 iterations of two instructions (subs, bne) */
@@ -89,6 +104,8 @@ int main(void)
     print_number((uint32_t)(ticks / IMAGE_COUNT));
     print("\ncalibration ticks for 200000 instructions: ");
     print_number(calibration);
+    print("\nstack bytes: ");
+    print_number((uint32_t)((sp - mark) * sizeof(uint32_t)));
     print("\n");
     stop();
     return 0;
