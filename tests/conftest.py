@@ -37,3 +37,16 @@ def browser():
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield browser
         browser.close()
+
+
+# Whole modules that take minutes: a real browser, a compiler and an emulator, real servers
+# under load, training runs killed and resumed, Optuna workers on PostgreSQL. `pytest -m "not
+# slow"` leaves them (and the tests marked slow in other modules) out for a quick run; CI runs all.
+SLOW_MODULES = {"test_static_site", "test_web", "test_c_export", "test_loadtest", "test_checkpoint",
+                "test_tune", "test_bench", "test_reproduce"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -75,6 +75,7 @@ def test_summary_and_models():
     assert "7,632" in listing and "5,616" in listing and "4,464" in listing
 
 
+@pytest.mark.slow
 def test_train_then_eval_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
     trained = run_cli("train", *SHORT, "--epochs", "2", "--run-dir", str(run_dir))
@@ -103,6 +104,7 @@ def uninterrupted_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_cli_run_resumes_to_the_same_weights(tmp_path, sig, uninterrupted_run):
     cut_dir = tmp_path / "cut"
@@ -167,6 +169,7 @@ def test_a_file_that_is_not_weights_is_named_so_without_unsafe_advice(tmp_path):
         assert "weights_only" not in line and "trusted source" not in line
 
 
+@pytest.mark.slow
 def test_train_on_a_subset_records_it_says_it_and_resumes_with_it(tmp_path):
     args = ["--model", "ultrasmall", "--subset", "1200", "--val-size", "200", "--batch-size", "100",
             "--epochs", "2", "--seed", "3", "--threads", "1", "--no-progress"]

@@ -123,6 +123,7 @@ def test_onnx_batch_dimension_is_dynamic(medium_onnx: Path, test_set) -> None:
         torch.testing.assert_close(got, predict_log_probs(model, images), rtol=0, atol=TOLERANCE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_int8_is_small_and_accurate(name: str, tmp_path: Path, test_set) -> None:
     out = tmp_path / f"{name}-int8.onnx"
@@ -141,6 +142,7 @@ def test_int8_is_small_and_accurate(name: str, tmp_path: Path, test_set) -> None
 # ------------------------------------------------------------------- TorchScript
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_torchscript_matches_pytorch(name: str, tmp_path: Path, test_set) -> None:
     model = _model(name)
@@ -185,6 +187,7 @@ def test_eval_backend_onnxruntime(medium_onnx: Path, tmp_path: Path) -> None:
                              "--backend", "torch"]))
 
 
+@pytest.mark.slow
 def test_export_command_torchscript_verifies(tmp_path: Path, test_set) -> None:
     out = tmp_path / "m.pt"
     result = CliRunner().invoke(main, ["export", "--model", "medium", "--format", "torchscript",
@@ -238,6 +241,7 @@ def test_diagram_writes_svg_and_png(tmp_path: Path) -> None:
                                                                   "-o", str(tmp_path / "x.gif")]))
 
 
+@pytest.mark.slow
 def test_view_serves_the_model_until_stopped() -> None:
     pytest.importorskip("netron")
     proc = subprocess.Popen(

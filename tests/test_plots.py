@@ -28,6 +28,7 @@ def test_training_curves_from_a_history(tmp_path):
     assert_png(plot_training_curves(full, "all the data", tmp_path / "full.png"))
 
 
+@pytest.mark.slow
 def test_report_writes_confusion_and_misclassified_grid(tmp_path, mnist):
     result = CliRunner().invoke(main, ["report", "--model", "ultrasmall", "--output-dir", str(tmp_path),
                                        "--threads", "1"])

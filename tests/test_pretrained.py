@@ -115,6 +115,7 @@ def test_unknown_model_has_no_weights():
         get_weights("huge")
 
 
+@pytest.mark.slow
 def test_publish_ships_the_best_validation_run_with_full_metadata(tmp_path, mnist):
     runs = []
     for seed, val in ((0, 98.0), (1, 98.5)):

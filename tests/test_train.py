@@ -27,6 +27,7 @@ def quiet_train(model, recipe, mnist, run_dir, **kwargs):
     return train(model, recipe, mnist=mnist, run_dir=run_dir, progress=False, log=lambda line: None, **kwargs)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_bit_identical_weights(small_mnist, tmp_path):
     a = quiet_train("ultrasmall", QUICK, small_mnist, tmp_path / "a")
     b = quiet_train("ultrasmall", QUICK, small_mnist, tmp_path / "b")
@@ -55,6 +56,7 @@ def test_run_directory_contents(small_mnist, tmp_path):
     assert not list(run.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(small_mnist, tmp_path):
     recipe = QUICK.replace(epochs=3)
     whole = quiet_train("medium", recipe, small_mnist, tmp_path / "whole")
@@ -115,6 +117,7 @@ def test_corrupt_or_foreign_checkpoint_is_a_clear_error(small_mnist, tmp_path):
         quiet_train("medium", QUICK, small_mnist, run, resume=True)
 
 
+@pytest.mark.slow
 def test_distillation_from_a_teacher_folder(small_mnist, tmp_path):
     from pathlib import Path
 
@@ -141,6 +144,7 @@ def test_distillation_from_a_teacher_folder(small_mnist, tmp_path):
     assert any(not torch.equal(tensor, untaught[name]) for name, tensor in taught.items())
 
 
+@pytest.mark.slow
 def test_distillation_on_the_augmented_batches(small_mnist, tmp_path, monkeypatch):
     import importlib
     from pathlib import Path
@@ -165,6 +169,7 @@ def test_distillation_needs_a_teacher():
         QUICK.replace(distill=0.5)
 
 
+@pytest.mark.slow
 def test_clean_epochs_end_the_training_without_augmentation(small_mnist, tmp_path, monkeypatch):
     import importlib
 

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The numerics-sensitive tests once more, under other kernels than this CPU picks, so a result
+# that holds only for this machine's SIMD/BLAS/oneDNN kernels or thread count fails here rather
+# than on a user's machine (Intel with AMX, AMD without AVX-512, ...):
+#   1. the baseline kernels: ATen's and oneDNN's without AVX2, NumPy's with none of its dispatched
+#      extensions, one thread;
+#   2. AVX2 kernels (no AVX-512/AMX): ATen's and oneDNN's, NumPy's, two threads.
+# OpenBLAS's own choice (OPENBLAS_CORETYPE) is left to the host: some set it to stay correct.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTEST="${PYTEST:-.venv/bin/pytest}"
+PYTHON="${PYTHON:-.venv/bin/python}"
+TESTS=(tests/test_preprocess.py tests/test_predict.py tests/test_read.py tests/test_engines.py
+       tests/test_export.py)
+
+# NumPy's dispatched extensions as this NumPy names them (X86_V3, AVX512_ICL, ... in 2.x).
+dispatched() {
+    "$PYTHON" - "$1" <<'EOF'
+import sys
+import numpy
+try:
+    from numpy._core._multiarray_umath import __cpu_dispatch__ as names
+except ImportError:  # NumPy 1.x
+    from numpy.core._multiarray_umath import __cpu_dispatch__ as names
+keep = sys.argv[1]  # the extensions to keep: "none", or "avx2" (AVX2 and below)
+avx2_or_less = {"SSE", "SSE2", "SSE3", "SSSE3", "SSE41", "POPCNT", "SSE42", "AVX", "F16C", "FMA3", "AVX2",
+                "X86_V2", "X86_V3"}
+print(" ".join(name for name in names if keep == "none" or name not in avx2_or_less))
+EOF
+}
+
+run() {
+    local label="$1"
+    shift
+    echo "test-kernels: $label"
+    env "$@" "$PYTEST" -q -p no:cacheprovider -m "not slow" "${TESTS[@]}"
+}
+
+run "baseline kernels, 1 thread" ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 \
+    NPY_DISABLE_CPU_FEATURES="$(dispatched none)" TINYDIGITS_THREADS=1
+run "AVX2 kernels, 2 threads" ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
+    NPY_DISABLE_CPU_FEATURES="$(dispatched avx2)" TINYDIGITS_THREADS=2
