@@ -219,7 +219,9 @@ def _solve(matrix: list[list[float]], rhs: list[float]) -> tuple[float, ...]:
     for c in reversed(range(n)):
         row = pivots[c]
         if row is not None:
-            known = sum(rows[row][k] * solution[k] for k in range(c + 1, n))
+            known = 0.0  # left to right, not sum(): Python 3.12's sum() compensates, 3.11's does not
+            for k in range(c + 1, n):
+                known += rows[row][k] * solution[k]
             solution[c] = (rows[row][n] - known) / rows[row][c]
     return tuple(solution)
 

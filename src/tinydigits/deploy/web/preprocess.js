@@ -1,18 +1,31 @@
-// MNIST framing of a drawing, in the browser: a port of tinydigits.preprocess.to_mnist for the
-// page's canvas (dark strokes on white). The same steps in the same order: grayscale, ink
-// strength (levels as ink_map sets them), specks dropped (remove_specks), crop to the ink,
-// strokes thickened when they would come out thinner than MNIST's (_thicken: a digit drawn
-// nearly as tall as the pad), scale into a 20x20 box keeping the aspect ratio with Pillow's
-// Lanczos filter (ported below), centre of mass at the centre of 28x28 by whole pixels,
-// rounded to bytes. Python's round() and numpy's round half to even, so this does too. One
-// shortcut, exact for this canvas: the paper is known to be white (Python fits a surface to
-// it and finds 1.0).
+// MNIST framing of a picture, in the browser: a port of tinydigits.preprocess.to_mnist (and of
+// ink_map, which read_number shares) with the same steps in the same order: the picture
+// box-reduced to at most 512 px a side as Image.reduce does it (integer rounding included),
+// grayscale in doubles rounded to fp32 once, transparency resolved, the paper's lighting
+// fitted (a robust quadratic surface: NumPy's pairwise sums and medians, the same 6x6
+// Gaussian elimination), polarity detected, ink levels set (NumPy's fp32 quantile and
+// median), specks dropped, crop to the ink, thin strokes thickened, Pillow's Lanczos resize
+// into 20x20, centre of mass at the centre of 28x28 by whole pixels, rounded to bytes.
+// NumPy's fp32 arithmetic is mirrored with Math.fround where it decides a pixel; Python's
+// round() and NumPy's round half to even, so this does too. Not mirrored: a JPEG that Python
+// decodes in draft mode (1/2, 1/4, 1/8 scale in the decoder) is decoded here at full size and
+// box-averaged by the same factor first (close, not bit-exact); 16-bit and palette pictures
+// arrive here as the browser's 8-bit RGBA.
 "use strict";
 
 window.tinydigitsPreprocess = (() => {
   const BOX = 20;
   const SIZE = 28;
   const CENTRE = 14.0;
+  const WORK_SIDE = 512;
+  const f32 = Math.fround;
+
+  class PreprocessError extends Error {
+    constructor(message) {
+      super(message);
+      this.status = 422; // as the API answers a picture with no ink
+    }
+  }
 
   // Python's round(): half to even.
   function roundHalfEven(x) {
@@ -20,33 +33,376 @@ window.tinydigitsPreprocess = (() => {
     return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
   }
 
-  // numpy's quantile with its default (linear) interpolation, of a sorted array.
-  function quantileSorted(sorted, q) {
+  // NumPy's sum of a float64 array: pairwise, blocks of 128 summed in 8 lanes.
+  function pairwise(a, lo, n) {
+    if (n < 8) {
+      let r = 0;
+      for (let i = 0; i < n; i++) r += a[lo + i];
+      return r;
+    }
+    if (n <= 128) {
+      let r0 = a[lo]; let r1 = a[lo + 1]; let r2 = a[lo + 2]; let r3 = a[lo + 3];
+      let r4 = a[lo + 4]; let r5 = a[lo + 5]; let r6 = a[lo + 6]; let r7 = a[lo + 7];
+      let i = 8;
+      for (; i < n - (n % 8); i += 8) {
+        const j = lo + i;
+        r0 += a[j]; r1 += a[j + 1]; r2 += a[j + 2]; r3 += a[j + 3];
+        r4 += a[j + 4]; r5 += a[j + 5]; r6 += a[j + 6]; r7 += a[j + 7];
+      }
+      let res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7));
+      for (; i < n; i++) res += a[lo + i];
+      return res;
+    }
+    let n2 = Math.floor(n / 2);
+    n2 -= n2 % 8;
+    return pairwise(a, lo, n2) + pairwise(a, lo + n2, n - n2);
+  }
+
+  // The same for a float32 array, every addition rounded to fp32 as NumPy's are.
+  function pairwise32(a, lo, n) {
+    if (n < 8) {
+      let r = 0;
+      for (let i = 0; i < n; i++) r = f32(r + a[lo + i]);
+      return r;
+    }
+    if (n <= 128) {
+      const r = Array.from({ length: 8 }, (_, j) => a[lo + j]);
+      let i = 8;
+      for (; i < n - (n % 8); i += 8) for (let j = 0; j < 8; j++) r[j] = f32(r[j] + a[lo + i + j]);
+      let res = f32(f32(f32(r[0] + r[1]) + f32(r[2] + r[3])) + f32(f32(r[4] + r[5]) + f32(r[6] + r[7])));
+      for (; i < n; i++) res = f32(res + a[lo + i]);
+      return res;
+    }
+    let n2 = Math.floor(n / 2);
+    n2 -= n2 % 8;
+    return f32(pairwise32(a, lo, n2) + pairwise32(a, lo + n2, n - n2));
+  }
+
+  const sum64 = (a) => pairwise(a, 0, a.length);
+  const sum32 = (a) => pairwise32(a, 0, a.length);
+
+  // The k-th smallest of values (Hoare's quickselect; the array is reordered).
+  function select(values, k, lo = 0, hi = values.length - 1) {
+    while (hi > lo) {
+      const pivot = values[(lo + hi) >> 1];
+      let i = lo;
+      let j = hi;
+      while (i <= j) {
+        while (values[i] < pivot) i++;
+        while (values[j] > pivot) j--;
+        if (i <= j) {
+          const t = values[i];
+          values[i] = values[j];
+          values[j] = t;
+          i++;
+          j--;
+        }
+      }
+      if (k <= j) hi = j;
+      else if (k >= i) lo = i;
+      else return values[k];
+    }
+    return values[k];
+  }
+
+  // np.median of float64 values (the array is reordered).
+  function median64(values) {
+    const n = values.length;
+    const upper = select(values, n >> 1);
+    if (n % 2) return upper;
+    let lower = -Infinity; // the largest of the lower half, which select left before n / 2
+    for (let i = 0; i < n >> 1; i++) if (values[i] > lower) lower = values[i];
+    return (lower + upper) / 2;
+  }
+
+  // np.median of float32 values: the mean of the middle two in fp32.
+  function median32(sorted) {
+    const n = sorted.length;
+    return n % 2 ? sorted[(n - 1) / 2] : f32(f32(sorted[n / 2 - 1] + sorted[n / 2]) / 2);
+  }
+
+  // np.quantile (linear) of sorted float32 values, in fp32 as NumPy computes it.
+  function quantile32(sorted, q) {
     const position = q * (sorted.length - 1);
     const lo = Math.floor(position);
     const hi = Math.min(lo + 1, sorted.length - 1);
-    return sorted[lo] + (sorted[hi] - sorted[lo]) * (position - lo);
+    const t = position - lo;
+    const a = sorted[lo];
+    const b = sorted[hi];
+    const diff = f32(b - a);
+    return t >= 0.5 ? f32(b - f32(diff * f32(1 - t))) : f32(a + f32(diff * f32(t)));
   }
 
-  // Ink strength in [0, 1] from RGBA pixels on white paper (preprocess._ink_map).
-  function inkMap(rgba, count) {
-    const ink = new Float32Array(count);
-    const candidates = [];
-    const low = 1.5 / 255; // max(3 * noise, 1.5 / 255) with no paper noise
-    for (let i = 0; i < count; i++) {
-      const gray = Math.fround(rgba[4 * i] / 255 * 0.299 + rgba[4 * i + 1] / 255 * 0.587 +
-        rgba[4 * i + 2] / 255 * 0.114);
-      const value = Math.max(0, 1 - gray);
-      ink[i] = value;
-      if (value > low) candidates.push(value);
+  // np.quantile (linear) of sorted float64 values.
+  function quantile64(sorted, q) {
+    const position = q * (sorted.length - 1);
+    const lo = Math.floor(position);
+    const hi = Math.min(lo + 1, sorted.length - 1);
+    const t = position - lo;
+    const diff = sorted[hi] - sorted[lo];
+    return t >= 0.5 ? sorted[hi] - diff * (1 - t) : sorted[lo] + diff * t;
+  }
+
+  // ------------------------------------------------------------ the picture
+
+  // Image.reduce(factor) of 8-bit RGBA: each channel's box average (partial boxes at the
+  // right and bottom edges averaged over what they hold), rounded as Pillow's integer code.
+  function reduce(image, factor) {
+    const { data, width, height } = image;
+    const ow = Math.ceil(width / factor);
+    const oh = Math.ceil(height / factor);
+    const out = new Uint8ClampedArray(ow * oh * 4);
+    const multipliers = new Map();
+    const multiplier = (n) => {
+      if (!multipliers.has(n)) multipliers.set(n, Math.trunc(f32(4294967296 / (256 * n))));
+      return multipliers.get(n);
+    };
+    for (let y = 0; y < oh; y++) {
+      const yEnd = Math.min(height, (y + 1) * factor);
+      for (let x = 0; x < ow; x++) {
+        const xEnd = Math.min(width, (x + 1) * factor);
+        const n = (yEnd - y * factor) * (xEnd - x * factor);
+        const m = multiplier(n);
+        for (let ch = 0; ch < 4; ch++) {
+          let ss = Math.floor(n / 2);
+          for (let yy = y * factor; yy < yEnd; yy++) {
+            for (let xx = x * factor; xx < xEnd; xx++) ss += data[(yy * width + xx) * 4 + ch];
+          }
+          out[(y * ow + x) * 4 + ch] = Math.floor((ss * m) / 16777216);
+        }
+      }
     }
-    if (!candidates.length) return null;
-    candidates.sort((a, b) => a - b);
-    const top = quantileSorted(candidates, 0.995);
-    if (top < 0.1) return null;
-    const strong = candidates.filter((v) => v > 0.5 * top);
-    const high = Math.max(quantileSorted(strong, 0.5), low + 1e-3);
-    for (let i = 0; i < count; i++) ink[i] = Math.min(1, Math.max(0, (ink[i] - low) / (high - low)));
+    return { data: out, width: ow, height: oh };
+  }
+
+  // The picture as Python's load_image + _to_gray would see it: `draft` (1, 2, 4 or 8) is the
+  // scale a JPEG is decoded at in draft mode (approximated by a box average), then reduced to
+  // at most WORK_SIDE a side.
+  function workImage(image, draft = 1) {
+    let picture = draft > 1 ? reduce(image, draft) : image;
+    const factor = Math.ceil(Math.max(picture.width, picture.height) / WORK_SIDE);
+    if (factor > 1) picture = reduce(picture, factor);
+    return picture;
+  }
+
+  // Pillow's JPEG draft scale for a picture of width x height asked for at least 512 px a side.
+  function draftScale(width, height) {
+    const scale = Math.min(Math.floor(width / WORK_SIDE), Math.floor(height / WORK_SIDE));
+    return [8, 4, 2, 1].find((s) => scale >= s);
+  }
+
+  // Luminance in [0, 1] as fp32, from float64 weights (preprocess._to_gray); transparency
+  // over white, or over black when the visible content is light (white strokes).
+  function gray(image) {
+    const { data, width, height } = image;
+    const count = width * height;
+    const out = new Float32Array(count);
+    const g = new Float64Array(count);
+    let opaque = true;
+    for (let i = 0; i < count; i++) {
+      g[i] = (data[4 * i] / 255) * 0.299 + (data[4 * i + 1] / 255) * 0.587 + (data[4 * i + 2] / 255) * 0.114;
+      if (data[4 * i + 3] !== 255) opaque = false;
+    }
+    if (opaque) {
+      for (let i = 0; i < count; i++) out[i] = g[i];
+      return out;
+    }
+    const visible = [];
+    for (let i = 0; i < count; i++) if (data[4 * i + 3] / 255 > 0.5) visible.push(g[i]);
+    visible.sort((a, b) => a - b);
+    const backdrop = visible.length && quantile64(visible, 0.25) > 0.5 ? 0.0 : 1.0;
+    for (let i = 0; i < count; i++) {
+      const alpha = data[4 * i + 3] / 255;
+      out[i] = g[i] * alpha + backdrop * (1.0 - alpha);
+    }
+    return out;
+  }
+
+  // ------------------------------------------------------- the paper's light
+
+  // matrix x = rhs by Gaussian elimination with partial pivoting (preprocess._solve).
+  function solve(matrix, rhs) {
+    const n = rhs.length;
+    const rows = matrix.map((row, i) => [...row, rhs[i]]);
+    let scale = 0;
+    for (const row of matrix) for (const v of row) scale = Math.max(scale, Math.abs(v));
+    scale = scale || 1.0;
+    const pivots = [];
+    let r = 0;
+    for (let c = 0; c < n; c++) {
+      let best = null;
+      for (let i = r; i < n; i++) if (best === null || Math.abs(rows[i][c]) > Math.abs(rows[best][c])) best = i;
+      if (best === null || Math.abs(rows[best][c]) <= 1e-9 * scale) {
+        pivots.push(null);
+        continue;
+      }
+      [rows[r], rows[best]] = [rows[best], rows[r]];
+      for (let i = r + 1; i < n; i++) {
+        const factor = rows[i][c] / rows[r][c];
+        if (factor) rows[i] = rows[i].map((a, k) => a - factor * rows[r][k]);
+      }
+      pivots.push(r);
+      r++;
+    }
+    const solution = new Array(n).fill(0);
+    for (let c = n - 1; c >= 0; c--) {
+      const row = pivots[c];
+      if (row !== null) {
+        let known = 0; // plain left-to-right additions, as preprocess._solve
+        for (let k = c + 1; k < n; k++) known += rows[row][k] * solution[k];
+        solution[c] = (rows[row][n] - known) / rows[row][c];
+      }
+    }
+    return solution;
+  }
+
+  const TERMS = [[0, 0], [1, 0], [0, 1], [2, 0], [1, 1], [0, 2]];
+
+  function surfaceAt(coef, x, y) {
+    return coef[0] + coef[1] * x + coef[2] * y + coef[3] * (x * x) + coef[4] * (x * y) + coef[5] * (y * y);
+  }
+
+  // preprocess._fit_background: the paper's surface (fp32, clipped to [0, 1]), its noise and
+  // median brightness, fitted on at most about 8k pixels with the ink rejected as outliers.
+  function fitBackground(g, w, h) {
+    const step = Math.max(1, Math.trunc(Math.sqrt((h * w) / 8000)));
+    const ny = Math.ceil(h / step);
+    const nx = Math.ceil(w / step);
+    const n = ny * nx;
+    const values = new Float64Array(n);
+    const xn = new Float64Array(n);
+    const yn = new Float64Array(n);
+    for (let j = 0; j < ny; j++) {
+      for (let i = 0; i < nx; i++) {
+        const k = j * nx + i;
+        values[k] = g[j * step * w + i * step];
+        yn[k] = ((j * step) / Math.max(h - 1, 1)) * 2 - 1;
+        xn[k] = ((i * step) / Math.max(w - 1, 1)) * 2 - 1;
+      }
+    }
+    let coef = [median64(Float64Array.from(values)), 0, 0, 0, 0, 0];
+    let inliers = new Uint8Array(n).fill(1);
+    let sigma = 0;
+    let fittedOn = null;
+    const residual = new Float64Array(n);
+    for (let round = 0; round < 6; round++) {
+      let count = 0;
+      for (let k = 0; k < n; k++) {
+        residual[k] = values[k] - surfaceAt(coef, xn[k], yn[k]);
+        if (inliers[k]) count++;
+      }
+      const absolute = new Float64Array(count);
+      for (let k = 0, m = 0; k < n; k++) if (inliers[k]) absolute[m++] = Math.abs(residual[k]);
+      sigma = 1.4826 * median64(absolute);
+      const limit = Math.max(2.5 * sigma, 0.01);
+      inliers = new Uint8Array(n);
+      let kept = 0;
+      for (let k = 0; k < n; k++) {
+        if (Math.abs(residual[k]) <= limit) {
+          inliers[k] = 1;
+          kept++;
+        }
+      }
+      if (kept < 12) break;
+      let same = fittedOn !== null;
+      for (let k = 0; same && k < n; k++) same = fittedOn[k] === inliers[k];
+      if (same) break;
+      fittedOn = inliers;
+      const x = new Float64Array(kept);
+      const y = new Float64Array(kept);
+      const v = new Float64Array(kept);
+      for (let k = 0, m = 0; k < n; k++) {
+        if (inliers[k]) {
+          x[m] = xn[k];
+          y[m] = yn[k];
+          v[m++] = values[k];
+        }
+      }
+      const powers = (t) => {
+        const t2 = new Float64Array(kept);
+        const t3 = new Float64Array(kept);
+        const t4 = new Float64Array(kept);
+        for (let i = 0; i < kept; i++) {
+          t2[i] = t[i] * t[i];
+          t3[i] = t2[i] * t[i];
+          t4[i] = t3[i] * t[i];
+        }
+        return [new Float64Array(kept).fill(1), t, t2, t3, t4];
+      };
+      const px = powers(x);
+      const py = powers(y);
+      const product = new Float64Array(kept);
+      const sumOf = (a, b, times) => { // sum of x^a y^b (times v), elementwise in NumPy's order
+        const pa = px[a];
+        const pb = py[b];
+        if (times) for (let i = 0; i < kept; i++) product[i] = pa[i] * pb[i] * times[i];
+        else for (let i = 0; i < kept; i++) product[i] = pa[i] * pb[i];
+        return sum64(product);
+      };
+      const moment = [];
+      for (let a = 0; a < 5; a++) {
+        moment.push([]);
+        for (let b = 0; b < 5 - a; b++) moment[a].push(sumOf(a, b, null));
+      }
+      const gram = TERMS.map(([a, b], i) => TERMS.map(([c, d], j) => moment[a + c][b + d] + (i === j ? 1e-6 : 0.0)));
+      const rhs = TERMS.map(([a, b]) => sumOf(a, b, v));
+      coef = solve(gram, rhs);
+    }
+    const surface = new Float32Array(w * h);
+    for (let r = 0; r < h; r++) {
+      const yy = (r / Math.max(h - 1, 1)) * 2 - 1;
+      const rowPart = coef[0] + coef[2] * yy + coef[5] * yy * yy;
+      for (let c = 0; c < w; c++) {
+        const xx = (c / Math.max(w - 1, 1)) * 2 - 1;
+        const value = rowPart + xx * (coef[1] + coef[3] * xx + coef[4] * yy);
+        surface[r * w + c] = Math.min(1, Math.max(0, value));
+      }
+    }
+    const onPaper = [];
+    for (let k = 0; k < n; k++) if (inliers[k]) onPaper.push(surfaceAt(coef, xn[k], yn[k]));
+    const paper = median64(Float64Array.from(onPaper));
+    return { surface, sigma, paper };
+  }
+
+  // preprocess._ink_map: ink strength in [0, 1] (fp32), polarity detected; throws
+  // PreprocessError when no ink stands out.
+  function inkMap(g, w, h, known = null) {
+    const { surface, sigma, paper } = known || fitBackground(g, w, h);
+    const count = w * h;
+    const residual = new Float32Array(count);
+    for (let i = 0; i < count; i++) residual[i] = g[i] - surface[i];
+    const margin = f32(Math.max(3 * sigma, 0.02));
+    const darkParts = new Float32Array(count);
+    const lightParts = new Float32Array(count);
+    for (let i = 0; i < count; i++) {
+      darkParts[i] = Math.max(f32(-residual[i] - margin), 0);
+      lightParts[i] = Math.max(f32(residual[i] - margin), 0);
+    }
+    const floor = f32(0.05);
+    const ink = new Float32Array(count);
+    let noise;
+    if (sum32(darkParts) > sum32(lightParts)) { // dark ink on light paper
+      for (let i = 0; i < count; i++) ink[i] = Math.max(-residual[i] / Math.max(surface[i], floor), 0);
+      noise = sigma / Math.max(paper, 0.05);
+    } else { // light ink on dark (MNIST itself)
+      for (let i = 0; i < count; i++) ink[i] = Math.max(residual[i] / Math.max(f32(1 - surface[i]), floor), 0);
+      noise = sigma / Math.max(1.0 - paper, 0.05);
+    }
+    const low = Math.max(3 * noise, 1.5 / 255);
+    const low32 = f32(low);
+    let candidates = [];
+    for (let i = 0; i < count; i++) if (ink[i] > low32) candidates.push(ink[i]);
+    if (!candidates.length) throw new PreprocessError("no ink found: the image looks blank");
+    candidates = Float32Array.from(candidates).sort();
+    const top = quantile32(candidates, 0.995);
+    if (top < Math.max(6 * noise, 0.1)) {
+      throw new PreprocessError("no ink found: the image looks blank (no marks stand out from the paper)");
+    }
+    const half = f32(0.5 * top);
+    const strong = candidates.filter((v) => v > half);
+    const high = Math.max(median32(strong), low + 1e-3);
+    const span = f32(high - low);
+    for (let i = 0; i < count; i++) ink[i] = Math.min(1, Math.max(0, f32(f32(ink[i] - low32) / span)));
     return ink;
   }
 
@@ -233,15 +589,11 @@ window.tinydigitsPreprocess = (() => {
     return data;
   }
 
-  // The 28x28 MNIST-style bytes (white on black, row-major) of a canvas's ImageData, or
-  // null when it holds no ink.
-  function fromImageData(image) {
-    const { width, height } = image;
-    let ink = inkMap(image.data, width * height);
-    if (ink) ink = removeSpecks(ink, width, height);
-    if (!ink) return null;
+  // preprocess.fit_to_mnist: the 28x28 MNIST-style bytes (white on black, row-major) of an
+  // ink map of one digit; throws PreprocessError when it holds no ink.
+  function fitToMnist(ink, width, height) {
     const tight = cropToInk(ink, width, height);
-    if (!tight) return null;
+    if (!tight) throw new PreprocessError("no ink found: the image looks blank");
     // As Python: a one-pixel border, thickened with the scale of the tight crop, cropped again.
     const paddedW = tight.w + 2;
     const padded = new Float32Array(paddedW * (tight.h + 2));
@@ -251,7 +603,8 @@ window.tinydigitsPreprocess = (() => {
     const scale = BOX / Math.max(h, w);
     const outW = Math.max(1, roundHalfEven(w * scale));
     const outH = Math.max(1, roundHalfEven(h * scale));
-    const small = resize(cropped, w, h, outW, outH).map((v) => Math.min(1, Math.max(0, v)));
+    const small = outW === w && outH === h ? cropped
+      : resize(cropped, w, h, outW, outH).map((v) => Math.min(1, Math.max(0, v)));
     let total = 0;
     let my = 0;
     let mx = 0;
@@ -263,7 +616,7 @@ window.tinydigitsPreprocess = (() => {
         mx += v * x;
       }
     }
-    if (total <= 0) return null;
+    if (total <= 0) throw new PreprocessError("no ink found: the image looks blank");
     const offsetY = Math.min(Math.max(roundHalfEven(CENTRE - my / total), 0), SIZE - outH);
     const offsetX = Math.min(Math.max(roundHalfEven(CENTRE - mx / total), 0), SIZE - outW);
     const out = new Uint8Array(SIZE * SIZE);
@@ -275,5 +628,26 @@ window.tinydigitsPreprocess = (() => {
     return out;
   }
 
-  return { fromImageData, SIZE };
+  // preprocess.ink_map of RGBA pixels ({data, width, height}, as ImageData): {ink, width,
+  // height, factor}, the ink map of the work-sized picture and how much smaller it is.
+  // `white`: the picture is the page's own pad, whose paper is known to be pure white (the
+  // fit would find a surface of exactly 1 and no noise, as Python does): not fitted again.
+  function inkOf(image, draft = 1, white = false) {
+    const picture = workImage(image, draft);
+    const paper = white ? { surface: new Float32Array(picture.width * picture.height).fill(1), sigma: 0, paper: 1 } : null;
+    const ink = inkMap(gray(picture), picture.width, picture.height, paper);
+    const side = Math.max(Math.ceil(image.width / draft), Math.ceil(image.height / draft));
+    const reduced = Math.ceil(side / WORK_SIDE);
+    return { ink, width: picture.width, height: picture.height, factor: draft * Math.max(1, reduced) };
+  }
+
+  // preprocess.to_mnist of RGBA pixels: the 28x28 bytes; throws PreprocessError on no ink.
+  function toMnist(image, draft = 1, white = false) {
+    const { ink, width, height } = inkOf(image, draft, white);
+    const clean = removeSpecks(ink, width, height);
+    if (!clean) throw new PreprocessError("no ink found: the image looks blank");
+    return fitToMnist(clean, width, height);
+  }
+
+  return { toMnist, inkOf, fitToMnist, cropToInk, draftScale, PreprocessError, roundHalfEven, SIZE };
 })();
