@@ -389,31 +389,24 @@ def test_models_json_offers_the_server_only_unless_asked(client):
     document = client.get("/models.json").get_json()
     assert document["inference"] == ["server"] and document["default"] == "medium"
     assert [m["name"] for m in document["models"]] == ["medium", "small", "ultrasmall"]
-    assert all("onnx" not in m for m in document["models"])
-    for path in ("/ort/ort.wasm.min.js", "/models/medium.onnx"):
-        assert client.get(path).status_code == 404
+    assert all("weights" not in m for m in document["models"])
+    assert client.get("/models/medium.json").status_code == 404
     assert "wasm" not in client.get("/").headers["Content-Security-Policy"]  # nothing compiles here
+    # The page's web app manifest and icon are always there.
+    assert client.get("/manifest.webmanifest").get_json()["icons"][0]["src"] == "static/icon.svg"
+    assert client.get("/static/icon.svg").data.startswith(b"<svg")
 
 
-def test_in_browser_inference_serves_the_runtime_and_the_models(tmp_path):
-    import onnx
-
-    from tinydigits.deploy.static_site import ORT_WEB_FILES
-
-    runtime = tmp_path / "runtime"  # stands in for the fetched files: only the routes are tested here
-    runtime.mkdir()
-    for name in ORT_WEB_FILES:
-        (runtime / name).write_bytes(b"// " + name.encode())
-    (tmp_path / "secret.txt").write_text("not for the web")
-    client = create_app({"small": shipped_models()["small"]}, browser_runtime=runtime).test_client()
+def test_in_browser_inference_serves_the_models_weights(tmp_path):
+    client = create_app({"small": shipped_models()["small"]}, in_browser=True).test_client()
     document = client.get("/models.json").get_json()
     assert document["inference"] == ["server", "browser"]
     (info,) = document["models"]
-    response = client.get("/" + info["onnx"])
-    assert response.status_code == 200 and len(response.data) == info["onnx_bytes"]
-    assert onnx.load_from_string(response.data).graph.input[0].name == "images"
-    assert client.get("/ort/ort.wasm.min.js").data == b"// ort.wasm.min.js"
-    assert "script-src 'self' 'wasm-unsafe-eval';" in client.get("/").headers["Content-Security-Policy"]
-    for path in ("/ort/../secret.txt", "/ort/%2e%2e%2fsecret.txt", "/ort/secret.txt", "/models/medium.onnx",
-                 "/models/..%2fsecret.onnx"):
+    response = client.get("/" + info["weights"])
+    assert response.status_code == 200 and len(response.data) == info["weights_bytes"]
+    assert response.get_json()["format"] == "tinydigits-js-1"
+    policy = client.get("/").headers["Content-Security-Policy"]
+    assert "script-src 'self';" in policy and "eval" not in policy  # plain JavaScript: no wasm, no eval
+    for path in ("/ort/ort.wasm.min.js", "/models/medium.json", "/models/..%2fsecret.json",
+                 "/models/small.onnx"):
         assert client.get(path).status_code == 404, path

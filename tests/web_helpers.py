@@ -164,7 +164,7 @@ class Page:
         if self.where == "server":
             assert api  # the listener did see the traffic
         else:  # in the browser: the models ran here, nothing was sent anywhere
-            assert api == [] and any(url.endswith(".onnx") for url in self.requests)
+            assert api == [] and any("/models/" in url and url.endswith(".json") for url in self.requests)
         assert self.blocked == [] and [u for u in self.requests if not self._local(u)] == []
         assert self.errors == []
 

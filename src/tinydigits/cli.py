@@ -247,23 +247,21 @@ def export_command(model_name: str | None, weights: Path | None, fmt: str, int8:
 
 
 def _export_web(model_name: str | None, weights: Path | None, output: Path, int8: bool) -> None:
-    from .deploy.static_site import ORT_WEB_PACKAGE, export_site, fetch_runtime, previous_files
+    from .deploy.static_site import export_site, previous_files
 
     if int8:
         raise click.UsageError("--int8 is not available for --format web: the site ships the fp32 models")
     if weights is not None and model_name is None:
         raise click.UsageError("--weights needs --model: which model are they?")
     names = [model_name] if model_name else list(MODELS)
-    previous_files(output)  # a folder that will be refused is refused before any download
+    previous_files(output)  # a folder that will be refused is refused before anything is loaded
     models = {name: load_model(name, weights, pretrained=weights is None) for name in names}
-    runtime = fetch_runtime()
-    site = export_site(output, models, runtime, pretrained=weights is None)
-    onnx = ", ".join(f"{name}.onnx {site.files[f'models/{name}.onnx']:,} B" for name in names)
-    runtime_bytes = sum(size for path, size in site.files.items() if path.startswith("ort/"))
-    click.echo(f"wrote a static site of {len(site.files)} files, {site.total_bytes / 1e6:.1f} MB, "
-               f"to {output} "
-               f"({onnx}; {ORT_WEB_PACKAGE} {runtime_bytes / 1e6:.1f} MB)")
-    click.echo(f"serve it with any static file server, e.g.: python -m http.server -d {output}")
+    site = export_site(output, models, pretrained=weights is None)
+    weights_sizes = ", ".join(f"{name}.json {site.files[f'models/{name}.json']:,} B" for name in names)
+    click.echo(f"wrote a static site of {len(site.files)} files, {site.total_bytes / 1e3:.0f} KB, "
+               f"to {output} (model weights: {weights_sizes})")
+    click.echo(f"try it on this machine: python -m http.server --bind 127.0.0.1 -d {output}  "
+               "(or any static file host)")
 
 
 def _export_c(model_name: str, weights: Path | None, output: Path, verify: bool,
@@ -690,8 +688,8 @@ def tune(model_name: str, trials: int, storage: str | None, study_name: str | No
 @click.option("--server-threads", type=click.IntRange(min=1), default=4, show_default=True,
               help="waitress worker threads, i.e. requests handled at once.")
 @click.option("--in-browser", is_flag=True,
-              help="Also let the page run the models in the visitor's browser (ONNX Runtime Web, "
-                   "fetched once with npm), switchable on the page.")
+              help="Also let the page run the models in the visitor's browser (plain JavaScript), "
+                   "switchable on the page.")
 @backend_option()
 @threads_option
 @friendly_errors
@@ -701,15 +699,13 @@ def serve_command(host: str, port: int, model_names: tuple[str, ...], server_thr
     for needed in ("flask", "waitress"):
         require(needed, "web", "the web demo")
     from .deploy import serve as web
-    from .deploy.static_site import fetch_runtime
 
     set_threads(threads)
     names = list(dict.fromkeys(model_names)) or None
     web.check_host(host, port)  # before any download
-    runtime = fetch_runtime() if in_browser else None
     try:
         web.serve(host, port, names, threads=server_threads, backend=backend.lower(), announce=click.echo,
-                  browser_runtime=runtime)
+                  in_browser=in_browser)
     except OSError as err:
         raise click.ClickException(f"cannot serve on {host}:{port}: {err.strerror or err}") from None
     click.echo("stopped")

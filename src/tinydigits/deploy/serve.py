@@ -45,7 +45,15 @@ from ..preprocess import WORK_SIDE, PreprocessError, load_image, to_mnist
 from ..read import read_number
 from ..weights import load_model, pretrained_path
 from .engines import open_engine
-from .static_site import ORT_WEB_FILES, model_info, models_document, onnx_bytes
+from .static_site import (
+    ICON,
+    ICON_SVG,
+    WEB_MANIFEST,
+    browser_model_bytes,
+    model_info,
+    models_document,
+    web_manifest,
+)
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MAX_IMAGE_PIXELS", "MAX_UPLOAD_BYTES", "ApiError",
            "BackgroundServer", "check_host", "create_app", "serve"]
@@ -61,12 +69,10 @@ MAX_IMAGE_PIXELS = 13_000_000
 WEB_DIR = Path(__file__).parent / "web"
 # Everything the page loads comes from this server; data: and blob: URLs are the
 # canvas snapshot, the returned 28x28 image and the local preview of an uploaded photo.
+# In-browser inference is plain JavaScript (deploy/web/engine.js): the same policy, no wasm.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
                            "script-src 'self'; connect-src 'self'; object-src 'none'; "
                            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-# With in-browser inference: compiling ONNX Runtime Web's WebAssembly (still no JavaScript eval).
-BROWSER_INFERENCE_POLICY = CONTENT_SECURITY_POLICY.replace("script-src 'self'",
-                                                           "script-src 'self' 'wasm-unsafe-eval'")
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +137,12 @@ def _read_request() -> tuple[bytes, str | None]:
 
 def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
                pretrained: bool = True, backend: str = "auto", max_upload_bytes: int = MAX_UPLOAD_BYTES,
-               max_image_pixels: int = MAX_IMAGE_PIXELS, browser_runtime: Path | None = None) -> Flask:
+               max_image_pixels: int = MAX_IMAGE_PIXELS, in_browser: bool = False) -> Flask:
     """The Flask application: the page at ``/`` and the JSON API under ``/api``.
 
-    With ``browser_runtime`` (the folder of :func:`tinydigits.deploy.static_site.fetch_runtime`)
-    the page may also run the models in the visitor's browser: ``/ort/*`` and
-    ``/models/<name>.onnx`` are served too, and ``models.json`` offers both.
+    With ``in_browser`` the page may also run the models in the visitor's browser (the
+    JavaScript kernels of a static export): ``/models/<name>.json`` is served too, and
+    ``models.json`` offers both.
 
     ``models`` are model names (their shipped weights run on ``backend``, by default the
     fastest engine installed for single pictures: see :mod:`tinydigits.deploy.engines`), or
@@ -165,13 +171,14 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
     # about a quarter fewer requests per second.
     one_at_a_time = threading.Lock()
     infos = [model_info(name, pretrained) for name in loaded]
-    onnx_files: dict[str, bytes] = {}
-    if browser_runtime is not None:
+    weight_files: dict[str, bytes] = {}
+    if in_browser:
         modules = models if isinstance(models, Mapping) else {name: load_model(name, pretrained=True)
                                                               for name in loaded}
-        onnx_files = {get_spec(name).name: onnx_bytes(module) for name, module in modules.items()}
-    page_models = models_document(infos, default, ["server", "browser"] if onnx_files else ["server"],
-                                  {name: len(data) for name, data in onnx_files.items()})
+        weight_files = {get_spec(name).name: browser_model_bytes(module, get_spec(name).name)
+                        for name, module in modules.items()}
+    page_models = models_document(infos, default, ["server", "browser"] if weight_files else ["server"],
+                                  {name: len(data) for name, data in weight_files.items()})
 
     app = Flask(__name__, static_folder=str(WEB_DIR), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
@@ -206,8 +213,7 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
 
     @app.after_request
     def headers(response: Response) -> Response:
-        response.headers.setdefault("Content-Security-Policy", BROWSER_INFERENCE_POLICY if onnx_files
-                                    else CONTENT_SECURITY_POLICY)
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         if _is_api(request.path):
@@ -222,18 +228,20 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
     def page_models_document() -> Response:
         return jsonify(page_models)
 
-    if browser_runtime is not None:
-        @app.get("/ort/<name>")
-        def runtime_file(name: str) -> Response:
-            if name not in ORT_WEB_FILES:
-                return Response("not found", 404, mimetype="text/plain")
-            return send_from_directory(browser_runtime, name)
+    @app.get("/" + WEB_MANIFEST)
+    def manifest() -> Response:
+        return Response(web_manifest(), mimetype="application/manifest+json")
 
-        @app.get("/models/<name>.onnx")
-        def onnx_file(name: str) -> Response:
-            if name not in onnx_files:
+    @app.get("/" + ICON)
+    def icon() -> Response:
+        return Response(ICON_SVG, mimetype="image/svg+xml")
+
+    if in_browser:
+        @app.get("/models/<name>.json")
+        def weights_file(name: str) -> Response:
+            if name not in weight_files:
                 return Response("not found", 404, mimetype="text/plain")
-            return Response(onnx_files[name], mimetype="application/octet-stream")
+            return Response(weight_files[name], mimetype="application/json")
 
     @app.get("/api/models")
     def list_models() -> Response:
@@ -351,13 +359,13 @@ class BackgroundServer:
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, models: Sequence[str] | None = None, *,
           threads: int = 4, backend: str = "auto", announce: Callable[[str], Any] = print,
-          browser_runtime: Path | None = None) -> None:
+          in_browser: bool = False) -> None:
     """Serve the demo with waitress (``threads`` worker threads) until Ctrl-C or SIGTERM.
     ``port`` 0 picks a free port; the URL goes to ``announce`` once the socket listens."""
     import signal
 
     check_host(host, port)  # before the models are loaded
-    app = create_app(models, backend=backend, browser_runtime=browser_runtime)
+    app = create_app(models, backend=backend, in_browser=in_browser)
     server = _create_server(app, host, port, threads)
     torch_threads = torch.get_num_threads()
     announce(f"tinydigits web demo on {' and '.join(_urls(server))} "

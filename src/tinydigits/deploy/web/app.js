@@ -1,10 +1,12 @@
 // The tinydigits web demo: a drawing pad (Pointer Events: mouse, pen and touch) read as you
 // draw; the answers are shown as a digit, ten probability bars and the 28x28 image the model
 // saw. Inference runs on the server (/api/predict; in "A number" mode the pad is wide and the
-// picture goes to /api/read: the number, a box and a bar per digit) or in the browser (ONNX
-// Runtime Web and preprocess.js), as models.json offers: `tinydigits serve` offers the server
-// (and the browser with --in-browser), a static export the browser only. No libraries besides
-// ONNX Runtime Web, nothing fetched from anywhere but the page's own origin.
+// picture goes to /api/read: the number, a box and a bar per digit) or in the browser
+// (engine.js runs the models, preprocess.js and read.js are ports of the server's
+// preprocessing and number reading), as models.json offers: `tinydigits serve` offers the
+// server (and the browser with --in-browser), a static export the browser only; there a
+// service worker keeps the page working offline. No libraries, nothing fetched from anywhere
+// but the page's own origin.
 "use strict";
 
 (() => {
@@ -23,6 +25,7 @@
     drawing: null, // {id, points} while a pointer is down
     photo: null, // the uploaded File, when a photo is the input instead of the drawing
     photoUrl: null,
+    photoPixels: null, // its decoded pixels, for the browser (a promise)
     models: [], // from models.json
     inference: "server", // or "browser"
     offered: [], // what models.json offers: "server" and/or "browser"
@@ -148,11 +151,12 @@
     if (state.photoUrl) URL.revokeObjectURL(state.photoUrl);
     state.photo = null;
     state.photoUrl = null;
+    state.photoPixels = null;
     $("photo").hidden = true;
     $("photo").removeAttribute("src");
   }
 
-  $("file").addEventListener("change", (event) => {
+  function photoChosen(event) {
     const file = event.target.files[0];
     event.target.value = ""; // choosing the same file again is a change too
     if (!file) return;
@@ -165,7 +169,9 @@
     $("photo").hidden = false;
     state.epoch++;
     inputChanged(true);
-  });
+  }
+  $("file").addEventListener("change", photoChosen);
+  $("camera").addEventListener("change", photoChosen);
 
   // -------------------------------------------------------------- predictions
 
@@ -301,7 +307,7 @@
     $("seen").hidden = true;
     $("seen-empty").hidden = false;
     const what = state.mode === "number" ? "Write a number" : "Draw a digit";
-    const photo = state.inference === "browser" ? "." : ", or upload a photo of one.";
+    const photo = ", or upload a photo of one.";
     showMessage(state.models.length ? `${what}${photo}` : "");
   }
 
@@ -346,10 +352,15 @@
     $("seen").src = answers[0].image;
     $("seen").hidden = false;
     $("seen-empty").hidden = true;
-    const source = state.photo ? `your photo (${state.photo.name})` : "your drawing";
-    showMessage(state.inference === "browser"
-      ? "Reading your drawing in your browser: nothing you draw leaves this machine."
-      : `Reading ${source}.`);
+    showMessage(readingMessage("your drawing"));
+  }
+
+  function readingMessage(drawing, what = "") {
+    const source = state.photo ? `your photo (${state.photo.name})` : drawing;
+    if (state.inference !== "browser") return `Reading ${source}${what}.`;
+    return state.photo
+      ? `Reading ${source}${what} in your browser: the photo never leaves this machine.`
+      : `Reading ${source}${what} in your browser: nothing you draw leaves this machine.`;
   }
 
   // The answers of /api/read: per model the number and a bar per digit; the first model's
@@ -373,7 +384,9 @@
         return row;
       });
       card.querySelector(".number-digits").replaceChildren(...rows);
-      card.querySelector(".time").textContent = `${answer.milliseconds.toFixed(1)} ms on the server`;
+      card.querySelector(".time").textContent = answer.where === "browser"
+        ? `${answer.milliseconds.toFixed(1)} ms in your browser`
+        : `${answer.milliseconds.toFixed(1)} ms on the server`;
     }
     const boxes = state.photo ? [] : answers[0].digits.map((d) => {
       const box = document.createElement("div");
@@ -388,84 +401,123 @@
       return box;
     });
     $("boxes").replaceChildren(...boxes);
-    const source = state.photo ? `your photo (${state.photo.name})` : "your writing";
-    showMessage(`Reading ${source} as a number.`);
+    showMessage(readingMessage("your writing", " as a number"));
   }
 
   // ---------------------------------------------------------- in the browser
 
-  // ONNX Runtime Web's plain wasm build, single-threaded (no cross-origin isolation needed),
-  // loaded on first use; one session per model. Answers have the API's shape.
+  // The models run by engine.js from their weights (models/<name>.json, fetched once each);
+  // pictures prepared by preprocess.js (one digit) or read.js (a number), as the server does.
+  // Answers have the API's shape.
   const inBrowser = {
-    sessions: new Map(),
-    runtime: null,
+    models: new Map(),
 
-    loadRuntime() {
-      this.runtime ??= new Promise((resolve, reject) => {
-        const failed = (error) => {
-          this.runtime = null; // the next prediction tries again
-          reject(error);
-        };
-        const script = document.createElement("script");
-        script.src = "ort/ort.wasm.min.js";
-        script.onload = () => {
-          window.ort.env.wasm.numThreads = 1;
-          window.ort.env.wasm.proxy = false;
-          window.ort.env.wasm.wasmPaths = new URL("ort/", document.baseURI).href;
-          resolve(window.ort);
-        };
-        script.onerror = () => {
-          script.remove();
-          failed(new Error("cannot load ONNX Runtime Web (ort/ort.wasm.min.js)"));
-        };
-        document.head.append(script);
-      });
-      return this.runtime;
+    model(name) {
+      if (!this.models.has(name)) {
+        const info = state.models.find((m) => m.name === name);
+        const loading = fetch(info.weights)
+          .then((response) => {
+            if (!response.ok) throw new Error(`cannot load ${info.weights} (HTTP ${response.status})`);
+            return response.json();
+          })
+          .then((document) => window.tinydigitsEngine.load(document));
+        loading.catch(() => this.models.delete(name)); // tried again next time
+        this.models.set(name, loading);
+      }
+      return this.models.get(name);
     },
 
-    async session(name) {
-      if (!this.sessions.has(name)) {
-        const info = state.models.find((m) => m.name === name);
-        const ort = await this.loadRuntime();
-        const session = ort.InferenceSession.create(new URL(info.onnx, document.baseURI).href,
-          { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
-        session.catch(() => this.sessions.delete(name)); // tried again next time
-        this.sessions.set(name, session);
+    // The photo's pixels, upright per EXIF, as the browser decodes them (no colour management,
+    // alpha not premultiplied, as Pillow reads files), and the JPEG draft scale Python would use.
+    async photoPixels(file) {
+      let bitmap;
+      try {
+        bitmap = await createImageBitmap(file, { imageOrientation: "from-image", premultiplyAlpha: "none",
+          colorSpaceConversion: "none" });
+      } catch {
+        const error = new Error("not an image, or not a format this browser decodes");
+        error.status = 400;
+        throw error;
       }
-      return this.sessions.get(name);
+      const { width, height } = bitmap;
+      if (width * height > 40000000) {
+        bitmap.close();
+        const error = new Error(`image too large: ${width}x${height}, the limit is 40 megapixels`);
+        error.status = 400;
+        throw error;
+      }
+      const canvas = document.createElement("canvas");
+      canvas.width = width;
+      canvas.height = height;
+      const context = canvas.getContext("2d", { willReadFrequently: true });
+      context.drawImage(bitmap, 0, 0);
+      bitmap.close();
+      const image = context.getImageData(0, 0, width, height);
+      const head = new Uint8Array(await file.slice(0, 3).arrayBuffer());
+      const jpeg = head[0] === 0xff && head[1] === 0xd8 && head[2] === 0xff;
+      return { image, jpeg };
     },
 
     async predict(names) {
-      const ort = await this.loadRuntime();
+      const models = await Promise.all(names.map((name) => this.model(name)));
       const started = performance.now();
-      const image = ctx.getImageData(0, 0, pad.width, pad.height);
-      const digit = window.tinydigitsPreprocess.fromImageData(image);
-      if (!digit) {
-        const error = new Error("no ink found: the drawing looks blank");
-        error.status = 422;
-        throw error;
+      let image;
+      let draft = 1;
+      let decoded = 0;
+      const white = !state.photo; // the pad's own paper
+      if (state.photo) {
+        state.photoPixels ??= this.photoPixels(state.photo);
+        const photo = await state.photoPixels;
+        decoded = performance.now() - started;
+        image = photo.image;
+        // Python decodes a JPEG at 1/2-1/8 scale when it is read as one digit (to_mnist).
+        if (photo.jpeg && state.mode === "digit") draft = window.tinydigitsPreprocess.draftScale(image.width, image.height);
+      } else {
+        image = ctx.getImageData(0, 0, pad.width, pad.height);
       }
-      const prepared = performance.now() - started;
-      // Normalized as in training: (pixel / 255 - mean) / std.
-      const input = Float32Array.from(digit, (v) => (v / 255 - 0.1307) / 0.3081);
-      const tensor = new ort.Tensor("float32", input, [1, 1, 28, 28]);
-      const seen = seenDataUrl(digit);
-      const answers = [];
-      for (const name of names) {
-        const session = await this.session(name);
-        const t0 = performance.now();
-        const output = await session.run({ [session.inputNames[0]]: tensor });
-        const inference = performance.now() - t0;
-        const probabilities = Array.from(output[session.outputNames[0]].data, Math.exp);
-        const best = probabilities.indexOf(Math.max(...probabilities));
-        answers.push({
-          model: name, digit: best, probability: probabilities[best], probabilities, image: seen,
-          milliseconds: prepared + inference, inference_milliseconds: inference, where: "browser",
+      const where = "browser";
+      const prepStart = performance.now();
+      if (state.mode === "number") {
+        return names.map((name, k) => {
+          const t0 = performance.now();
+          const reading = window.tinydigitsRead.readNumber(image, (images) => classifyAll(models[k], images), 1, white);
+          const milliseconds = performance.now() - t0 + (k === 0 ? decoded : 0);
+          record({ decode: decoded, total: milliseconds });
+          return { model: name, number: reading.number, where, milliseconds,
+            digits: reading.digits.map((d) => ({ box: d.box, digit: d.digit, probability: d.probability })) };
         });
       }
-      return answers;
+      const digit = window.tinydigitsPreprocess.toMnist(image, draft, white);
+      const prepared = performance.now() - prepStart;
+      const seen = seenDataUrl(digit);
+      return names.map((name, k) => {
+        const t0 = performance.now();
+        const logProbabilities = window.tinydigitsEngine.run(models[k], digit);
+        const inference = performance.now() - t0;
+        const probabilities = Array.from(logProbabilities, Math.exp);
+        const best = probabilities.indexOf(Math.max(...probabilities));
+        record({ decode: decoded, prepare: prepared, inference, total: decoded + prepared + inference });
+        return {
+          model: name, digit: best, probability: probabilities[best], probabilities, image: seen, where,
+          milliseconds: decoded + prepared + inference, inference_milliseconds: inference,
+        };
+      });
     },
   };
+
+  function classifyAll(model, images) {
+    return images.map((image) => {
+      const log = window.tinydigitsEngine.run(model, image);
+      let best = 0;
+      for (let d = 1; d < 10; d++) if (log[d] > log[best]) best = d;
+      return { digit: best, probability: Math.exp(log[best]) };
+    });
+  }
+
+  // The last in-browser answer's times (ms), for the tests' measurements.
+  function record(times) {
+    window.tinydigitsTimes = times;
+  }
 
   // The 28x28 bytes as a PNG data URL, for "what the model saw".
   function seenDataUrl(digit) {
@@ -481,17 +533,11 @@
   function inferenceChosen(where) {
     state.inference = where;
     document.body.dataset.inference = where;
-    $("file").disabled = where === "browser"; // hidden, and out of the keyboard's reach too
     const radio = document.querySelector(`#inference input[value="${where}"]`);
     if (radio) radio.checked = true;
     if (where === "browser") {
-      if (state.mode !== "digit") {
-        document.querySelector('#mode input[value="digit"]').checked = true;
-        modeChosen("digit"); // numbers are read on the server only
-      }
-      if (state.photo) clearAll(); // so are photos
       // Fetched now, not at the first stroke; the mark times the page's first load.
-      Promise.all(state.models.map((m) => inBrowser.session(m.name)))
+      Promise.all(state.models.map((m) => inBrowser.model(m.name)))
         .then(() => {
           performance.mark("tinydigits-models-ready");
           document.body.dataset.modelsReady = "true";
@@ -579,9 +625,20 @@
       if (restored && restored.value !== state.mode) modeChosen(restored.value);
       document.body.dataset.ready = "true";
       showEmpty();
+      if (!state.offered.includes("server")) offline();
     } catch (error) {
       showMessage(`Cannot load the page's models.json: ${error.message}`, true);
     }
+  }
+
+  // A static site: a service worker keeps it working offline after the first visit (sw.js,
+  // written by the export with the list of the site's files).
+  function offline() {
+    if (!("serviceWorker" in navigator)) return;
+    navigator.serviceWorker.register("sw.js")
+      .then(() => navigator.serviceWorker.ready)
+      .then(() => { document.body.dataset.offline = "ready"; })
+      .catch((error) => { document.body.dataset.offline = `unavailable: ${error.message}`; });
   }
 
   start();

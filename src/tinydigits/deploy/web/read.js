@@ -1,0 +1,237 @@
+// Reading whole numbers in the browser: a port of tinydigits.segment.digit_groups and
+// tinydigits.read.read_number (see their docstrings for the why of each step), on the ink
+// map preprocess.js makes: 8-connected components of the strokes, specks, ruled lines and
+// frames dropped, the fragments of one digit merged, groups wider than WIDE digit heights
+// cut where the model is surest of both sides, each digit framed as MNIST and classified.
+"use strict";
+
+window.tinydigitsRead = (() => {
+  const P = window.tinydigitsPreprocess;
+  const MAX_DIGITS = 32;
+  const INK = 0.35;
+  const SPECK = 0.02;
+  const OVERLAP = 0.5;
+  const FRAGMENT = 0.6;
+  const STROKE = 0.35;
+  const LIGHT = 0.15;
+  const WIDE = 1.2;
+  const CUTS = 8;
+
+  const median = (values) => {
+    const sorted = Float64Array.from(values).sort();
+    const n = sorted.length;
+    return n % 2 ? sorted[(n - 1) / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+  };
+
+  // A candidate digit: its ink alone (w x h), and where it sits in the ink map.
+  function crop(piece) {
+    const tight = P.cropToInk(piece.ink, piece.w, piece.h);
+    if (!tight) return piece;
+    let top = 0;
+    let left = piece.w;
+    for (let y = 0, found = false; y < piece.h && !found; y++) {
+      for (let x = 0; x < piece.w; x++) {
+        if (piece.ink[y * piece.w + x] > 0) {
+          top = y;
+          found = true;
+          break;
+        }
+      }
+    }
+    for (let y = 0; y < piece.h; y++) {
+      for (let x = 0; x < left; x++) if (piece.ink[y * piece.w + x] > 0) left = x;
+    }
+    return { ink: tight.data, w: tight.w, h: tight.h, top: piece.top + top, left: piece.left + left };
+  }
+
+  function columns(piece, from, to) {
+    const w = to - from;
+    const ink = new Float32Array(w * piece.h);
+    for (let y = 0; y < piece.h; y++) ink.set(piece.ink.subarray(y * piece.w + from, y * piece.w + to), y * w);
+    return crop({ ink, w, h: piece.h, top: piece.top, left: piece.left + from });
+  }
+
+  // segment.digit_groups: the separate digits of an ink map, left to right.
+  function digitGroups(ink, width, height) {
+    const labels = new Int32Array(width * height); // components numbered in raster order, as scipy's label
+    const boxes = [];
+    const mass = [];
+    let count = 0;
+    const stack = [];
+    for (let start = 0; start < labels.length; start++) {
+      if (labels[start] || !(ink[start] > INK)) continue;
+      count++;
+      labels[start] = count;
+      stack.push(start);
+      const box = [Infinity, -Infinity, Infinity, -Infinity]; // rows [start, stop), cols [start, stop)
+      while (stack.length) {
+        const at = stack.pop();
+        const y = Math.floor(at / width);
+        const x = at % width;
+        box[0] = Math.min(box[0], y);
+        box[1] = Math.max(box[1], y + 1);
+        box[2] = Math.min(box[2], x);
+        box[3] = Math.max(box[3], x + 1);
+        for (let ny = Math.max(0, y - 1); ny <= Math.min(height - 1, y + 1); ny++) {
+          for (let nx = Math.max(0, x - 1); nx <= Math.min(width - 1, x + 1); nx++) {
+            const next = ny * width + nx;
+            if (!labels[next] && ink[next] > INK) {
+              labels[next] = count;
+              stack.push(next);
+            }
+          }
+        }
+      }
+      boxes.push(box);
+    }
+    if (count === 0) throw new P.PreprocessError("no ink found: the image looks blank");
+    for (let i = 0; i < count; i++) mass.push(0);
+    for (let i = 0; i < labels.length; i++) if (labels[i]) mass[labels[i] - 1] += ink[i]; // raster order, doubles
+    const heaviest = Math.max(...mass);
+    let kept = [];
+    for (let i = 0; i < count; i++) if (mass[i] >= SPECK * heaviest) kept.push(i);
+    if (kept.length > 4 * MAX_DIGITS) {
+      throw new P.PreprocessError(`found ${kept.length} separate marks; a number has at most ${MAX_DIGITS} digits`);
+    }
+    const tall = (i) => boxes[i][1] - boxes[i][0];
+    const wide = (i) => boxes[i][3] - boxes[i][2];
+    // A ruled line under or over the number, a frame around it: dropped.
+    const lineHeight = median(kept.map(tall));
+    const inside = (inner, outer) => outer[0] <= inner[0] && inner[1] <= outer[1] && outer[2] <= inner[2]
+      && inner[3] <= outer[3];
+    const isLine = (i) => tall(i) < STROKE * lineHeight && wide(i) > 1.5 * lineHeight;
+    const isFrame = (i) => kept.filter((j) => j !== i && inside(boxes[j], boxes[i])).length >= 2;
+    kept = kept.filter((i) => !isLine(i) && !isFrame(i));
+    if (!kept.length) throw new P.PreprocessError("no digits found: only lines or a frame");
+    const parent = Array.from({ length: count }, (_, i) => i);
+    const find = (i) => {
+      while (parent[i] !== i) {
+        parent[i] = parent[parent[i]];
+        i = parent[i];
+      }
+      return i;
+    };
+    const sharedCols = (a, b) => Math.min(boxes[a][3], boxes[b][3]) - Math.max(boxes[a][2], boxes[b][2]);
+    for (let ai = 0; ai < kept.length; ai++) {
+      for (let bi = ai + 1; bi < kept.length; bi++) {
+        const a = kept[ai];
+        const b = kept[bi];
+        if (sharedCols(a, b) >= OVERLAP * Math.min(wide(a), wide(b))) parent[find(a)] = find(b);
+      }
+    }
+    const digitHeight = median(kept.map(tall));
+    const typical = median(kept.map((i) => mass[i]));
+    for (const a of kept) {
+      const light = mass[a] < LIGHT * typical;
+      if (tall(a) >= FRAGMENT * digitHeight && !light) continue;
+      let best = null;
+      for (const b of kept) {
+        if (b === a || !(light ? mass[b] > mass[a] : tall(b) > tall(a))) continue;
+        if (best === null || sharedCols(a, b) > sharedCols(a, best)) best = b;
+      }
+      if (best === null) continue;
+      const thin = tall(a) < STROKE * digitHeight || light;
+      const shared = sharedCols(a, best);
+      if (shared >= 0.25 * wide(a) || (thin && -shared <= STROKE * digitHeight)) parent[find(a)] = find(best);
+    }
+    const groups = new Map();
+    for (const i of kept) {
+      const root = find(i);
+      if (!groups.has(root)) groups.set(root, []);
+      groups.get(root).push(i);
+    }
+    if (groups.size > MAX_DIGITS) {
+      throw new P.PreprocessError(`found ${groups.size} separate digits; \`read\` reads numbers of up to ${MAX_DIGITS}`);
+    }
+    const pieces = [];
+    for (const members of groups.values()) {
+      const top = Math.min(...members.map((i) => boxes[i][0]));
+      const bottom = Math.max(...members.map((i) => boxes[i][1]));
+      const left = Math.min(...members.map((i) => boxes[i][2]));
+      const right = Math.max(...members.map((i) => boxes[i][3]));
+      const w = right - left;
+      const h = bottom - top;
+      const ids = new Set(members.map((i) => i + 1));
+      const mask = new Uint8Array(w * h);
+      for (let y = 0; y < h; y++) {
+        for (let x = 0; x < w; x++) if (ids.has(labels[(top + y) * width + left + x])) mask[y * w + x] = 1;
+      }
+      // With a one-pixel halo (inside the box): the faint antialiased edge of each stroke.
+      const piece = new Float32Array(w * h);
+      for (let y = 0; y < h; y++) {
+        for (let x = 0; x < w; x++) {
+          let near = false;
+          for (let ny = Math.max(0, y - 1); ny <= Math.min(h - 1, y + 1) && !near; ny++) {
+            for (let nx = Math.max(0, x - 1); nx <= Math.min(w - 1, x + 1); nx++) {
+              if (mask[ny * w + nx]) {
+                near = true;
+                break;
+              }
+            }
+          }
+          if (near) piece[y * w + x] = ink[(top + y) * width + left + x];
+        }
+      }
+      pieces.push(crop({ ink: piece, w, h, top, left }));
+    }
+    return pieces.sort((a, b) => (a.left + a.w / 2) - (b.left + b.w / 2));
+  }
+
+  // read._split: cut a group of touching digits where the model is surest of both sides.
+  function split(piece, height, classify, budget) {
+    if (piece.w <= WIDE * height || budget <= 1) return [piece];
+    const margin = Math.max(2, Math.trunc(0.25 * height));
+    if (piece.w <= 2 * margin) return [piece];
+    const projection = new Float32Array(piece.w); // column sums, row after row in fp32 as NumPy's
+    for (let y = 0; y < piece.h; y++) {
+      for (let x = 0; x < piece.w; x++) projection[x] = Math.fround(projection[x] + piece.ink[y * piece.w + x]);
+    }
+    const order = [];
+    for (let c = margin; c < piece.w - margin; c++) order.push(c);
+    order.sort((a, b) => projection[a] - projection[b] || a - b); // a stable argsort
+    const candidates = [];
+    for (const column of order) {
+      if (candidates.every((other) => Math.abs(column - other) >= margin)) candidates.push(column);
+      if (candidates.length === CUTS) break;
+    }
+    const halves = candidates.map((c) => [columns(piece, 0, c), columns(piece, c, piece.w)]);
+    const answers = classify([...halves.flat(), piece].map((p) => P.fitToMnist(p.ink, p.w, p.h)));
+    const scores = answers.map((a) => a.probability);
+    const whole = scores.pop();
+    let best = 0;
+    for (let k = 1; k < halves.length; k++) {
+      if (scores[2 * k] * scores[2 * k + 1] > scores[2 * best] * scores[2 * best + 1]) best = k;
+    }
+    if (scores[2 * best] * scores[2 * best + 1] <= Math.sqrt(whole)) return [piece];
+    const [left, right] = halves[best];
+    const half = Math.floor(budget / 2);
+    return [...split(left, height, classify, half), ...split(right, height, classify, budget - half)];
+  }
+
+  // read.read_number of RGBA pixels: {number, digits: [{box, digit, probability, image}]},
+  // box in the picture's own pixels. `classify` takes 28x28 byte pictures and answers
+  // [{digit, probability}] for each; throws PreprocessError when there is nothing to read.
+  function readNumber(image, classify, draft = 1, white = false) {
+    const { ink, width, height, factor } = P.inkOf(image, draft, white);
+    const groups = digitGroups(ink, width, height);
+    const digitHeight = median(groups.map((g) => g.h));
+    const pieces = groups.flatMap((group) => split(group, digitHeight, classify, MAX_DIGITS));
+    if (pieces.length > MAX_DIGITS) {
+      throw new P.PreprocessError(`found ${pieces.length} digits; \`read\` reads numbers of up to ${MAX_DIGITS}`);
+    }
+    pieces.sort((a, b) => (a.left + a.w / 2) - (b.left + b.w / 2));
+    const images = pieces.map((p) => P.fitToMnist(p.ink, p.w, p.h));
+    const answers = classify(images);
+    const digits = pieces.map((p, i) => {
+      const x = p.left * factor;
+      const y = p.top * factor;
+      return {
+        box: { x, y, width: Math.min(p.w * factor, image.width - x), height: Math.min(p.h * factor, image.height - y) },
+        digit: answers[i].digit, probability: answers[i].probability, image: images[i],
+      };
+    });
+    return { number: digits.map((d) => String(d.digit)).join(""), digits };
+  }
+
+  return { readNumber, digitGroups };
+})();
