@@ -2,9 +2,9 @@
 # The numerics-sensitive tests once more, under other kernels than this CPU picks, so a result
 # that holds only for this machine's SIMD/BLAS/oneDNN kernels or thread count fails here rather
 # than on a user's machine (Intel with AMX, AMD without AVX-512, ...):
-#   1. the baseline kernels: ATen's and oneDNN's without AVX2, NumPy's with none of its dispatched
-#      extensions, one thread;
-#   2. AVX2 kernels (no AVX-512/AMX): ATen's and oneDNN's, NumPy's, two threads.
+#   1. the baseline kernels: ATen's, oneDNN's (torch's and OpenVINO's convolutions) and MKL's
+#      (torch's batch-1 path) without AVX2, NumPy's with none of its dispatched extensions, one thread;
+#   2. AVX2 kernels (no AVX-512/AMX) from each of them, two threads.
 # OpenBLAS's own choice (OPENBLAS_CORETYPE) is left to the host: some set it to stay correct.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +36,7 @@ run() {
     env "$@" "$PYTEST" -q -p no:cacheprovider -m "not slow" "${TESTS[@]}"
 }
 
-run "baseline kernels, 1 thread" ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 \
+run "baseline kernels, 1 thread" ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2 \
     NPY_DISABLE_CPU_FEATURES="$(dispatched none)" TINYDIGITS_THREADS=1
-run "AVX2 kernels, 2 threads" ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
+run "AVX2 kernels, 2 threads" ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
     NPY_DISABLE_CPU_FEATURES="$(dispatched avx2)" TINYDIGITS_THREADS=2

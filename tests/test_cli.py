@@ -2,6 +2,7 @@
 
 import fractions
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,8 @@ SHORT = ["--model", "ultrasmall", "--val-size", "55000", "--batch-size", "100", 
 
 
 def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    # One thread unless a test says otherwise: runs compared bit for bit need the same count.
+    kwargs["env"] = {"TINYDIGITS_THREADS": "1", **kwargs.get("env", os.environ)}
     return subprocess.run([sys.executable, "-m", "tinydigits", *args],
                           capture_output=True, text=True, timeout=300, **kwargs)
 
@@ -83,13 +86,16 @@ def test_train_then_eval_end_to_end(tmp_path):
     assert "epoch  2/2" in trained.stdout and "final test accuracy" in trained.stdout
     test_accuracy = json.loads((run_dir / "test.json").read_text())["accuracy"]
 
-    evaluated = run_cli("eval", "--model", "ultrasmall", "--weights",
+    # --backend torch: the same kernels as training's own evaluation, so the same count exactly (a
+    # 2-epoch model's closest answers are ~1e-4 apart, near where other engines' last bits fall).
+    evaluated = run_cli("eval", "--model", "ultrasmall", "--backend", "torch", "--weights",
                         str(run_dir / "final.safetensors"), "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads(evaluated.stdout)
     assert report["accuracy"] == test_accuracy
     assert report["count"] == 10_000 and sum(map(sum, report["confusion"])) == 10_000
-    text = run_cli("eval", "--model", "ultrasmall", "--weights", str(run_dir / "final.safetensors"))
+    text = run_cli("eval", "--model", "ultrasmall", "--backend", "torch", "--weights",
+                   str(run_dir / "final.safetensors"))
     assert "confusion matrix" in text.stdout and f"{test_accuracy:.2f}%" in text.stdout
 
 

@@ -1,5 +1,5 @@
-"""Threads on a shared machine: the default leaves the cores other work keeps busy, idle
-OpenMP threads sleep, and an explicit choice always wins."""
+"""Threads on a shared machine: the default leaves the cores other work keeps busy, a resumed
+run keeps its thread count, and an explicit choice always wins."""
 
 import os
 import subprocess
@@ -57,32 +57,11 @@ def test_usable_cores_follow_the_affinity_mask():
                           check=True).stdout.strip() == "1"
 
 
-IDLE_GAPS = """
-import time, torch
-torch.set_num_threads(2)
-x, w = torch.randn(2, 16, 28, 28), torch.randn(16, 16, 3, 3)
-torch.conv2d(x, w, padding=1)
-start, cpu = time.perf_counter(), time.process_time()
-for _ in range(100):  # a little parallel work, then a pause (as a server or a data loader has)
-    torch.conv2d(x, w, padding=1)
-    time.sleep(0.003)
-print(round((time.process_time() - cpu) / (time.perf_counter() - start), 3))
-"""
+def test_a_resumed_run_keeps_the_thread_count_it_recorded(tmp_path):
+    from tinydigits.train import _recorded_threads
 
-
-@pytest.mark.parametrize("preset", [None, "ACTIVE"])
-def test_importing_tinydigits_makes_idle_openmp_threads_sleep(preset):
-    """OMP_WAIT_POLICY is set before torch loads OpenMP, and a user's own value is kept. With it,
-    torch's idle worker threads take no CPU in the pauses between parallel steps; spinning,
-    they kept a core busy throughout (CPU time ~ wall time here)."""
-    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
-    if preset:
-        env["OMP_WAIT_POLICY"] = preset
-    code = "import tinydigits, os, sys; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         check=True).stdout.split()
-    assert out == [preset or "PASSIVE", "True"]
-    if preset is None:
-        busy_fraction = float(subprocess.run([sys.executable, "-c", "import tinydigits\n" + IDLE_GAPS],
-                                             capture_output=True, text=True, env=env, check=True).stdout)
-        assert busy_fraction < 0.5
+    (tmp_path / "config.json").write_text('{"threads": 1}')
+    assert _recorded_threads(tmp_path) == 1
+    (tmp_path / "config.json").write_text("not json")
+    assert _recorded_threads(tmp_path) is None
+    assert _recorded_threads(tmp_path / "missing") is None

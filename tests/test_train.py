@@ -24,6 +24,9 @@ QUICK = Recipe(optimizer="sgd", lr=0.05, schedule="onecycle", batch_size=100, ep
 
 
 def quiet_train(model, recipe, mnist, run_dir, **kwargs):
+    # One thread, always: weights are bit-identical only at the same thread count, and the
+    # default count follows how busy the machine is.
+    kwargs.setdefault("threads", 1)
     return train(model, recipe, mnist=mnist, run_dir=run_dir, progress=False, log=lambda line: None, **kwargs)
 
 

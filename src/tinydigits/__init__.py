@@ -13,13 +13,6 @@ top of it, and ``tinydigits.lab`` (benchmarks, reproduction, tuning, publishing,
 top of both.
 """
 
-import os
-
-# Read once, when torch loads its OpenMP runtime: idle threads sleep instead of spin-waiting,
-# which on a machine shared with other work made every parallel step wait for a thread that
-# had lost its core. A value the user set is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from .data import MNIST, load_mnist, normalize
 from .errors import TinyDigitsError
 from .evaluate import evaluate

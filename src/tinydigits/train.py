@@ -30,7 +30,7 @@ from .evaluate import evaluate
 from .io import WeightsError, file_sha256, load_checkpoint, read_metadata, save_checkpoint, save_weights
 from .models import build_model, count_parameters, get_spec
 from .recipes import Recipe
-from .runtime import provenance, select_device, set_threads
+from .runtime import env_threads, provenance, select_device, set_threads
 from .weights import load_model
 
 BACKGROUND = (0.0 - data.MEAN) / data.STD  # an empty pixel after normalization
@@ -177,6 +177,15 @@ def default_run_dir(model_name: str, seed: int, root: str | Path = "runs") -> Pa
     return Path(root) / f"{model_name}-seed{seed}-{stamp}"
 
 
+def _recorded_threads(run_dir: Path) -> int | None:
+    """The thread count a run's config.json records, or None where it cannot be read."""
+    try:
+        threads = json.loads((run_dir / "config.json").read_text()).get("threads")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return threads if isinstance(threads, int) and threads >= 1 else None
+
+
 def train(
     model_name: str,
     recipe: Recipe,
@@ -196,8 +205,12 @@ def train(
     ``subset`` keeps the first ``subset`` training images only (the validation split is taken
     from them), as ``tinydigits tune --subset`` trains its trials."""
     get_spec(model_name)  # fail early on an unknown name
-    threads = set_threads(threads)
     run_dir = Path(run_dir) if run_dir else default_run_dir(model_name, recipe.seed)
+    if resume and threads is None and env_threads() is None:
+        # The weights are bit-identical only at the same thread count, and the default follows
+        # how busy the machine is: a resumed run keeps the count it started with.
+        threads = _recorded_threads(run_dir)
+    threads = set_threads(threads)
     checkpoint_path = run_dir / "checkpoint.pt"
     dev = select_device(device)
     if resume:
