@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import one_line_error
 from click.testing import CliRunner
 
 import tinydigits
@@ -172,12 +173,6 @@ def test_quantized_multiplier_is_a_31_bit_fixed_point_number():
 # ---------------------------------------------------------------------- the command
 
 
-def _one_line_error(result) -> str:
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
-
-
 @needs_cc
 def test_export_command_writes_and_verifies_then_exports_again_into_its_own_folder(tmp_path):
     folder = tmp_path / "firmware"
@@ -211,14 +206,14 @@ def test_export_refuses_folders_it_did_not_write_and_loses_nothing(tmp_path):
     for folder, message in cases:
         result = CliRunner().invoke(main, ["export", "--model", "medium", "--format", "c", "--no-verify",
                                            "-o", str(folder)])
-        assert message in _one_line_error(result)
+        assert message in one_line_error(result)
     assert (foreign / "main.c").read_text() == "int main(void) { return 0; }\n"
     assert sorted(p.name for p in foreign.iterdir()) == ["main.c"]
     assert (impostor / "tinydigits_medium.c").read_text() == "/* my own edits */\n"
     assert (tmp_path / "file.txt").read_text() == "a file"
 
 
-def test_unknown_model_is_a_one_line_error(tmp_path):
+def test_unknown_model_is_aone_line_error(tmp_path):
     result = CliRunner().invoke(main, ["export", "--model", "tiny", "--format", "c", "-o", str(tmp_path)])
     assert result.exit_code == 2 and "Invalid value for '--model'" in result.output
     with pytest.raises(ConfigError, match="unknown model 'tiny'"):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import one_line_error
 from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
@@ -139,21 +140,13 @@ def test_interrupted_cli_run_resumes_to_the_same_weights(tmp_path, sig, uninterr
     assert all((a[k] == b[k]).all() for k in a)
 
 
-def _one_line_error(result) -> str:
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == 1, result.output
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert "Traceback" not in result.output
-    return lines[0]
-
-
 def test_weights_of_another_model_name_the_model_and_the_fix(tmp_path):
     # Metadata naming the model, as published weights and run files have, and none at all.
     named = save_weights(build_model("small"), tmp_path / "named.safetensors", {"model": "small"})
     bare = save_weights(build_model("small"), tmp_path / "bare.safetensors", {})
     for weights, backend in [(named, "auto"), (named, "torch"), (bare, "auto"), (bare, "torch")]:
         args = ["eval", "--model", "medium", "--weights", str(weights), "--backend", backend]
-        line = _one_line_error(CliRunner().invoke(main, args))
+        line = one_line_error(CliRunner().invoke(main, args))
         assert line.endswith("use --model small"), line
         assert ("so says the file's metadata" in line) == (weights == named), line
 
@@ -162,7 +155,7 @@ def test_a_file_that_is_not_weights_is_named_so_without_unsafe_advice(tmp_path):
     photo = tmp_path / "photo.jpg"
     Image.new("RGB", (64, 48), "white").save(photo)
     result = CliRunner().invoke(main, ["predict", "--weights", str(photo), str(photo)])
-    line = _one_line_error(result)
+    line = one_line_error(result)
     assert line == (f"Error: {photo}: not a weights file; give a .safetensors file, a PyTorch .pt/.pth "
                     "state_dict, an .onnx export or (with --backend torchscript) a TorchScript one")
     # A real pickle holding an object: refused, and torch's advice to unpickle it anyway is not passed on.
@@ -170,7 +163,7 @@ def test_a_file_that_is_not_weights_is_named_so_without_unsafe_advice(tmp_path):
     torch.save({"weights": torch.zeros(2), "ratio": fractions.Fraction(1, 3)}, pickled)
     for backend in ("auto", "torch"):
         args = ["eval", "--model", "small", "--weights", str(pickled), "--backend", backend]
-        line = _one_line_error(CliRunner().invoke(main, args))
+        line = one_line_error(CliRunner().invoke(main, args))
         assert "it holds more than tensors (Unsupported global: GLOBAL fractions.Fraction" in line, line
         assert "weights_only" not in line and "trusted source" not in line
 
@@ -217,11 +210,11 @@ def test_publish_in_a_fresh_clone_names_the_missing_run_and_how_to_make_it(tmp_p
     shutil.copy(RESULTS / "medium-full.json", tmp_path / "results")
     monkeypatch.chdir(tmp_path)
     shipped = file_sha256(pretrained_path("medium"))
-    line = _one_line_error(CliRunner().invoke(main, ["publish", "--model", "medium"]))
+    line = one_line_error(CliRunner().invoke(main, ["publish", "--model", "medium"]))
     run = json.loads((RESULTS / "medium-full.json").read_text())["runs"][0]
     assert line.startswith(f"Error: {run['run_dir']}/final.safetensors: no such file;"), line
     assert line.endswith(f"train it again: {run['command']} --run-dir {run['run_dir']}"), line
     assert file_sha256(pretrained_path("medium")) == shipped  # nothing was published
     # No results file at all (outside the checkout): its path and --results-dir.
-    line = _one_line_error(CliRunner().invoke(main, ["publish", "--model", "small"]))
+    line = one_line_error(CliRunner().invoke(main, ["publish", "--model", "small"]))
     assert line.startswith("Error: results/small-full.json: no such file; give --results-dir"), line

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import one_line_error
 from click.testing import CliRunner
 
 import tinydigits
@@ -78,7 +79,7 @@ def test_a_weights_file_is_exported_once_and_cached_by_its_hash(tmp_path):
     assert cached_onnx("ultrasmall", other) != first  # other bytes, another export
 
 
-def test_a_file_openvino_cannot_read_is_a_one_line_error(tmp_path):
+def test_a_file_openvino_cannot_read_is_aone_line_error(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07 this is not a protobuf")
     with pytest.raises(ExportError, match="not a model OpenVINO can compile") as raised:
@@ -117,13 +118,6 @@ def test_auto_falls_back_to_pytorch_without_a_writable_cache(tmp_path, monkeypat
 # ------------------------------------------------------------------ int8 files, and files of another model
 
 
-def _one_line_error(result) -> str:
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == 1, result.output
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, Path]:
     """medium.onnx and medium-int8.onnx as a user makes them, and both again without the
@@ -156,7 +150,7 @@ def test_auto_runs_int8_files_on_onnx_runtime_and_openvino_refuses_them_in_one_l
     answer = json.loads(result.output)
     assert answer["backend"] == "onnxruntime" and answer["count"] == 10_000
     assert answer["accuracy"] >= tinydigits.get_weights("medium").test_accuracy - 0.2
-    line = _one_line_error(CliRunner().invoke(main, ["eval", "--model", "medium", "--weights", str(int8),
+    line = one_line_error(CliRunner().invoke(main, ["eval", "--model", "medium", "--weights", str(int8),
                                                      "--backend", "openvino"]))
     assert line == (f"Error: {int8}: an int8 file of ONNX Runtime's quantized operators (QLinearConv, "
                     "com.microsoft.QLinearAdd), which OpenVINO cannot compile; use --backend onnxruntime")
@@ -171,7 +165,7 @@ def test_an_onnx_file_of_another_model_is_refused(exported, kind):
     path = exported[kind]
     how = "by its convolutions' shapes" if kind.endswith("bare") else "so says its metadata"
     for backend in ("auto", "onnxruntime"):
-        line = _one_line_error(CliRunner().invoke(main, ["eval", "--model", "small", "--weights", str(path),
+        line = one_line_error(CliRunner().invoke(main, ["eval", "--model", "small", "--weights", str(path),
                                                          "--backend", backend]))
         assert line == f"Error: {path}: a medium model ({how}), not small; use --model medium"
     with pytest.raises(ExportError, match="not ultrasmall; use --model medium"):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import one_line_error
 from click.testing import CliRunner
 from torch import nn
 
@@ -53,13 +54,6 @@ def _random_bn(model: nn.Module, seed: int = 0) -> nn.Module:
 def _model(name: str) -> nn.Module:
     """The weights shipped with the package."""
     return tinydigits.load_model(name, pretrained=True)
-
-
-def _one_line_error(result) -> str:
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == 1, result.output
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +176,7 @@ def test_eval_backend_onnxruntime(medium_onnx: Path, tmp_path: Path) -> None:
     assert onnx_figures["accuracy"] == torch_figures["accuracy"]
     assert onnx_figures["confusion"] == torch_figures["confusion"]
     # An ONNX file under the torch backend is a one-line error, not a pickle traceback.
-    assert "onnxruntime" in _one_line_error(
+    assert "onnxruntime" in one_line_error(
         runner.invoke(main, ["eval", "--model", "medium", "--weights", str(medium_onnx),
                              "--backend", "torch"]))
 
@@ -216,7 +210,7 @@ def test_export_errors_are_one_line(args: list[str], message: str, tmp_path: Pat
     (tmp_path / "file.txt").write_text("not a directory")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     result = CliRunner().invoke(main, ["export", "--model", "medium", "--no-verify", *args])
-    assert message in _one_line_error(result)
+    assert message in one_line_error(result)
 
 
 def test_unknown_format_is_an_export_error_in_the_library() -> None:
@@ -237,7 +231,7 @@ def test_diagram_writes_svg_and_png(tmp_path: Path) -> None:
     png = tmp_path / "medium.png"
     assert runner.invoke(main, ["diagram", "--model", "medium", "-o", str(png)]).exit_code == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "svg or .png" in _one_line_error(runner.invoke(main, ["diagram", "--model", "small",
+    assert "svg or .png" in one_line_error(runner.invoke(main, ["diagram", "--model", "small",
                                                                   "-o", str(tmp_path / "x.gif")]))
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import one_line_error
 from click.testing import CliRunner
 from PIL import Image
 from scan_images import scan_like
@@ -486,13 +487,6 @@ def test_the_site_works_offline_after_the_first_visit(browser, static):
 
 def export(*args: str):
     return CliRunner().invoke(main, ["export", "--format", "web", *args])
-
-
-def one_line_error(result) -> str:
-    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
 
 
 def test_the_export_needs_no_network_and_no_npm(tmp_path, monkeypatch):
