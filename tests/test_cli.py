@@ -117,7 +117,8 @@ def test_interrupted_cli_run_resumes_to_the_same_weights(tmp_path, sig, uninterr
     cut_dir = tmp_path / "cut"
     process = subprocess.Popen([sys.executable, "-m", "tinydigits", "train", *RESUME_ARGS,
                                 "--run-dir", str(cut_dir)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TINYDIGITS_THREADS": "1"})  # as run_cli's runs
     # Interrupt as soon as the first epoch is on disk, in the middle of the second.
     deadline = time.monotonic() + 240
     while not (cut_dir / "checkpoint.pt").exists() and time.monotonic() < deadline:
