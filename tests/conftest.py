@@ -40,9 +40,9 @@ def browser():
 
 
 # Whole modules that take minutes: a real browser, a compiler and an emulator, real servers
-# under load, training runs killed and resumed, Optuna workers on PostgreSQL. `pytest -m "not
+# under load, benchmarks, several short training runs, Optuna workers on PostgreSQL. `pytest -m "not
 # slow"` leaves them (and the tests marked slow in other modules) out for a quick run; CI runs all.
-SLOW_MODULES = {"test_static_site", "test_web", "test_c_export", "test_loadtest", "test_checkpoint",
+SLOW_MODULES = {"test_static_site", "test_web", "test_c_export", "test_loadtest",
                 "test_tune", "test_bench", "test_reproduce"}
 
 
