@@ -70,7 +70,7 @@ def test_interrupted_run_resumes_to_the_same_weights(small_mnist, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train("medium", recipe, mnist=small_mnist, run_dir=tmp_path / "cut", progress=False,
-              log=interrupt_after_first_epoch)
+              log=interrupt_after_first_epoch, threads=1)
     assert not (tmp_path / "cut" / "final.safetensors").exists()
     resumed = quiet_train("medium", QUICK, small_mnist, tmp_path / "cut", resume=True)
     assert len(resumed.history) == 3  # the saved recipe (3 epochs) wins over the argument
