@@ -48,5 +48,5 @@ SLOW_MODULES = {"test_static_site", "test_web", "test_c_export", "test_loadtest"
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if item.module is not None and item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
+        if item.path is not None and item.path.stem in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)

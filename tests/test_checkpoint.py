@@ -137,3 +137,14 @@ def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
         atomic_write(target, failing)
     assert target.read_bytes() == b"old"
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_safetensors_metadata_of_other_tools_is_no_error(tmp_path):
+    """Files from other tools carry metadata that is not tinydigits' JSON (torch's {"format": "pt"})."""
+    from safetensors.torch import save_file
+
+    model = build_model("small")
+    path = tmp_path / "other.safetensors"
+    save_file(model.state_dict(), str(path), metadata={"format": "pt"})
+    loaded = load_model("small", path)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())

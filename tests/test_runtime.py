@@ -25,6 +25,7 @@ def busy_process():
     spinner.wait()
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/loadavg"), reason="no /proc/loadavg: busy cores are not told")
 def test_a_busy_process_is_counted_and_left_its_core(busy_process):
     assert busy_cores() >= 1
     assert 1 <= default_threads() <= max(1, usable_cores() - 1)
@@ -41,9 +42,10 @@ def test_an_explicit_count_or_the_environment_wins(monkeypatch, busy_process):
         assert set_threads(2) == 2 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
-    monkeypatch.setenv("TINYDIGITS_THREADS", "two")
-    with pytest.raises(ConfigError, match="TINYDIGITS_THREADS"):
-        resolve_threads()
+    for bad in ("two", "\u00b2", "0"):  # "²" is a digit to str.isdigit, not a number
+        monkeypatch.setenv("TINYDIGITS_THREADS", bad)
+        with pytest.raises(ConfigError, match="TINYDIGITS_THREADS"):
+            resolve_threads()
     with pytest.raises(ConfigError, match="at least 1"):
         resolve_threads(0)
 
@@ -65,3 +67,30 @@ def test_a_resumed_run_keeps_the_thread_count_it_recorded(tmp_path):
     (tmp_path / "config.json").write_text("not json")
     assert _recorded_threads(tmp_path) is None
     assert _recorded_threads(tmp_path / "missing") is None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="no /proc: threads are not told")
+def test_this_processs_own_running_threads_are_not_counted_as_other_work():
+    """A thread of ours busy in torch (it runs outside the GIL, as a server's workers or an
+    OpenMP pool do) is runnable too; counted as other work, it would halve our own threads."""
+    import threading
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    stop = threading.Event()
+
+    def work() -> None:
+        x, w = torch.randn(64, 8, 28, 28), torch.randn(8, 8, 3, 3)
+        while not stop.is_set():
+            torch.conv2d(x, w, padding=1)
+
+    quiet = busy_cores()
+    worker = threading.Thread(target=work)
+    worker.start()
+    try:
+        time.sleep(0.2)
+        assert busy_cores() <= quiet
+    finally:
+        stop.set()
+        worker.join()
+        torch.set_num_threads(before)

@@ -65,7 +65,7 @@ data_dir_option = click.option(
 )
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
-    help="CPU threads for torch (default: $TINYDIGITS_THREADS, else torch's choice).",
+    help="CPU threads for torch (default: $TINYDIGITS_THREADS, else the cores other work leaves free).",
 )
 device_option = click.option("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA if present).")
 results_dir_option = click.option(

@@ -45,7 +45,7 @@ def env_threads() -> int | None:
     value = os.environ.get("TINYDIGITS_THREADS", "").strip()
     if not value:
         return None
-    if not value.isdigit() or int(value) < 1:
+    if not value.isdecimal() or int(value) < 1:
         raise ConfigError(f"TINYDIGITS_THREADS must be a whole number of at least 1, got {value!r}")
     return int(value)
 
@@ -65,11 +65,26 @@ def usable_cores() -> int:
     return max(1, cores)
 
 
+def _own_running_threads() -> int:
+    """This process's threads the kernel counts as runnable now (at least the one reading)."""
+    running = 0
+    try:
+        for task in Path("/proc/self/task").iterdir():
+            try:  # "pid (name) S ...": the state follows the name, which may hold spaces
+                running += (task / "stat").read_text().rpartition(")")[2].split()[0] == "R"
+            except (OSError, IndexError):
+                continue
+    except OSError:
+        return 1
+    return max(1, running)
+
+
 def busy_cores(samples: int = 3, interval: float = 0.01) -> int:
-    """How many CPUs other work keeps busy now: the tasks the kernel counts as runnable (the 4th
-    field of /proc/loadavg), less this process's reading thread, at its lowest over ``samples``
-    readings ``interval`` seconds apart (a busy process is runnable in all, a blip in one).
-    0 where the system does not tell."""
+    """How many of this process's usable CPUs other work keeps busy now: the tasks the kernel
+    counts as runnable (the 4th field of /proc/loadavg, machine-wide) less this process's own,
+    at the lowest of ``samples`` readings ``interval`` seconds apart (a busy process is runnable
+    in all, a blip in one), scaled to the usable share of the machine when an affinity mask or
+    a container limits this process to fewer CPUs. 0 where the system does not tell."""
     lowest = None
     for n in range(samples):
         if n:
@@ -78,8 +93,12 @@ def busy_cores(samples: int = 3, interval: float = 0.01) -> int:
             running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
         except (OSError, ValueError, IndexError):
             return 0
-        lowest = running - 1 if lowest is None else min(lowest, running - 1)
-    return max(0, lowest or 0)
+        others = running - _own_running_threads()
+        lowest = others if lowest is None else min(lowest, others)
+    busy = max(0, lowest or 0)
+    machine = os.cpu_count() or 1
+    usable = usable_cores()
+    return busy if usable >= machine else math.ceil(busy * usable / machine)
 
 
 def default_threads() -> int:

@@ -168,7 +168,10 @@ def _named_model(weights: str | Path) -> str | None:
     """The model a safetensors file's metadata names (published weights and run files say)."""
     if Path(weights).suffix != ".safetensors" or not Path(weights).is_file():
         return None
-    named = read_metadata(weights).get("model")
+    try:
+        named = read_metadata(weights).get("model")
+    except (WeightsError, ValueError):  # other tools' metadata (e.g. {"format": "pt"}) is not ours
+        return None
     return named if named in MODELS else None
 
 
