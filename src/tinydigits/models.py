@@ -109,16 +109,63 @@ def mnist_ultrasmall(dropout: float = 0.02) -> TinyDigitNet:
     ])
 
 
+class NumberReader(nn.Module):
+    """Reads a whole number from a strip of any width: conv blocks that halve the height four
+    times and the width twice, a convolution over the last 2 rows that collapses the height,
+    a 1-D convolution along the width, and per-column log-probabilities of the 10 digits and
+    the blank (index 10) for CTC. Input [N, 1, 32, W]; output [N, 11, ceil(W / 4)]."""
+
+    def __init__(self, widths: tuple[int, int, int] = (16, 32, 48), hidden: int = 64,
+                 kernel: int = 5) -> None:
+        super().__init__()
+        a, b, c = widths
+        self.features = nn.Sequential(
+            nn.Conv2d(1, a, 3, padding=1, bias=False), nn.BatchNorm2d(a), nn.ReLU(),
+            nn.MaxPool2d(2),  # 16 x W/2
+            nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(),
+            nn.MaxPool2d(2),  # 8 x W/4
+            nn.Conv2d(b, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+            nn.MaxPool2d((2, 1)),  # 4 x W/4
+            nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+            nn.MaxPool2d((2, 1)),  # 2 x W/4
+        )
+        self.columns = nn.Sequential(
+            nn.Conv2d(c, hidden, (2, 1), bias=False), nn.BatchNorm2d(hidden), nn.ReLU(),  # 1 x W/4
+            nn.Conv2d(hidden, hidden, (1, kernel), padding=(0, kernel // 2), bias=False),
+            nn.BatchNorm2d(hidden), nn.ReLU(),
+            nn.Conv2d(hidden, 11, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.columns(self.features(x)).squeeze(2)
+        return F.log_softmax(x, dim=1)
+
+
+def number_reader(dropout: float = 0.0) -> NumberReader:
+    """The number reader: about 60k parameters."""
+    return NumberReader((16, 32, 48), 64)
+
+
+def number_reader_small(dropout: float = 0.0) -> NumberReader:
+    """The small number reader: about 20k parameters."""
+    return NumberReader((12, 24, 32), 40)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What the registry knows about a model besides how to build it."""
 
     name: str
     title: str
-    builder: Callable[..., TinyDigitNet]
+    builder: Callable[..., nn.Module]
     conv_blocks: int
     # The reference project's published accuracy: best epoch, picked on the test set, one seed.
-    reference_accuracy: float
+    reference_accuracy: float | None
+    # "digit": one 28x28 digit in, 10 log-probabilities out; "number": a strip of height
+    # input_shape[1] and any width in, per-column log-probabilities of 10 digits + blank out.
+    task: str = "digit"
+    input_shape: tuple[int, int, int | None] = (1, 28, 28)
+    classes: int = 10
 
     @functools.cached_property
     def parameters(self) -> int:
@@ -132,22 +179,29 @@ class ModelSpec:
         return conv_shapes(self.builder())
 
 
-MODELS: dict[str, ModelSpec] = {
+REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         ModelSpec("medium", "MNIST-Medium", mnist_medium, 3, 99.44),
         ModelSpec("small", "MNIST-Small", mnist_small, 2, 99.25),
         ModelSpec("ultrasmall", "MNIST-UltraSmall", mnist_ultrasmall, 2, 99.00),
+        ModelSpec("reader", "Number reader", number_reader, 4, None, "number", (1, 32, None), 11),
+        ModelSpec("reader-small", "Number reader, small", number_reader_small, 4, None, "number",
+                  (1, 32, None), 11),
     )
 }
+# The digit classifiers: what eval, export, the C export, the web page and the tables run.
+MODELS: dict[str, ModelSpec] = {name: spec for name, spec in REGISTRY.items() if spec.task == "digit"}
+# The number readers: what `read` runs.
+READERS: dict[str, ModelSpec] = {name: spec for name, spec in REGISTRY.items() if spec.task == "number"}
 
 
 def get_spec(name: str) -> ModelSpec:
     """Look a model up by name; a clear error lists the known names."""
     try:
-        return MODELS[name.lower()]
+        return REGISTRY[name.lower()]
     except KeyError:
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}") from None
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(REGISTRY)}") from None
 
 
 def build_model(name: str, dropout: float | None = None) -> TinyDigitNet:
@@ -167,4 +221,4 @@ def conv_shapes(model: nn.Module) -> tuple[tuple[int, ...], ...]:
 
 def model_with_conv_shapes(shapes: tuple[tuple[int, ...], ...]) -> str | None:
     """The name of the model whose convolutions have these weight shapes, or None."""
-    return next((name for name, spec in MODELS.items() if spec.conv_shapes == shapes), None)
+    return next((name for name, spec in REGISTRY.items() if spec.conv_shapes == shapes), None)

@@ -32,9 +32,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .errors import ConfigError
+from .models import NumberReader
 from .predict import Classifier, classify
 from .preprocess import WORK_SIDE, PreprocessError, Source, fit_to_mnist, ink_map, load_image
 from .segment import MAX_DIGITS, Piece, digit_groups
+from .sequence import digit_boxes, read_picture
 
 __all__ = ["Digit", "Reading", "draw_boxes", "read_number"]
 
@@ -109,21 +112,48 @@ def _split(piece: Piece, height: float, model: Classifier, budget: int) -> list[
 
 
 @functools.cache
-def _shipped_medium() -> torch.nn.Module:
+def _shipped(name: str) -> torch.nn.Module:
     from .weights import load_model
 
-    return load_model("medium", pretrained=True)
+    return load_model(name, pretrained=True)
 
 
-def read_number(image: Image.Image | Source, model: Classifier | None = None) -> Reading:
+METHODS = ("auto", "sequence", "segment")
+
+
+def is_reader(model: object) -> bool:
+    """Whether ``model`` reads strips (a number reader, or an engine opened for one)."""
+    return isinstance(model, NumberReader) or getattr(model, "task", None) == "number"
+
+
+def resolve_method(method: str, model: object | None) -> str:
+    """``auto``: the sequence reader, which reads touching digits (docs/READING.md), unless
+    ``model`` is a digit classifier, which only the segmenter can use."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown reading method {method!r}; choose one of: {', '.join(METHODS)}")
+    if method == "auto":
+        return "segment" if model is not None and not is_reader(model) else "sequence"
+    if model is not None and is_reader(model) != (method == "sequence"):
+        wanted = "a number reader (--model reader)" if method == "sequence" else "a digit model"
+        raise ConfigError(f"method {method!r} needs {wanted}")
+    return method
+
+
+def read_number(image: Image.Image | Source, model: Classifier | None = None,
+                method: str = "auto") -> Reading:
     """The number in a picture of one or more handwritten digits (a PIL image, or a path,
-    bytes or file that :func:`~tinydigits.preprocess.load_image` reads), read by ``model``
-    (a model or an engine; default: the shipped MNIST-Medium). Raises
-    :class:`PreprocessError` for a blank picture, one that cannot be read, and one of more
-    than :data:`~tinydigits.segment.MAX_DIGITS` digits."""
-    model = model if model is not None else _shipped_medium()
+    bytes or file that :func:`~tinydigits.preprocess.load_image` reads). ``method``:
+    ``sequence`` reads the whole strip with a number reader (default: the shipped one);
+    ``segment`` cuts the ink into digits and classifies each with a digit model (default:
+    the shipped MNIST-Medium); ``auto`` picks by the model given, the sequence reader when
+    none is. Raises :class:`PreprocessError` for a blank picture, one that cannot be read,
+    and one of more than :data:`~tinydigits.segment.MAX_DIGITS` digits."""
+    method = resolve_method(method, model)
     if not isinstance(image, Image.Image):
         image = load_image(image)
+    if method == "sequence":
+        return _read_sequence(image, model if model is not None else _shipped("reader"))
+    model = model if model is not None else _shipped("medium")
     factor = max(1, math.ceil(max(image.size) / WORK_SIDE))  # what ink_map reduced the picture by
     groups = digit_groups(ink_map(image))
     height = float(np.median([group.height for group in groups]))
@@ -138,6 +168,15 @@ def read_number(image: Image.Image | Source, model: Classifier | None = None) ->
         x, y = piece.left * factor, piece.top * factor
         digits.append(Digit(x, y, min(piece.width * factor, width - x), min(piece.height * factor, tall - y),
                             ranked[0][0], ranked[0][1], seen))
+    return Reading("".join(str(d.digit) for d in digits), digits)
+
+
+def _read_sequence(image: Image.Image, model: Classifier) -> Reading:
+    strip, spans = read_picture(image, model)
+    if len(spans) > MAX_DIGITS:
+        raise PreprocessError(f"found {len(spans)} digits; `read` reads numbers of up to {MAX_DIGITS}")
+    digits = [Digit(x, y, width, height, span.digit, span.probability, fit_to_mnist(ink))
+              for span, (x, y, width, height, ink) in zip(spans, digit_boxes(strip, spans), strict=True)]
     return Reading("".join(str(d.digit) for d in digits), digits)
 
 

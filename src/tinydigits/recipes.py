@@ -47,6 +47,9 @@ class Recipe:
     teacher_augmented: bool = False
     seed: int = 0
     val_size: int = 5000
+    # The number reader's data is made on the fly: an epoch is this many fresh strips (0: the
+    # digit models, whose epoch is one pass over their training images).
+    epoch_size: int = 0
 
     def __post_init__(self) -> None:
         # Catch a bad value here, in one line, not as a crash deep in the training loop.
@@ -71,6 +74,7 @@ class Recipe:
             "temperature": 0 < self.temperature <= 100,
             "teacher": bool(self.teacher) or self.distill == 0,
             "val_size": 0 <= self.val_size < 60_000,
+            "epoch_size": self.epoch_size >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -129,6 +133,11 @@ DEFAULT_RECIPES: dict[str, Recipe] = {
 # Once the default recipe is chosen on the validation split, nothing is left to select, so
 # the final models train on all 60,000 training images: the default recipe without a split.
 FULL_DATA_RECIPES: dict[str, Recipe] = {name: r.replace(val_size=0) for name, r in DEFAULT_RECIPES.items()}
+
+# The number readers train with AdamW on fresh strips (tinydigits.sequence.train_reader).
+_READER = Recipe(optimizer="adamw", lr=3e-3, weight_decay=1e-4, schedule="onecycle", warmup=0.1,
+                 batch_size=32, epochs=12, dropout=0.0, epoch_size=12_800)
+DEFAULT_RECIPES.update({"reader": _READER, "reader-small": _READER})
 
 RECIPE_KINDS = {"default": DEFAULT_RECIPES, "full": FULL_DATA_RECIPES, "reference": REFERENCE_RECIPES}
 

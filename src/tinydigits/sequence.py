@@ -1,0 +1,296 @@
+"""The number reader: CTC decoding, reading a picture, scoring, and training on the fly.
+
+The reader (:class:`tinydigits.models.NumberReader`) gives, for every 4 columns of a strip
+(:mod:`tinydigits.strips`), log-probabilities of the 10 digits and a blank. Greedy decoding
+takes the best class per column, merges runs of one class and drops blanks (Graves et al.
+2006); each digit's columns give its place in the picture, so ``read`` can still draw boxes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import data
+from .errors import ConfigError
+from .io import load_checkpoint, save_checkpoint, save_weights
+from .models import build_model, count_parameters
+from .preprocess import PreprocessError, Source
+from .recipes import Recipe
+from .runtime import provenance, set_threads
+from .strips import (
+    INK_HEIGHT,
+    PAD,
+    STRIP_HEIGHT,
+    NumberPicture,
+    Strip,
+    batch_strips,
+    number_set,
+    number_strip,
+    training_strips,
+)
+
+BLANK = 10
+STRIDE = 4  # strip columns per output column
+
+
+@dataclass(frozen=True)
+class Span:
+    """One decoded digit: its class, probability (the best of its columns') and columns."""
+
+    digit: int
+    probability: float
+    first: int
+    last: int
+
+
+def greedy_decode(log_probs: torch.Tensor) -> list[Span]:
+    """The digits of one strip's output ([11, T] log-probabilities), left to right."""
+    probs, best = log_probs.exp().max(dim=0)
+    spans: list[Span] = []
+    previous = BLANK
+    for column, (label, p) in enumerate(zip(best.tolist(), probs.tolist(), strict=True)):
+        if label != BLANK and label == previous:
+            last = spans[-1]
+            spans[-1] = Span(label, max(last.probability, p), last.first, column)
+        elif label != BLANK:
+            spans.append(Span(label, p, column, column))
+        previous = label
+    return spans
+
+
+def run_reader(model: Any, strips: list[torch.Tensor]) -> list[list[Span]]:
+    """Each strip's decoded digits. ``model``: a reader, or an engine that maps a batch of strips
+    [N, 1, 32, W] to log-probabilities [N, 11, W / 4]."""
+    batch, lengths = batch_strips(strips)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    with torch.no_grad():
+        out = model(batch)
+    return [greedy_decode(out[row, :, : int(length)]) for row, length in enumerate(lengths)]
+
+
+def read_picture(image: Image.Image | Source, model: Any) -> tuple[Strip, list[Span]]:
+    """A picture's strip and the digits the reader finds in it."""
+    strip = number_strip(image)
+    return strip, run_reader(model, [strip.pixels])[0]
+
+
+def digit_boxes(strip: Strip, spans: list[Span]) -> list[tuple[int, int, int, int, np.ndarray]]:
+    """Each digit's box in the picture's pixels (x, y, width, height) and its ink: the ink-map
+    columns between the midpoints to its neighbours' columns, cropped to the ink there."""
+    centres = [(span.first + span.last + 1) / 2 * STRIDE for span in spans]  # strip columns
+    height, width = strip.ink.shape
+    crop_x = strip.origin_x + PAD / strip.scale  # where strip.ink starts, in ink-map pixels
+    crop_y = strip.origin_y + (STRIP_HEIGHT - INK_HEIGHT) // 2 / strip.scale
+    boxes = []
+    for index, centre in enumerate(centres):
+        lo = -math.inf if index == 0 else (centres[index - 1] + centre) / 2
+        hi = math.inf if index == len(centres) - 1 else (centre + centres[index + 1]) / 2
+        a = int(np.clip(math.floor(strip.origin_x + lo / strip.scale - crop_x) if lo > -math.inf else 0, 0,
+                        width - 1))
+        b = int(np.clip(math.ceil(strip.origin_x + hi / strip.scale - crop_x) if hi < math.inf else width,
+                        a + 1, width))
+        piece = strip.ink[:, a:b]
+        rows, cols = np.flatnonzero(piece.max(axis=1) > 0.2), np.flatnonzero(piece.max(axis=0) > 0.2)
+        if rows.size == 0 or cols.size == 0:  # no ink there: the whole slice
+            rows, cols = np.arange(height), np.arange(b - a)
+        ink = piece[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        f = strip.factor
+        boxes.append((int((crop_x + a + cols[0]) * f), int((crop_y + rows[0]) * f),
+                      int((cols[-1] - cols[0] + 1) * f), int((rows[-1] - rows[0] + 1) * f), ink))
+    return boxes
+
+
+# ------------------------------------------------------------------ scoring
+
+
+@dataclass(frozen=True)
+class NumberScore:
+    """How a reader did on a set of number pictures."""
+
+    pictures: int
+    exact: int
+    right_count: int
+    char_errors: int  # edit distance, summed
+    chars: int  # digits in the truth, summed
+    failures: list[str]
+
+    @property
+    def exact_rate(self) -> float:
+        return 100.0 * self.exact / self.pictures
+
+    @property
+    def count_rate(self) -> float:
+        return 100.0 * self.right_count / self.pictures
+
+    @property
+    def cer(self) -> float:
+        return 100.0 * self.char_errors / self.chars
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
+    return row[-1]
+
+
+def score_readings(truths: list[str], readings: list[str]) -> NumberScore:
+    exact = right_count = errors = 0
+    failures = []
+    for truth, got in zip(truths, readings, strict=True):
+        exact += got == truth
+        right_count += len(got) == len(truth) and got.isdigit()
+        errors += edit_distance(truth, got if got.isdigit() else "")
+        if got != truth and len(failures) < 8:
+            failures.append(f"{truth} -> {got}")
+    return NumberScore(len(truths), exact, right_count, errors, sum(map(len, truths)), failures)
+
+
+def picture_strips(pictures: list[NumberPicture]) -> list[torch.Tensor | None]:
+    """Each picture's strip pixels, or None where preprocessing refused it."""
+    strips: list[torch.Tensor | None] = []
+    for picture in pictures:
+        try:
+            strips.append(number_strip(picture.data).pixels)
+        except PreprocessError:
+            strips.append(None)
+    return strips
+
+
+def read_strips(model: Any, strips: list[torch.Tensor | None], batch: int = 64) -> list[str]:
+    """The number read from each strip ("" for a refused picture), in batches of similar width."""
+    order = sorted((i for i, s in enumerate(strips) if s is not None), key=lambda i: strips[i].shape[-1])
+    readings = [""] * len(strips)
+    for start in range(0, len(order), batch):
+        chunk = order[start : start + batch]
+        for index, spans in zip(chunk, run_reader(model, [strips[i] for i in chunk]), strict=True):
+            readings[index] = "".join(str(span.digit) for span in spans)
+    return readings
+
+
+# ------------------------------------------------------------------ training
+
+
+def _ctc_loss(model: torch.nn.Module, strips: list[torch.Tensor], numbers: list[str]) -> torch.Tensor:
+    batch, lengths = batch_strips(strips)
+    log_probs = model(batch).permute(2, 0, 1)  # [T, N, 11], as CTCLoss takes them
+    targets = torch.tensor([int(c) for number in numbers for c in number])
+    target_lengths = torch.tensor([len(number) for number in numbers])
+    return F.ctc_loss(log_probs, targets, lengths, target_lengths, blank=BLANK, zero_infinity=True)
+
+
+def train_reader(model_name: str, recipe: Recipe, *, run_dir: Path, resume: bool = False,
+                 threads: int | None = None, data_dir: str | Path | None = None, evaluate_test: bool = True,
+                 log: Callable[[str], None] = print, val_count: int = 300) -> dict[str, Any]:
+    """Train a number reader on strips made on the fly from the 55,000 MNIST training digits;
+    validate each epoch on the seeded validation sets (made of the 5,000 held-out digits);
+    at the end, score the frozen test sets. Writes the run directory as ``train`` does."""
+    from .train import make_optimizer, make_schedule  # train imports this module
+
+    if recipe.val_size != 5000:
+        raise ConfigError("the number reader holds out the 5,000 validation digits its sets are made of "
+                          "(recipe val_size=5000)")
+    if recipe.epoch_size < recipe.batch_size:
+        raise ConfigError(f"epoch_size {recipe.epoch_size} is below one batch ({recipe.batch_size})")
+    threads = set_threads(threads)
+    mnist = data.load_mnist(data_dir)
+    train_x, train_y, _, _ = data.split_train_val(mnist.train_images, mnist.train_labels, 5000, seed=0)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    torch.manual_seed(recipe.seed)
+    model = build_model(model_name)
+    steps_per_epoch = recipe.epoch_size // recipe.batch_size
+    optimizer = make_optimizer(model.parameters(), recipe)
+    schedule = make_schedule(optimizer, recipe, steps_per_epoch)
+    rng = np.random.default_rng(recipe.seed)
+    history: list[dict[str, Any]] = []
+    if resume:
+        state = load_checkpoint(checkpoint_path)
+        model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        history = state["history"]
+        log(f"resuming {run_dir} after epoch {len(history)} of {recipe.epochs}")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log(f"training {model_name} (seed {recipe.seed}), {threads} thread{'' if threads == 1 else 's'}; "
+            f"run directory: {run_dir}")
+        config = {"model": model_name, "recipe": recipe.to_dict(), "subset": None, "device": "cpu",
+                  "threads": threads, "torch": torch.__version__, "parameters": count_parameters(model),
+                  "teacher_sha256": {}, **provenance()}
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (run_dir / "metrics.jsonl").write_text("")
+    val_sets = {kind: number_set(kind, "val", val_count, mnist) for kind in ("separate", "touching")}
+    val_strips = {kind: picture_strips(pictures) for kind, pictures in val_sets.items()}
+
+    def metadata(epoch: int) -> dict[str, Any]:
+        return {"model": model_name, "recipe": recipe.to_dict(), "seed": recipe.seed, "epoch": epoch,
+                "metrics": history[-1] if history else {}, **provenance()}
+
+    started = time.perf_counter() - sum(h["seconds"] for h in history)
+    for epoch in range(len(history) + 1, recipe.epochs + 1):
+        epoch_start = time.perf_counter()
+        model.train()
+        loss_sum = 0.0
+        for _ in range(steps_per_epoch):
+            strips, numbers = training_strips(train_x, train_y, recipe.batch_size, rng)
+            loss = _ctc_loss(model, strips, numbers)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += float(loss.detach())
+        model.eval()
+        scores = {kind: score_readings([p.number for p in pictures], read_strips(model, val_strips[kind]))
+                  for kind, pictures in val_sets.items()}
+        history.append({
+            "epoch": epoch, "train_loss": round(loss_sum / steps_per_epoch, 6),
+            "val_separate_exact": round(scores["separate"].exact_rate, 4),
+            "val_touching_exact": round(scores["touching"].exact_rate, 4),
+            "val_accuracy": round((scores["separate"].exact_rate + scores["touching"].exact_rate) / 2, 4),
+            "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - epoch_start, 3),
+        })
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(history[-1]) + "\n")
+        save_checkpoint(checkpoint_path, {
+            "model": model_name, "recipe": recipe.to_dict(), "subset": None, "device": "cpu",
+            "model_state": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "numpy_rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(), "history": history, "best_val": -1.0, "cuda_rng": [],
+        })
+        h = history[-1]
+        log(f"epoch {epoch:2d}/{recipe.epochs}  train loss {h['train_loss']:.4f}  val exact: separate "
+            f"{h['val_separate_exact']:.2f}% touching {h['val_touching_exact']:.2f}%  lr {h['lr']:.5f}  "
+            f"{h['seconds']:.1f}s")
+    seconds = time.perf_counter() - started
+    save_weights(model, run_dir / "final.safetensors", metadata(recipe.epochs))
+    result: dict[str, Any] = {"run_dir": run_dir, "history": history, "seconds": seconds, "test": None}
+    if evaluate_test:
+        test = {"train_seconds": round(seconds, 2), "epochs": recipe.epochs}
+        for kind in ("separate", "touching"):
+            pictures = number_set(kind, "test", mnist=mnist)
+            score = score_readings([p.number for p in pictures], read_strips(model, picture_strips(pictures)))
+            test[kind] = {"exact": score.exact_rate, "right_count": score.count_rate, "cer": score.cer}
+        test["accuracy"] = (test["separate"]["exact"] + test["touching"]["exact"]) / 2
+        (run_dir / "test.json").write_text(json.dumps(test, indent=2) + "\n")
+        log(f"final test: separate {test['separate']['exact']:.2f}% exact, touching "
+            f"{test['touching']['exact']:.2f}% exact, after {recipe.epochs} epochs, {seconds:.0f}s; "
+            f"run saved in {run_dir}")
+        result["test"] = test
+    return result
