@@ -20,11 +20,13 @@ from .deploy.engines import BACKENDS
 from .deploy.export import FORMATS
 from .errors import TinyDigitsError, require
 from .lab import DEFAULT_SEEDS
-from .models import MODELS
+from .models import MODELS, READERS, REGISTRY, get_spec
+from .read import METHODS
 from .runtime import package_version, set_threads
 from .weights import load_model, pretrained_path
 
-MODEL_CHOICE = click.Choice(list(MODELS), case_sensitive=False)
+MODEL_CHOICE = click.Choice(list(MODELS), case_sensitive=False)  # the digit models
+ANY_MODEL_CHOICE = click.Choice(list(REGISTRY), case_sensitive=False)  # and the number readers
 RECIPE_CHOICE = click.Choice(["default", "full", "reference"], case_sensitive=False)
 
 
@@ -73,8 +75,8 @@ results_dir_option = click.option(
     show_default=True, help="Where results/<model>.json files are.",
 )
 models_or_all_option = click.option(
-    "--model", "model_names", type=click.Choice([*MODELS, "all"], case_sensitive=False),
-    default="all", show_default=True,
+    "--model", "model_names", type=click.Choice([*REGISTRY, "all"], case_sensitive=False),
+    default="all", show_default=True, help="A model, or all the digit models.",
 )
 
 
@@ -90,7 +92,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--model", "model_name", type=MODEL_CHOICE, default="medium", show_default=True)
+@click.option("--model", "model_name", type=ANY_MODEL_CHOICE, default="medium", show_default=True)
 @click.option("--recipe", "recipe_kind", type=RECIPE_CHOICE,
               default="default", show_default=True,
               help="default: the tuned recipe; full: the same on all 60,000 training images (no "
@@ -379,7 +381,12 @@ def predict(sources: tuple[Path, ...], model_name: str, weights: Path | None, to
 @main.command(name="read")
 @click.argument("sources", nargs=-1, required=True, metavar="IMAGE_OR_DIR...",
                 type=click.Path(path_type=Path))
-@click.option("--model", "model_name", type=MODEL_CHOICE, default="medium", show_default=True)
+@click.option("--method", type=click.Choice(METHODS, case_sensitive=False), default="auto", show_default=True,
+              help="sequence: a number reader reads the whole number (reads touching digits); segment: "
+                   "the ink is cut into digits, each classified by a digit model; auto: sequence, or "
+                   "segment when --model is a digit model.")
+@click.option("--model", "model_name", type=ANY_MODEL_CHOICE, default=None,
+              help="A number reader (sequence; default reader) or a digit model (segment; default medium).")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Weights file to load (default: the pretrained weights shipped for --model).")
 @click.option("--json", "as_json", is_flag=True,
@@ -388,8 +395,8 @@ def predict(sources: tuple[Path, ...], model_name: str, weights: Path | None, to
               help="Also save each picture with its digits' boxes drawn, as PNG in this directory.")
 @backend_option()
 @friendly_errors
-def read_command(sources: tuple[Path, ...], model_name: str, weights: Path | None, as_json: bool,
-                 save_boxes: Path | None, backend: str) -> None:
+def read_command(sources: tuple[Path, ...], method: str, model_name: str | None, weights: Path | None,
+                 as_json: bool, save_boxes: Path | None, backend: str) -> None:
     """Read whole numbers: the digits in each picture, left to right.
 
     Directories are expanded to the image files inside them. A bad file gets one
@@ -401,6 +408,14 @@ def read_command(sources: tuple[Path, ...], model_name: str, weights: Path | Non
     from .read import draw_boxes, read_number
 
     set_threads(None)
+    method = method.lower()
+    if model_name is None:
+        model_name = "medium" if method == "segment" else "reader"
+    elif method == "auto":
+        method = "sequence" if get_spec(model_name).task == "number" else "segment"
+    if (get_spec(model_name).task == "number") != (method == "sequence"):
+        needs = "a number reader" if method == "sequence" else "a digit model"
+        raise click.UsageError(f"--method {method} reads with {needs}, not {model_name}")
     engine = open_engine(model_name, weights if weights is not None else pretrained_path(model_name),
                          backend.lower(), batch=False)
     if save_boxes is not None:
@@ -412,7 +427,7 @@ def read_command(sources: tuple[Path, ...], model_name: str, weights: Path | Non
             if error is not None:
                 raise PreprocessError(error)
             picture = load_image(file)
-            reading = read_number(picture, engine)
+            reading = read_number(picture, engine, method)
         except PreprocessError as err:
             message = str(err)
         except Exception as err:  # an unforeseen picture must not stop the batch (as predict)
@@ -445,10 +460,12 @@ def read_command(sources: tuple[Path, ...], model_name: str, weights: Path | Non
 
 
 @main.command(name="read-eval")
-@click.option("--count", type=click.IntRange(10, 100_000), default=500, show_default=True,
-              help="Pictures per set (separate digits, touching digits).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--model", "model_name", type=MODEL_CHOICE, default="medium", show_default=True)
+@click.option("--count", type=click.IntRange(10, 100_000), default=1000, show_default=True,
+              help="Pictures per frozen set (separate digits, touching digits); the first N of each.")
+@click.option("--reader", "reader_name", type=click.Choice(list(READERS), case_sensitive=False),
+              default="reader", show_default=True, help="The number reader (--method sequence).")
+@click.option("--model", "model_name", type=MODEL_CHOICE, default="medium", show_default=True,
+              help="The digit model the segmenter classifies with (--method segment).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("docs/READING.md"), show_default=True,
               help="The Markdown report; the raw figures go to reading.json beside it.")
@@ -458,9 +475,10 @@ def read_command(sources: tuple[Path, ...], model_name: str, weights: Path | Non
               help="Also write the table into this README, between its reading-table markers.")
 @data_dir_option
 @friendly_errors
-def read_eval_command(count: int, seed: int, model_name: str, output: Path, save_boxes: Path | None,
+def read_eval_command(count: int, reader_name: str, model_name: str, output: Path, save_boxes: Path | None,
                       update_readme: Path | None, data_dir: Path | None) -> None:
-    """Measure `read` on generated pictures of numbers made of MNIST test digits (docs/READING.md)."""
+    """Measure `read`, both methods, on the frozen sets of numbers made of MNIST test digits
+    (docs/READING.md)."""
     from .deploy.engines import open_engine
     from .lab.numbers import README_BLOCK, measure, readme_table, save_examples, write_report
 
@@ -469,16 +487,21 @@ def read_eval_command(count: int, seed: int, model_name: str, output: Path, save
             README_BLOCK.read(update_readme.read_text())
         except OSError as err:
             raise click.ClickException(f"{update_readme}: cannot read ({err.strerror or err})") from None
-    engine = open_engine(model_name, pretrained_path(model_name), batch=False)
-    options = {"count": count, "seed": seed, "model": model_name}
-    report = measure(engine, count, seed, data_dir, options)
+    set_threads(1)  # the figures' milliseconds: one picture at a time on one thread
+    reader = open_engine(reader_name, pretrained_path(reader_name), batch=False)
+    digits = open_engine(model_name, pretrained_path(model_name), batch=False)
+    readers = {f"sequence ({reader_name})": ("sequence", reader),
+               f"segment ({model_name})": ("segment", digits)}
+    options = {"count": count, "reader": reader_name, "model": model_name}
+    report = measure(readers, count, data_dir, options)
     click.echo(f"wrote {write_report(report, output)} and {output.with_name('reading.json')}")
-    for name, figures in report["sets"].items():
-        total = figures["pictures"]
-        click.echo(f"{name}: number exact {100 * figures['exact'] / total:.1f}%, "
-                   f"digit count right {100 * figures['right_count'] / total:.1f}% of {total}")
+    for kind, figures_by_reader in report["sets"].items():
+        for label, f in figures_by_reader.items():
+            click.echo(f"{kind}, {label}: number exact {100 * f['exact'] / f['pictures']:.1f}%, digit count "
+                       f"right {100 * f['right_count'] / f['pictures']:.1f}%, CER "
+                       f"{100 * f['char_errors'] / f['chars']:.2f}% of {f['pictures']}")
     if save_boxes is not None:
-        for path in save_examples(engine, save_boxes, seed, data_dir):
+        for path in save_examples(reader, "sequence", save_boxes, data_dir):
             click.echo(f"saved {path}")
     if update_readme is not None:
         changed = README_BLOCK.update(update_readme, readme_table(report))

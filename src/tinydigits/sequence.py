@@ -183,6 +183,19 @@ def read_strips(model: Any, strips: list[torch.Tensor | None], batch: int = 64) 
     return readings
 
 
+def test_figures(model: Any, mnist: data.MNIST) -> dict[str, Any]:
+    """A reader's figures on the frozen test sets: per set exact-number %, right-count % and
+    character error rate %, and as ``accuracy`` the mean of the two exact-number rates."""
+    figures: dict[str, Any] = {}
+    for kind in ("separate", "touching"):
+        pictures = number_set(kind, "test", mnist=mnist)
+        score = score_readings([p.number for p in pictures], read_strips(model, picture_strips(pictures)))
+        figures[kind] = {"exact": round(score.exact_rate, 4), "right_count": round(score.count_rate, 4),
+                         "cer": round(score.cer, 4)}
+    figures["accuracy"] = round((figures["separate"]["exact"] + figures["touching"]["exact"]) / 2, 4)
+    return figures
+
+
 # ------------------------------------------------------------------ training
 
 
@@ -282,12 +295,7 @@ def train_reader(model_name: str, recipe: Recipe, *, run_dir: Path, resume: bool
     save_weights(model, run_dir / "final.safetensors", metadata(recipe.epochs))
     result: dict[str, Any] = {"run_dir": run_dir, "history": history, "seconds": seconds, "test": None}
     if evaluate_test:
-        test = {"train_seconds": round(seconds, 2), "epochs": recipe.epochs}
-        for kind in ("separate", "touching"):
-            pictures = number_set(kind, "test", mnist=mnist)
-            score = score_readings([p.number for p in pictures], read_strips(model, picture_strips(pictures)))
-            test[kind] = {"exact": score.exact_rate, "right_count": score.count_rate, "cer": score.cer}
-        test["accuracy"] = (test["separate"]["exact"] + test["touching"]["exact"]) / 2
+        test = {"train_seconds": round(seconds, 2), "epochs": recipe.epochs, **test_figures(model, mnist)}
         (run_dir / "test.json").write_text(json.dumps(test, indent=2) + "\n")
         log(f"final test: separate {test['separate']['exact']:.2f}% exact, touching "
             f"{test['touching']['exact']:.2f}% exact, after {recipe.epochs} epochs, {seconds:.0f}s; "

@@ -186,6 +186,27 @@ def _recorded_threads(run_dir: Path) -> int | None:
     return threads if isinstance(threads, int) and threads >= 1 else None
 
 
+def _train_number_reader(model_name: str, recipe: Recipe, *, run_dir: Path, resume: bool, device: str | None,
+                         threads: int | None, data_dir: str | Path | None, evaluate_test: bool,
+                         log: Callable[[str], None], subset: int | None) -> RunResult:
+    """A number reader's run (tinydigits.sequence.train_reader) in the same run directory."""
+    from .sequence import train_reader
+
+    if subset is not None:
+        raise ConfigError("--subset is for the digit models; a number reader's strips are made on the fly")
+    if select_device(device).type != "cpu":
+        raise ConfigError("the number reader trains on the CPU (its strips are made there, one at a time)")
+    if resume:
+        state = load_checkpoint(run_dir / "checkpoint.pt")
+        recipe = Recipe.from_dict(state["recipe"])
+    elif (run_dir / "checkpoint.pt").exists() or (run_dir.exists() and any(run_dir.iterdir())):
+        raise WeightsError(f"{run_dir}: already holds files; pick another run directory")
+    result = train_reader(model_name, recipe, run_dir=run_dir, resume=resume, threads=threads,
+                          data_dir=data_dir, evaluate_test=evaluate_test, log=log)
+    return RunResult(run_dir=run_dir, history=result["history"], test=result["test"],
+                     seconds=result["seconds"])
+
+
 def train(
     model_name: str,
     recipe: Recipe,
@@ -204,12 +225,16 @@ def train(
     """Train ``model_name`` with ``recipe``; with ``resume`` continue the run in ``run_dir``.
     ``subset`` keeps the first ``subset`` training images only (the validation split is taken
     from them), as ``tinydigits tune --subset`` trains its trials."""
-    get_spec(model_name)  # fail early on an unknown name
+    spec = get_spec(model_name)  # fail early on an unknown name
     run_dir = Path(run_dir) if run_dir else default_run_dir(model_name, recipe.seed)
     if resume and threads is None and env_threads() is None:
         # The weights are bit-identical only at the same thread count, and the default follows
         # how busy the machine is: a resumed run keeps the count it started with.
         threads = _recorded_threads(run_dir)
+    if spec.task == "number":
+        return _train_number_reader(spec.name, recipe, run_dir=run_dir, resume=resume, device=device,
+                                    threads=threads, data_dir=data_dir, evaluate_test=evaluate_test,
+                                    log=log, subset=subset)
     threads = set_threads(threads)
     checkpoint_path = run_dir / "checkpoint.pt"
     dev = select_device(device)

@@ -9,7 +9,7 @@ SHA-256, checked before loading. Both are written by ``tinydigits publish``, nev
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import torch
 
 from .errors import ConfigError
 from .io import WeightsError, file_sha256, load_state_dict, read_metadata
-from .models import MODELS, TinyDigitNet, build_model, count_parameters, get_spec, model_with_conv_shapes
+from .models import REGISTRY, build_model, count_parameters, get_spec, model_with_conv_shapes
 from .recipes import Recipe
 from .runtime import UNKNOWN
 
@@ -34,13 +34,16 @@ class WeightsMeta:
     seed: int
     epochs: int
     val_accuracy: float | None  # None: trained on all 60,000 images, no validation split
+    # Digit models: test-set accuracy and loss. Number readers: the mean exact-number rate of
+    # the frozen test sets, no loss, and each set's figures in test_metrics.
     test_accuracy: float
-    test_loss: float
+    test_loss: float | None
     chosen_by: str
     command: str
     # Which code published the file; "unknown" for files published before this was recorded.
     package_version: str = UNKNOWN
     git_commit: str = UNKNOWN
+    test_metrics: dict[str, Any] = field(default_factory=dict)  # task-specific figures
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str | Path = "metadata") -> WeightsMeta:
@@ -57,7 +60,7 @@ class WeightsMeta:
         except (TypeError, ValueError) as err:
             raise WeightsError(f"{source}: malformed metadata ({err})") from None
         for f in fields(cls):
-            kind = {"int": int, "float": (int, float), "str": str,
+            kind = {"int": int, "float": (int, float), "str": str, "dict[str, Any]": dict,
                     "float | None": (int, float, type(None))}.get(str(f.type))
             if kind is not None and not isinstance(getattr(meta, f.name), kind):
                 raise WeightsError(f"{source}: metadata field {f.name} should be {f.type}, "
@@ -136,7 +139,7 @@ def load_model(
     device: str | torch.device = "cpu",
     *,
     pretrained: bool = False,
-) -> TinyDigitNet:
+) -> torch.nn.Module:
     """Build model ``name``; load ``weights`` (a file) or, with ``pretrained``, the weights
     shipped with the package. Loading is strict; the model is returned in eval mode."""
     if pretrained and weights is not None:
@@ -172,7 +175,7 @@ def _named_model(weights: str | Path) -> str | None:
         named = read_metadata(weights).get("model")
     except (WeightsError, ValueError):  # other tools' metadata (e.g. {"format": "pt"}) is not ours
         return None
-    return named if named in MODELS else None
+    return named if named in REGISTRY else None
 
 
 def _conv_shapes(state: dict[str, torch.Tensor]) -> tuple[tuple[int, ...], ...]:

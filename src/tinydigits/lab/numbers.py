@@ -1,175 +1,158 @@
-"""How well ``tinydigits read`` reads whole numbers, measured on pictures made for it.
+"""How well ``tinydigits read`` reads whole numbers, measured on the frozen number sets.
 
-Each picture is a number of 2-6 MNIST **test** digits (never training digits) written left
-to right on scan-like paper: each digit cropped to its ink and scaled alike (MNIST's 20x20
-box to the same height, give or take 10%), gaps between digits from 15% to 50% of that
-height (or, in the touching set, neighbours that touch or overlap a little), a slight slope
-and jitter, then a tinted sheet, a lighting gradient, noise, blur, a small rotation, saved
-as PNG or JPEG. Everything is seeded, so a figure can be reproduced exactly.
+The sets (:func:`tinydigits.strips.number_set`) are seeded and were fixed before any choice
+about the number reader was made: 1,000 pictures each of 2-8 digit numbers made of MNIST
+**test** digits, one set with gaps of 15-50% of the digits' height, one whose neighbours
+touch (decided from the ink: fewer 8-connected ink groups than digits, neighbours' boxes
+overlapping by up to 25% of the height). Both readers are scored on the same pictures.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from .. import data
 from ..io import write_text
 from ..markdown import GeneratedBlock, markdown_table
 from ..models import get_spec
-from ..predict import Classifier
 from ..preprocess import PreprocessError
 from ..read import draw_boxes, read_number
 from ..runtime import provenance
+from ..sequence import edit_distance
+from ..strips import APART, SET_KINDS, SET_SIZE, TOUCHING, NumberPicture, encode, number_picture, number_set
 from .commands import tinydigits_line
 
-GAPS = (0.15, 0.5)  # gap between neighbours, in digit heights
-TOUCHING_GAPS = (-0.10, -0.01)  # negative: the neighbours' boxes overlap, so their ink touches or nearly
+__all__ = ["README_BLOCK", "measure", "number_picture", "number_pictures", "readme_table", "render_markdown",
+           "save_examples", "score", "write_report"]
 
-
-@dataclass(frozen=True)
-class NumberPicture:
-    data: bytes
-    number: str
-    format: str
-
-
-def _crop(digit: np.ndarray) -> np.ndarray:
-    rows, cols = np.flatnonzero(digit.any(axis=1)), np.flatnonzero(digit.any(axis=0))
-    return digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-
-
-def number_picture(digits: list[np.ndarray], labels: list[int], rng: np.random.Generator,
-                   touching: bool = False) -> NumberPicture:
-    """A scan-like picture of MNIST digits (uint8 [28, 28] each, white on black) in a row."""
-    height = int(rng.integers(50, 111))
-    gaps = TOUCHING_GAPS if touching else GAPS
-    slope = np.tan(np.radians(rng.uniform(-4, 4)))
-    placed, x = [], int(0.6 * height)
-    for digit in digits:
-        ink = _crop(digit)
-        # MNIST fitted each digit into a 20x20 box; one scale for that box keeps a flat 2 flat.
-        scale = height * rng.uniform(0.9, 1.1) / 20
-        size = (max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale)))
-        big = np.asarray(Image.fromarray(ink).resize(size, Image.Resampling.BICUBIC), dtype=np.float32) / 255
-        placed.append((big, x))
-        x += size[0] + round(rng.uniform(*gaps) * height)
-    width = x + int(0.6 * height)
-    canvas_height = int(2.2 * height)
-    alpha = np.zeros((canvas_height, width), dtype=np.float32)
-    for big, left in placed:
-        top = int(0.5 * height + slope * left + rng.uniform(-0.05, 0.05) * height)
-        top = min(max(top, 0), canvas_height - big.shape[0])
-        region = alpha[top : top + big.shape[0], left : left + big.shape[1]]
-        np.maximum(region, np.clip((big - 0.15) / 0.5, 0, 1), out=region)
-
-    paper = np.array([rng.uniform(200, 255) for _ in range(3)], dtype=np.float32)
-    if rng.random() < 0.3:  # tinted notepaper
-        paper[int(rng.integers(0, 3))] -= rng.uniform(20, 60)
-    ink_colour = np.array([rng.uniform(0, 70) for _ in range(3)], dtype=np.float32)
-    if rng.random() < 0.4:  # a blue ballpoint
-        ink_colour[2] = rng.uniform(90, 160)
-    strength = alpha[..., None] * rng.uniform(0.8, 1.0)
-    pixels = paper * (1 - strength) + ink_colour * strength
-    ramp = np.linspace(0, 1, width, dtype=np.float32)[None, :] * np.cos(rng.uniform(0, 2 * np.pi))
-    pixels = pixels * (1.0 - rng.uniform(0.0, 0.3) * (ramp[..., None] + 1) / 2)
-    pixels += rng.normal(0, rng.uniform(0, 6), size=(*pixels.shape[:2], 1)).astype(np.float32)
-    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
-    image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.2) * height / 80))
-    image = image.rotate(rng.uniform(-2, 2), resample=Image.Resampling.BICUBIC, expand=True,
-                         fillcolor=tuple(int(v) for v in paper))
-    fmt = "JPEG" if rng.random() < 0.5 else "PNG"
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **({"quality": int(rng.integers(75, 96))} if fmt == "JPEG" else {}))
-    return NumberPicture(buffer.getvalue(), "".join(map(str, labels)), fmt)
+# The touching set's pictures by how far the neighbours' ink boxes overlap at most.
+OVERLAP_BINS = ((-1.0, 0.0, "touching, boxes apart"), (0.0, 0.1, "overlap 0-10%"),
+                (0.1, 0.2, "overlap 10-20%"), (0.2, 1.0, "overlap 20-25%"))
 
 
 def number_pictures(mnist: data.MNIST, count: int, seed: int, touching: bool = False) -> list[NumberPicture]:
-    """``count`` seeded pictures of 2-6 digit numbers made of MNIST test digits."""
-    rng = np.random.default_rng([seed, int(touching)])  # the two sets of one seed draw apart
+    """``count`` seeded pictures of 2-6 digit numbers of MNIST test digits, apart or with the
+    touching set's gaps (not checked from the ink): quick pictures for tests and examples;
+    the figures come from the frozen sets."""
+    rng = np.random.default_rng([seed, int(touching)])
     pictures = []
     for _ in range(count):
         picks = rng.choice(len(mnist.test_labels), int(rng.integers(2, 7)), replace=False)
-        pictures.append(number_picture([mnist.test_images[i].numpy() for i in picks],
-                                       [int(mnist.test_labels[i]) for i in picks], rng, touching))
+        image, overlap, groups = number_picture([mnist.test_images[i].numpy() for i in picks], rng,
+                                                gaps=TOUCHING if touching else APART)
+        payload, fmt = encode(image, rng)
+        pictures.append(NumberPicture(payload, "".join(str(int(mnist.test_labels[i])) for i in picks), fmt,
+                                      overlap, groups))
     return pictures
 
 
-@dataclass(frozen=True)
-class ReadingScore:
-    pictures: int
-    exact: int  # the whole number read right
-    right_count: int  # the right number of digits found
-    failures: list[str]  # "expected -> got" for the first few misses
-
-    @property
-    def exact_rate(self) -> float:
-        return 100.0 * self.exact / self.pictures
-
-    @property
-    def count_rate(self) -> float:
-        return 100.0 * self.right_count / self.pictures
+def _overlap_bin(overlap: float) -> str:
+    return next(label for lo, hi, label in OVERLAP_BINS if lo <= overlap < hi)
 
 
-def score(model: Classifier, pictures: list[NumberPicture]) -> ReadingScore:
-    exact = right_count = 0
-    failures = []
+def score(pictures: list[NumberPicture], model: Any, method: str) -> dict[str, Any]:
+    """One reader's figures on a set: counts of exact numbers, right digit counts, character
+    errors (edit distance), per number length and per overlap bin, the first misses, and the
+    time per picture."""
+    figures: dict[str, Any] = {"pictures": len(pictures), "exact": 0, "right_count": 0, "char_errors": 0,
+                               "chars": 0, "by_length": {}, "by_overlap": {}, "failures": []}
+    started = time.perf_counter()
     for picture in pictures:
         try:
-            got = read_number(picture.data, model).number
+            got = read_number(picture.data, model, method).number
         except PreprocessError as err:
             got = f"error: {err}"
-        exact += got == picture.number
-        right_count += len(got) == len(picture.number) and got.isdigit()
-        if got != picture.number and len(failures) < 8:
-            failures.append(f"{picture.number} -> {got}")
-    return ReadingScore(len(pictures), exact, right_count, failures)
+        exact = got == picture.number
+        figures["exact"] += exact
+        figures["right_count"] += len(got) == len(picture.number) and got.isdigit()
+        figures["char_errors"] += edit_distance(picture.number, got if got.isdigit() else "")
+        figures["chars"] += len(picture.number)
+        groups = (("by_length", str(len(picture.number))), ("by_overlap", _overlap_bin(picture.overlap)))
+        for key, value in groups:
+            counts = figures[key].setdefault(value, [0, 0])
+            counts[0] += 1
+            counts[1] += exact
+        if not exact and len(figures["failures"]) < 8:
+            figures["failures"].append(f"{picture.number} -> {got}")
+    figures["ms_per_picture"] = round(1000 * (time.perf_counter() - started) / len(pictures), 2)
+    figures["by_length"] = dict(sorted(figures["by_length"].items(), key=lambda item: int(item[0])))
+    return figures
 
 
-def measure(model: Classifier, count: int = 500, seed: int = 0, data_dir: str | Path | None = None,
+def measure(readers: dict[str, tuple[str, Any]], count: int = SET_SIZE, data_dir: str | Path | None = None,
             options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Both sets' scores, as the report's raw figures."""
+    """Each reader's figures on both frozen test sets. ``readers``: label -> (method, model)."""
     mnist = data.load_mnist(data_dir)
     report: dict[str, Any] = {"options": options or {}, "sets": {}, **provenance()}
-    for name, touching in (("separate", False), ("touching", True)):
-        result = score(model, number_pictures(mnist, count, seed, touching))
-        report["sets"][name] = {"pictures": result.pictures, "exact": result.exact,
-                                "right_count": result.right_count, "failures": result.failures}
+    for kind in SET_KINDS:
+        pictures = number_set(kind, "test", count, mnist)
+        report["sets"][kind] = {label: score(pictures, model, method)
+                                for label, (method, model) in readers.items()}
     return report
 
 
 README_BLOCK = GeneratedBlock("reading-table", "tinydigits read-eval")
 SET_TITLES = {"separate": "separate digits (gaps of 15-50% of their height)",
-              "touching": "touching or slightly overlapping digits"}
+              "touching": "touching digits (fewer ink groups than digits)"}
+
+
+def _rate(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%"
 
 
 def readme_table(report: dict[str, Any]) -> str:
-    """The table of both sets' figures (docs/READING.md's and the README's)."""
+    """The table of both sets' figures per reader (docs/READING.md's and the README's)."""
     rows = []
-    for name, figures in report["sets"].items():
-        total = figures["pictures"]
-        rows.append([SET_TITLES[name], f"{total:,}", f"{100 * figures['exact'] / total:.1f}%",
-                     f"{100 * figures['right_count'] / total:.1f}%"])
-    header = ["pictures of numbers", "pictures", "number read exactly", "right count of digits"]
-    return "\n".join(markdown_table(header, rows, left=1)) + "\n"
+    for kind, readers in report["sets"].items():
+        for label, f in readers.items():
+            rows.append([SET_TITLES[kind], label, f"{f['pictures']:,}", _rate(f["exact"], f["pictures"]),
+                         _rate(f["right_count"], f["pictures"]), _rate(f["char_errors"], f["chars"]),
+                         f"{f['ms_per_picture']:.0f}"])
+    header = ["pictures of numbers", "read by", "pictures", "number read exactly", "right count of digits",
+              "character error rate", "ms per picture"]
+    return "\n".join(markdown_table(header, rows, left=2)) + "\n"
+
+
+def _breakdown(report: dict[str, Any], key: str, title: str) -> list[str]:
+    """Exact-number rate per length or per overlap bin, a column per set and reader."""
+    columns = [(kind, label) for kind, readers in report["sets"].items() for label in readers
+               if report["sets"][kind][label][key] and (key == "by_length" or kind == "touching")]
+    values = list(dict.fromkeys(v for kind, label in columns for v in report["sets"][kind][label][key]))
+    rows = []
+    for value in values:
+        row = [value]
+        for kind, label in columns:
+            n, exact = report["sets"][kind][label][key].get(value, [0, 0])
+            row.append(f"{_rate(exact, n)} of {n}" if n else "")
+        rows.append(row)
+    header = [title, *(f"{kind}, {label}" for kind, label in columns)]
+    return markdown_table(header, rows, left=1)
 
 
 def render_markdown(report: dict[str, Any], output: str | Path) -> str:
+    options = report["options"]
     lines = ["# Reading whole numbers", "", "Generated by:", "", "```bash",
-             tinydigits_line("read-eval", {**report["options"], "output": str(output)}), "```", "",
+             tinydigits_line("read-eval", {**options, "output": str(output)}), "```", "",
              readme_table(report).rstrip("\n"), "",
-             f"Read by `tinydigits read` with {get_spec(report['options'].get('model', 'medium')).title}. "
-             + __doc__.split("\n\n", 1)[1].strip().replace("\n", " "), ""]
-    for name, figures in report["sets"].items():
-        if figures["failures"]:
-            lines += [f"First misses, {name} (expected -> read): " + ", ".join(f"`{f}`" for f in
-                                                                               figures["failures"]), ""]
+             f"Read by `tinydigits read --method sequence` with the "
+             f"{get_spec(options.get('reader', 'reader')).title.lower()} and by `--method segment` with "
+             f"{get_spec(options.get('model', 'medium')).title}; milliseconds per picture include decoding "
+             "and preprocessing, one picture at a time. " + " ".join(__doc__.split("\n\n", 1)[1].split()),
+             "", "Numbers read exactly, by length:", "", *_breakdown(report, "by_length", "digits"), "",
+             "The touching set by how far neighbouring digits' ink boxes overlap:", "",
+             *_breakdown(report, "by_overlap", "neighbours"), ""]
+    for kind, readers in report["sets"].items():
+        for label, figures in readers.items():
+            if figures["failures"]:
+                lines += [f"First misses, {kind}, {label} (expected -> read): "
+                          + ", ".join(f"`{f}`" for f in figures["failures"]), ""]
     lines += [f"tinydigits {report['package_version']}, commit {report['git_commit']}."]
     return "\n".join(lines) + "\n"
 
@@ -180,17 +163,17 @@ def write_report(report: dict[str, Any], output: str | Path) -> Path:
     return write_text(output, render_markdown(report, output))
 
 
-def save_examples(model: Classifier, directory: str | Path, seed: int = 0, data_dir: str | Path | None = None,
+def save_examples(model: Any, method: str, directory: str | Path, data_dir: str | Path | None = None,
                   per_set: int = 2) -> list[Path]:
-    """The first pictures of each set with the boxes ``read`` found, as PNG files."""
+    """The first pictures of each frozen set with the boxes ``read`` found, as PNG files."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     mnist = data.load_mnist(data_dir)
     saved = []
-    for name, touching in (("separate", False), ("touching", True)):
-        for index, picture in enumerate(number_pictures(mnist, per_set, seed, touching)):
+    for kind in SET_KINDS:
+        for index, picture in enumerate(number_set(kind, "test", per_set, mnist)):
             image = Image.open(io.BytesIO(picture.data))
-            path = directory / f"{name}-{index}.png"
-            draw_boxes(image, read_number(image, model)).save(path)
+            path = directory / f"{kind}-{index}.png"
+            draw_boxes(image, read_number(image, model, method)).save(path)
             saved.append(path)
     return saved
