@@ -14,12 +14,13 @@ from PIL import Image
 import tinydigits
 from tinydigits import data
 from tinydigits.cli import main
-from tinydigits.lab.numbers import number_picture, number_pictures, score
+from tinydigits.lab.numbers import number_pictures, score
 from tinydigits.preprocess import PreprocessError
 from tinydigits.read import read_number
 from tinydigits.segment import MAX_DIGITS
+from tinydigits.strips import encode, number_picture
 
-N_NUMBERS = 100  # per set; the README's figures come from `tinydigits read-eval` (500 per set)
+N_NUMBERS = 100  # per set; the README's figures come from `tinydigits read-eval` (1,000 per set)
 
 
 @pytest.fixture(scope="module")
@@ -27,24 +28,25 @@ def model():
     return tinydigits.load_model("medium", pretrained=True)
 
 
-def test_numbers_of_separate_digits_are_read_exactly(mnist: data.MNIST, model):
-    result = score(model, number_pictures(mnist, N_NUMBERS, seed=1000))
-    print(f"separate: exact {result.exact_rate:.1f}%, count {result.count_rate:.1f}%; {result.failures}")
-    # Floors against regressions (the aim is 95% and 99%: docs/READING.md has the figures).
-    assert result.exact_rate >= 94 and result.count_rate >= 97, result.failures
+def test_the_segmenter_reads_numbers_of_separate_digits(mnist: data.MNIST, model):
+    result = score(number_pictures(mnist, N_NUMBERS, seed=1000), model, "segment")
+    print(f"separate: {result}")
+    # Floors against regressions (docs/READING.md has the figures on the frozen sets).
+    assert result["exact"] >= 0.90 * N_NUMBERS, result["failures"]
+    assert result["right_count"] >= 0.95 * N_NUMBERS, result["failures"]
 
 
-def test_numbers_of_touching_digits_are_mostly_read(mnist: data.MNIST, model):
-    result = score(model, number_pictures(mnist, N_NUMBERS, seed=2000, touching=True))
-    print(f"touching: exact {result.exact_rate:.1f}%, count {result.count_rate:.1f}%; {result.failures}")
-    # A floor against regressions; docs/READING.md has the measured figure.
-    assert result.exact_rate >= 50 and result.count_rate >= 55, result.failures
+def test_the_segmenter_reads_some_touching_numbers(mnist: data.MNIST, model):
+    result = score(number_pictures(mnist, N_NUMBERS, seed=2000, touching=True), model, "segment")
+    print(f"touching: {result}")
+    # A floor against regressions: cutting touching ink is what the sequence reader is for.
+    assert result["exact"] >= 0.15 * N_NUMBERS, result["failures"]
 
 
 def test_boxes_are_in_the_pictures_own_pixels_left_to_right(mnist: data.MNIST, model):
     picture = number_pictures(mnist, 1, seed=7)[0]
     image = Image.open(io.BytesIO(picture.data))
-    reading = read_number(picture.data, model)
+    reading = read_number(picture.data, model, "segment")
     assert reading.number == picture.number and len(reading.digits) == len(picture.number)
     lefts = [d.x for d in reading.digits]
     assert lefts == sorted(lefts)
@@ -74,16 +76,15 @@ def test_a_line_under_or_a_frame_around_the_number_is_not_a_digit(mnist: data.MN
 
 def test_one_digit_blank_pages_and_too_many_digits(mnist: data.MNIST, model):
     rng = np.random.default_rng(3)
-    one = number_picture([mnist.test_images[0].numpy()], [int(mnist.test_labels[0])], rng)
-    assert read_number(one.data, model).number == one.number
+    one = number_picture([mnist.test_images[0].numpy()], rng)[0]
+    assert read_number(encode(one, rng)[0], model).number == str(int(mnist.test_labels[0]))
     blank = io.BytesIO()
     Image.new("RGB", (400, 200), (240, 238, 230)).save(blank, "PNG")
     with pytest.raises(PreprocessError, match="no ink"):
         read_number(blank.getvalue(), model)
-    many = number_picture([mnist.test_images[i].numpy() for i in range(40)],
-                          [int(mnist.test_labels[i]) for i in range(40)], rng)
+    many = number_picture([mnist.test_images[i].numpy() for i in range(40)], rng)[0]
     with pytest.raises(PreprocessError, match=f"up to {MAX_DIGITS}"):
-        read_number(many.data, model)
+        read_number(many, model)
 
 
 def test_read_command_json_boxes_and_a_bad_file(mnist: data.MNIST, tmp_path):
@@ -92,7 +93,8 @@ def test_read_command_json_boxes_and_a_bad_file(mnist: data.MNIST, tmp_path):
         (tmp_path / f"n{index}.{picture.format.lower()}").write_bytes(picture.data)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     boxes = tmp_path / "boxes"
-    result = CliRunner().invoke(main, ["read", str(tmp_path), "--json", "--save-boxes", str(boxes)])
+    result = CliRunner().invoke(main, ["read", str(tmp_path), "--method", "segment", "--json",
+                                       "--save-boxes", str(boxes)])
     assert result.exit_code == 1  # one bad file
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line.get("number") for line in lines if "number" in line] == [p.number for p in pictures]

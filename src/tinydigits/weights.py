@@ -48,7 +48,7 @@ class WeightsMeta:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str | Path = "metadata") -> WeightsMeta:
         """Parse a file's metadata; a missing or mistyped field raises one clear line."""
-        required = [f.name for f in fields(cls) if f.default is MISSING]
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
         missing = [name for name in required if name not in values]
         if missing:
             raise WeightsError(f"{source}: metadata lacks {', '.join(missing)}; "
