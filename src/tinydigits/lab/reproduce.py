@@ -24,6 +24,7 @@ from ..io import write_text
 from ..models import get_spec
 from ..recipes import Recipe, get_recipe
 from ..runtime import provenance, select_device
+from ..strips import SET_KINDS
 from ..train import train
 from . import DEFAULT_SEEDS
 from .commands import tinydigits_line
@@ -149,6 +150,11 @@ def reproduce(
                                                      **recipe_changes, "seeds": seeds}),
             "runs": runs,
         }
+        if runs and "test_sets" in runs[0]:  # a number reader: each frozen set's figures over seeds
+            results["test_sets"] = {
+                kind: {metric: seed_statistics([run["test_sets"][kind][metric] for run in runs])
+                       for metric in figures}
+                for kind, figures in runs[0]["test_sets"].items()}
         write_text(path, json.dumps(results, indent=2) + "\n")
         summary = results["test_accuracy"]
         log(f"{model_name} {recipe_kind}: {len(runs)} seed(s), test accuracy "
@@ -178,6 +184,8 @@ def reproduce(
             "run_dir": str(run_dir),
             **_trained_by(run_dir),  # the code that trained this seed
             "history": result.history,
+            **({"test_sets": {kind: result.test[kind] for kind in SET_KINDS}}
+               if "touching" in result.test else {}),
         })
         runs.sort(key=lambda run: run["seed"])
         write_results()
