@@ -606,16 +606,28 @@ def publish(model_names: str, recipe_kind: str, results_dir: Path, data_dir: Pat
 @click.option("--update-readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table into this README, between its models-table markers.")
 @click.option("--ablation", is_flag=True, help="The table of recipe experiments (results/ablation/*).")
+@click.option("--readers", is_flag=True, help="The number readers' table (sizes, frozen test sets).")
 @friendly_errors
-def table(results_dir: Path, update_readme: Path | None, ablation: bool) -> None:
-    """Print the Markdown models table, or with --ablation the recipe experiments' table
-    (the README's tables are this output)."""
-    from .lab.table import ABLATION_BLOCK, README_BLOCK, ablation_table, models_table
+def table(results_dir: Path, update_readme: Path | None, ablation: bool, readers: bool) -> None:
+    """Print the Markdown models table, with --ablation the recipe experiments' table, or with
+    --readers the number readers' (the README's tables are this output)."""
+    from .lab.table import (
+        ABLATION_BLOCK,
+        READERS_BLOCK,
+        README_BLOCK,
+        ablation_table,
+        models_table,
+        readers_table,
+    )
 
-    text = ablation_table(results_dir) if ablation else models_table(results_dir)
+    if ablation and readers:
+        raise click.UsageError("--ablation and --readers are two tables: ask for one")
+    kind, block = ((ablation_table, ABLATION_BLOCK) if ablation else (readers_table, READERS_BLOCK) if readers
+                   else (models_table, README_BLOCK))
+    text = kind(results_dir)
     click.echo(text, nl=False)
     if update_readme is not None:
-        changed = (ABLATION_BLOCK if ablation else README_BLOCK).update(update_readme, text)
+        changed = block.update(update_readme, text)
         click.echo(f"{update_readme}: {'updated' if changed else 'already up to date'}", err=True)
 
 

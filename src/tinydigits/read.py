@@ -173,6 +173,8 @@ def read_number(image: Image.Image | Source, model: Classifier | None = None,
 
 def _read_sequence(image: Image.Image, model: Classifier) -> Reading:
     strip, spans = read_picture(image, model)
+    if not spans:
+        raise PreprocessError("no digits found: the reader sees ink but reads no digit in it")
     if len(spans) > MAX_DIGITS:
         raise PreprocessError(f"found {len(spans)} digits; `read` reads numbers of up to {MAX_DIGITS}")
     digits = [Digit(x, y, width, height, span.digit, span.probability, fit_to_mnist(ink))

@@ -8,8 +8,8 @@ takes the best class per column, merges runs of one class and drops blanks (Grav
 
 from __future__ import annotations
 
+import itertools
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,9 +29,7 @@ from .preprocess import PreprocessError, Source
 from .recipes import Recipe
 from .runtime import provenance, set_threads
 from .strips import (
-    INK_HEIGHT,
     PAD,
-    STRIP_HEIGHT,
     NumberPicture,
     Strip,
     batch_strips,
@@ -87,27 +85,24 @@ def read_picture(image: Image.Image | Source, model: Any) -> tuple[Strip, list[S
 
 
 def digit_boxes(strip: Strip, spans: list[Span]) -> list[tuple[int, int, int, int, np.ndarray]]:
-    """Each digit's box in the picture's pixels (x, y, width, height) and its ink: the ink-map
+    """Each digit's box in the picture's pixels (x, y, width, height) and its ink: the ink
     columns between the midpoints to its neighbours' columns, cropped to the ink there."""
-    centres = [(span.first + span.last + 1) / 2 * STRIDE for span in spans]  # strip columns
+    if not spans:
+        return []
+    # Each span's centre, in columns of the strip's ink.
+    centres = [((span.first + span.last + 1) / 2 * STRIDE - PAD) / strip.scale for span in spans]
     height, width = strip.ink.shape
-    crop_x = strip.origin_x + PAD / strip.scale  # where strip.ink starts, in ink-map pixels
-    crop_y = strip.origin_y + (STRIP_HEIGHT - INK_HEIGHT) // 2 / strip.scale
+    edges = [0, *(round((a + b) / 2) for a, b in itertools.pairwise(centres)), width]
     boxes = []
-    for index, centre in enumerate(centres):
-        lo = -math.inf if index == 0 else (centres[index - 1] + centre) / 2
-        hi = math.inf if index == len(centres) - 1 else (centre + centres[index + 1]) / 2
-        a = int(np.clip(math.floor(strip.origin_x + lo / strip.scale - crop_x) if lo > -math.inf else 0, 0,
-                        width - 1))
-        b = int(np.clip(math.ceil(strip.origin_x + hi / strip.scale - crop_x) if hi < math.inf else width,
-                        a + 1, width))
+    for a, b in itertools.pairwise(edges):
+        a, b = min(max(a, 0), width - 1), min(max(b, a + 1), width)
         piece = strip.ink[:, a:b]
         rows, cols = np.flatnonzero(piece.max(axis=1) > 0.2), np.flatnonzero(piece.max(axis=0) > 0.2)
         if rows.size == 0 or cols.size == 0:  # no ink there: the whole slice
             rows, cols = np.arange(height), np.arange(b - a)
         ink = piece[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
         f = strip.factor
-        boxes.append((int((crop_x + a + cols[0]) * f), int((crop_y + rows[0]) * f),
+        boxes.append((int((strip.left + a + cols[0]) * f), int((strip.top + rows[0]) * f),
                       int((cols[-1] - cols[0] + 1) * f), int((rows[-1] - rows[0] + 1) * f), ink))
     return boxes
 

@@ -61,13 +61,14 @@ class NumberPicture:
 
 @dataclass(frozen=True)
 class Strip:
-    """A number's strip and where it came from: picture x = (origin_x + strip x / scale) *
-    factor, likewise for y."""
+    """A number's strip and where it came from: strip column x shows ink column
+    (x - PAD) / scale of ``ink``, whose corner is (left, top) in the ink map, which is the
+    picture reduced by ``factor``."""
 
     pixels: torch.Tensor  # float32 [1, STRIP_HEIGHT, width], normalized as MNIST is
     ink: np.ndarray  # the cleaned ink map, float32 [h, w] in [0, 1]
-    origin_x: float  # the strip's corner in the ink map's pixels
-    origin_y: float
+    left: int
+    top: int
     scale: float  # strip pixels per ink-map pixel
     factor: int  # picture pixels per ink-map pixel (large pictures are reduced first)
 
@@ -230,7 +231,7 @@ def ink_strip(full: np.ndarray, factor: int = 1) -> Strip:
     y0 = (STRIP_HEIGHT - out_h) // 2
     strip[y0 : y0 + out_h, PAD : PAD + out_w] = np.clip(small, 0, 1)
     pixels = torch.from_numpy((strip - data.MEAN) / data.STD).unsqueeze(0)
-    return Strip(pixels, ink, left - PAD / scale, top - y0 / scale, scale, factor)
+    return Strip(pixels, ink, left, top, scale, factor)
 
 
 def batch_strips(strips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

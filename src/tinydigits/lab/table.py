@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis import summarize
+from ..errors import TinyDigitsError
 from ..markdown import GeneratedBlock, markdown_table
-from ..models import MODELS, build_model
+from ..models import MODELS, READERS, build_model, count_parameters
 from ..recipes import DEFAULT_RECIPES, Recipe
 from ..weights import PRETRAINED_DIR, get_weights
 from . import DEFAULT_SEEDS
@@ -23,6 +24,7 @@ from .reproduce import RESULTS_DIR, load_results
 README_BLOCK = GeneratedBlock("models-table", "tinydigits table")
 README_START, README_END = README_BLOCK.start, README_BLOCK.end
 ABLATION_BLOCK = GeneratedBlock("ablation-table", "tinydigits table --ablation")
+READERS_BLOCK = GeneratedBlock("readers-table", "tinydigits table --readers")
 # Each experiment is a `tinydigits reproduce ... --results-dir results/ablation/<name>`;
 # "baseline" holds the recipe the others change.
 ABLATION_DIR = "ablation"
@@ -131,3 +133,36 @@ def ablation_table(results_root: str | Path = RESULTS_DIR) -> str:
         rows.append([f"`{experiment}`", change, *cells, ", ".join(kept) or "—"])
     header = ["Experiment", "Recipe change", *(f"{s.title} val. %" for s in MODELS.values()), "Kept for"]
     return "\n".join(markdown_table(header, rows, left=2)) + "\n"
+
+
+def _exact_cell(results: dict[str, Any] | None, kind: str, metric: str = "exact") -> str:
+    if not results or "test_sets" not in results:
+        return "not run"
+    summary = results["test_sets"][kind][metric]
+    return f"{summary['mean']:.2f} ± {summary['std']:.2f}%"
+
+
+READER_SEEDS = 3  # a reader's seed takes about 30 minutes on 2 cores
+
+
+def readers_table(results_root: str | Path = RESULTS_DIR) -> str:
+    """The number readers' sizes and final-epoch figures on the frozen test sets (mean ± std
+    over the seeds of results/<reader>.json), and the shipped file's."""
+    rows = []
+    for name, spec in READERS.items():
+        results = load_results(name, "default", results_root)
+        try:
+            weights = get_weights(name)
+            shipped = (f"{weights.meta.test_metrics['separate']['exact']:.2f}% / "
+                       f"{weights.meta.test_metrics['touching']['exact']:.2f}% (seed {weights.meta.seed})")
+        except TinyDigitsError:
+            shipped = "not shipped"
+        seeds = results["seeds"] if results else READER_SEEDS
+        rows.append([spec.title, f"{count_parameters(build_model(name)):,}", _exact_cell(results, "separate"),
+                     _exact_cell(results, "touching"), _exact_cell(results, "touching", "right_count"),
+                     _exact_cell(results, "touching", "cer"),
+                     f"{results['seeds']}" if results else "0", shipped,
+                     f"`{tinydigits_line('reproduce', {'model': name, 'seeds': seeds})}`"])
+    header = ["Reader", "Parameters", "Separate: exact", "Touching: exact", "Touching: right count",
+              "Touching: CER", "Seeds", "Shipped file (separate / touching exact)", "Reproduce"]
+    return "\n".join(markdown_table(header, rows)) + "\n"
