@@ -188,3 +188,17 @@ def test_train_a_reader_through_the_cli(tmp_path):
     assert len(history) == 1 and "val_touching_exact" in history[0]
     model = tinydigits.load_model("reader-small", run / "final.safetensors")
     assert model(torch.zeros(1, 1, STRIP_HEIGHT, 40)).shape == (1, 11, 10)
+
+
+@pytest.mark.slow
+def test_the_shipped_reader_scores_what_its_metadata_says(mnist: data.MNIST):
+    from tinydigits.sequence import test_figures
+
+    weights = tinydigits.get_weights("reader")
+    measured = test_figures(tinydigits.load_model("reader", pretrained=True), mnist)
+    recorded = weights.meta.test_metrics
+    for kind in ("separate", "touching"):
+        # Within 2 pictures of 1,000: another CPU's float kernels may tip a close call.
+        assert abs(measured[kind]["exact"] - recorded[kind]["exact"]) <= 0.2, (kind, measured, recorded)
+    assert abs(measured["accuracy"] - weights.test_accuracy) <= 0.2
+    assert weights.meta.parameters == count_parameters(build_model("reader"))

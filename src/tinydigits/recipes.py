@@ -50,6 +50,9 @@ class Recipe:
     # The number reader's data is made on the fly: an epoch is this many fresh strips (0: the
     # digit models, whose epoch is one pass over their training images).
     epoch_size: int = 0
+    # Each fresh strip is trained on this many times on average (drawn from a pool of recent
+    # ones): making a strip costs about 6x a training step on it.
+    strip_reuse: int = 1
 
     def __post_init__(self) -> None:
         # Catch a bad value here, in one line, not as a crash deep in the training loop.
@@ -75,6 +78,7 @@ class Recipe:
             "teacher": bool(self.teacher) or self.distill == 0,
             "val_size": 0 <= self.val_size < 60_000,
             "epoch_size": self.epoch_size >= 0,
+            "strip_reuse": 1 <= self.strip_reuse <= self.batch_size,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from .strips import (
 )
 
 BLANK = 10
+POOL_BATCHES = 64  # with strip_reuse > 1, batches are drawn from the last 64 batches' worth of strips
 STRIDE = 4  # strip columns per output column
 
 
@@ -247,6 +249,21 @@ def train_reader(model_name: str, recipe: Recipe, *, run_dir: Path, resume: bool
     val_sets = {kind: number_set(kind, "val", val_count, mnist) for kind in ("separate", "touching")}
     val_strips = {kind: picture_strips(pictures) for kind, pictures in val_sets.items()}
 
+    pool: deque[tuple[torch.Tensor, str]] = deque(maxlen=POOL_BATCHES * recipe.batch_size)
+
+    def next_batch() -> tuple[list[torch.Tensor], list[str]]:
+        """Fresh strips, or with strip_reuse > 1 a draw from the pool of recent ones that a
+        share of fresh ones joins at every step."""
+        if recipe.strip_reuse == 1:
+            return training_strips(train_x, train_y, recipe.batch_size, rng)
+        fresh = -(-recipe.batch_size // recipe.strip_reuse)
+        while True:
+            pool.extend(zip(*training_strips(train_x, train_y, fresh, rng), strict=True))
+            if len(pool) >= recipe.batch_size:
+                break
+        picks = [pool[int(i)] for i in rng.choice(len(pool), recipe.batch_size, replace=False)]
+        return [strip for strip, _ in picks], [number for _, number in picks]
+
     def metadata(epoch: int) -> dict[str, Any]:
         return {"model": model_name, "recipe": recipe.to_dict(), "seed": recipe.seed, "epoch": epoch,
                 "metrics": history[-1] if history else {}, **provenance()}
@@ -257,7 +274,7 @@ def train_reader(model_name: str, recipe: Recipe, *, run_dir: Path, resume: bool
         model.train()
         loss_sum = 0.0
         for _ in range(steps_per_epoch):
-            strips, numbers = training_strips(train_x, train_y, recipe.batch_size, rng)
+            strips, numbers = next_batch()
             loss = _ctc_loss(model, strips, numbers)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
