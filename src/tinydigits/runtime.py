@@ -3,10 +3,12 @@ process use (load average, peak memory); which code ran (package version, git co
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import math
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -164,6 +166,15 @@ def load_average() -> tuple[float, float, float] | None:
     except (AttributeError, OSError):  # no getloadavg (Windows), or it cannot be read
         return None
     return one, five, fifteen
+
+
+def cpu_name() -> str:
+    """The CPU's model name, as figures name the machine they were measured on."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def package_version() -> str:

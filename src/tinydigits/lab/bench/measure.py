@@ -16,7 +16,6 @@ train|infer``) so that no measurement inherits another's peak.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import json
 import os
@@ -49,7 +48,7 @@ from ...errors import ConfigError, TinyDigitsError, require
 from ...evaluate import evaluate, evaluate_log_probs
 from ...models import MODELS, build_model, get_spec
 from ...recipes import Recipe, get_recipe
-from ...runtime import load_average, peak_rss_kib, resolve_threads, select_device, set_threads
+from ...runtime import cpu_name, load_average, peak_rss_kib, resolve_threads, select_device, set_threads
 from ...train import BACKGROUND, make_optimizer, make_schedule, train, train_one_epoch
 from ...weights import load_model
 from ..commands import python_module_argv
@@ -100,15 +99,6 @@ def _sync(device: torch.device) -> None:
 # ------------------------------------------------------------------------ machine
 
 
-def _proc_field(path: str, key: str) -> str | None:
-    """The value of the first ``key: value`` line of a /proc file; None where there is none."""
-    with contextlib.suppress(OSError):
-        for line in Path(path).read_text().splitlines():
-            if line.startswith(key):
-                return line.split(":", 1)[1].strip()
-    return None
-
-
 def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
     """What the figures depend on: CPU, cores, library versions, threads, the GPU if used."""
     versions = {}
@@ -118,7 +108,7 @@ def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[module] = None
     return {
-        "cpu": _proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
