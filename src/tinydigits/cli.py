@@ -462,6 +462,8 @@ def read_command(sources: tuple[Path, ...], method: str, model_name: str | None,
 @main.command(name="read-eval")
 @click.option("--count", type=click.IntRange(10, 100_000), default=1000, show_default=True,
               help="Pictures per frozen set (separate digits, touching digits); the first N of each.")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
+              help="The frozen sets of MNIST test digits, or those of the validation digits (for choices).")
 @click.option("--reader", "reader_name", type=click.Choice(list(READERS), case_sensitive=False),
               default="reader", show_default=True, help="The number reader (--method sequence).")
 @click.option("--model", "model_name", type=MODEL_CHOICE, default="medium", show_default=True,
@@ -475,8 +477,8 @@ def read_command(sources: tuple[Path, ...], method: str, model_name: str | None,
               help="Also write the table into this README, between its reading-table markers.")
 @data_dir_option
 @friendly_errors
-def read_eval_command(count: int, reader_name: str, model_name: str, output: Path, save_boxes: Path | None,
-                      update_readme: Path | None, data_dir: Path | None) -> None:
+def read_eval_command(count: int, split: str, reader_name: str, model_name: str, output: Path,
+                      save_boxes: Path | None, update_readme: Path | None, data_dir: Path | None) -> None:
     """Measure `read`, both methods, on the frozen sets of numbers made of MNIST test digits
     (docs/READING.md)."""
     from .deploy.engines import open_engine
@@ -492,8 +494,12 @@ def read_eval_command(count: int, reader_name: str, model_name: str, output: Pat
     digits = open_engine(model_name, pretrained_path(model_name), batch=False)
     readers = {f"sequence ({reader_name})": ("sequence", reader),
                f"segment ({model_name})": ("segment", digits)}
-    options = {"count": count, "reader": reader_name, "model": model_name}
-    report = measure(readers, count, data_dir, options)
+    options = {"count": count, **({"split": split} if split != "test" else {}), "reader": reader_name,
+               "model": model_name}
+    if split != "test" and (update_readme is not None or output == Path("docs/READING.md")):
+        raise click.UsageError("--split val measures for choices: give it its own --output, "
+                               "and no --update-readme")
+    report = measure(readers, count, data_dir, options, split)
     click.echo(f"wrote {write_report(report, output)} and {output.with_name('reading.json')}")
     for kind, figures_by_reader in report["sets"].items():
         for label, f in figures_by_reader.items():

@@ -112,12 +112,13 @@ def _model_milliseconds(model: Any, pictures: list[NumberPicture]) -> float:
 
 
 def measure(readers: dict[str, tuple[str, Any]], count: int = SET_SIZE, data_dir: str | Path | None = None,
-            options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Each reader's figures on both frozen test sets. ``readers``: label -> (method, model)."""
+            options: dict[str, Any] | None = None, split: str = "test") -> dict[str, Any]:
+    """Each reader's figures on both frozen sets of ``split`` (``test``; ``val``, made of the
+    validation digits, for choices). ``readers``: label -> (method, model)."""
     mnist = data.load_mnist(data_dir)
     report: dict[str, Any] = {"options": options or {}, "sets": {}, "cpu": cpu_name(), **provenance()}
     for kind in SET_KINDS:
-        pictures = number_set(kind, "test", count, mnist)
+        pictures = number_set(kind, split, count, mnist)
         report["sets"][kind] = {label: score(pictures, model, method)
                                 for label, (method, model) in readers.items()}
     return report
