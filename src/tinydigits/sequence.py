@@ -255,10 +255,10 @@ def train_reader(model_name: str, recipe: Recipe, *, run_dir: Path, resume: bool
         """Fresh strips, or with strip_reuse > 1 a draw from the pool of recent ones that a
         share of fresh ones joins at every step."""
         if recipe.strip_reuse == 1:
-            return training_strips(train_x, train_y, recipe.batch_size, rng)
+            return training_strips(train_x, train_y, recipe.batch_size, rng, recipe.strip_paper)
         fresh = -(-recipe.batch_size // recipe.strip_reuse)
         while True:
-            pool.extend(zip(*training_strips(train_x, train_y, fresh, rng), strict=True))
+            pool.extend(zip(*training_strips(train_x, train_y, fresh, rng, recipe.strip_paper), strict=True))
             if len(pool) >= recipe.batch_size:
                 break
         picks = [pool[int(i)] for i in rng.choice(len(pool), recipe.batch_size, replace=False)]

@@ -248,17 +248,18 @@ def batch_strips(strips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
 BLANK_PIXEL = (0.0 - data.MEAN) / data.STD
 
 
-def training_strips(images: torch.Tensor, labels: torch.Tensor, count: int,
-                    rng: np.random.Generator) -> tuple[list[torch.Tensor], list[str]]:
+def training_strips(images: torch.Tensor, labels: torch.Tensor, count: int, rng: np.random.Generator,
+                    paper: float = 0.5) -> tuple[list[torch.Tensor], list[str]]:
     """``count`` fresh strips of random 1-8 digit numbers of these MNIST digits, and the numbers:
-    gaps anywhere from clearly apart to overlapping, half of them on scan-like paper read back
-    through :func:`~tinydigits.preprocess.ink_map`, the rest as clean ink or pad strokes."""
+    gaps anywhere from clearly apart to overlapping, some on scan-like paper read back
+    through :func:`~tinydigits.preprocess.ink_map` (a share ``paper`` of them), the rest as
+    clean ink or pad strokes."""
     strips, numbers = [], []
     while len(strips) < count:
         length = int(rng.integers(1, 9))
         picks = rng.choice(len(labels), length)
         gaps = TOUCHING if rng.random() < 0.5 else (-0.05, 0.6)
-        on_paper = rng.random() < 0.5
+        on_paper = rng.random() < paper
         image, _, _ = number_picture([images[i].numpy() for i in picks], rng, gaps=gaps,
                                      heights=(28, 64), pad_strokes=0.0 if on_paper else 1.0)
         try:
