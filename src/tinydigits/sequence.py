@@ -1,6 +1,6 @@
 """The number reader: CTC decoding, reading a picture, scoring, and training on the fly.
 
-The reader (:class:`tinydigits.models.NumberReader`) gives, for every 4 columns of a strip
+The reader (:class:`tinydigits.models.NumberReader`) gives, for every 2 columns of a strip
 (:mod:`tinydigits.strips`), log-probabilities of the 10 digits and a blank. Greedy decoding
 takes the best class per column, merges runs of one class and drops blanks (Graves et al.
 2006); each digit's columns give its place in the picture, so ``read`` can still draw boxes.
@@ -30,6 +30,7 @@ from .preprocess import PreprocessError, Source
 from .recipes import Recipe
 from .runtime import provenance, set_threads
 from .strips import (
+    COLUMN,
     PAD,
     NumberPicture,
     Strip,
@@ -41,7 +42,6 @@ from .strips import (
 
 BLANK = 10
 POOL_BATCHES = 64  # with strip_reuse > 1, batches are drawn from the last 64 batches' worth of strips
-STRIDE = 4  # strip columns per output column
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def greedy_decode(log_probs: torch.Tensor) -> list[Span]:
 
 def run_reader(model: Any, strips: list[torch.Tensor]) -> list[list[Span]]:
     """Each strip's decoded digits. ``model``: a reader, or an engine that maps a batch of strips
-    [N, 1, 32, W] to log-probabilities [N, 11, W / 4]."""
+    [N, 1, 32, W] to log-probabilities [N, 11, W / 2]."""
     batch, lengths = batch_strips(strips)
     if isinstance(model, torch.nn.Module):
         model.eval()
@@ -92,7 +92,7 @@ def digit_boxes(strip: Strip, spans: list[Span]) -> list[tuple[int, int, int, in
     if not spans:
         return []
     # Each span's centre, in columns of the strip's ink.
-    centres = [((span.first + span.last + 1) / 2 * STRIDE - PAD) / strip.scale for span in spans]
+    centres = [((span.first + span.last + 1) / 2 * COLUMN - PAD) / strip.scale for span in spans]
     height, width = strip.ink.shape
     edges = [0, *(round((a + b) / 2) for a, b in itertools.pairwise(centres)), width]
     boxes = []

@@ -34,6 +34,7 @@ __all__ = ["INK_HEIGHT", "STRIP_HEIGHT", "NumberPicture", "Strip", "ink_groups",
 STRIP_HEIGHT = 32  # the reader's input height: any width
 INK_HEIGHT = 24  # the number's ink box is scaled to this height, centred in the strip
 PAD = 4  # blank columns each side of the ink
+COLUMN = 2  # strip pixels per output column of the reader
 MAX_ASPECT = 1.6 * MAX_DIGITS  # ink wider than this many heights is not a number of <= MAX_DIGITS digits
 
 # Where the gap between neighbours is drawn from, in digit heights (negative: their boxes overlap).
@@ -236,13 +237,13 @@ def ink_strip(full: np.ndarray, factor: int = 1) -> Strip:
 
 def batch_strips(strips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Strips ([1, STRIP_HEIGHT, w] each) padded with blank columns on the right to one batch
-    [N, 1, STRIP_HEIGHT, max w], and each one's count of output columns (w / 4, rounded up)."""
+    [N, 1, STRIP_HEIGHT, max w], and each one's count of output columns (w / COLUMN, rounded up)."""
     widest = max(strip.shape[-1] for strip in strips)
-    widest += -widest % 4
+    widest += -widest % COLUMN
     batch = torch.full((len(strips), 1, STRIP_HEIGHT, widest), BLANK_PIXEL)
     for row, strip in enumerate(strips):
         batch[row, :, :, : strip.shape[-1]] = strip
-    return batch, torch.tensor([-(-strip.shape[-1] // 4) for strip in strips])
+    return batch, torch.tensor([-(-strip.shape[-1] // COLUMN) for strip in strips])
 
 
 BLANK_PIXEL = (0.0 - data.MEAN) / data.STD
