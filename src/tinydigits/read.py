@@ -177,7 +177,10 @@ def _read_sequence(image: Image.Image, model: Classifier) -> Reading:
         raise PreprocessError("no digits found: the reader sees ink but reads no digit in it")
     if len(spans) > MAX_DIGITS:
         raise PreprocessError(f"found {len(spans)} digits; `read` reads numbers of up to {MAX_DIGITS}")
-    digits = [Digit(x, y, width, height, span.digit, span.probability, fit_to_mnist(ink))
+    # Boxes span whole working pixels, which can reach past the edge of a picture a few pixels wide.
+    right, bottom = image.size
+    digits = [Digit(x, y, min(width, right - x), min(height, bottom - y), span.digit, span.probability,
+                    fit_to_mnist(ink))
               for span, (x, y, width, height, ink) in zip(spans, digit_boxes(strip, spans), strict=True)]
     return Reading("".join(str(d.digit) for d in digits), digits)
 

@@ -26,6 +26,7 @@ from . import data
 from .errors import ConfigError
 from .io import load_checkpoint, save_checkpoint, save_weights
 from .models import build_model, count_parameters
+from .optim import make_optimizer, make_schedule
 from .preprocess import PreprocessError, Source
 from .recipes import Recipe
 from .runtime import provenance, set_threads
@@ -210,8 +211,6 @@ def train_reader(model_name: str, recipe: Recipe, *, run_dir: Path, resume: bool
     """Train a number reader on strips made on the fly from the 55,000 MNIST training digits;
     validate each epoch on the seeded validation sets (made of the 5,000 held-out digits);
     at the end, score the frozen test sets. Writes the run directory as ``train`` does."""
-    from .train import make_optimizer, make_schedule  # train imports this module
-
     if recipe.val_size != 5000:
         raise ConfigError("the number reader holds out the 5,000 validation digits its sets are made of "
                           "(recipe val_size=5000)")

@@ -47,9 +47,10 @@ from ...deploy.fold import fold_batchnorm
 from ...errors import ConfigError, TinyDigitsError, require
 from ...evaluate import evaluate, evaluate_log_probs
 from ...models import MODELS, build_model, get_spec
+from ...optim import make_optimizer, make_schedule
 from ...recipes import Recipe, get_recipe
 from ...runtime import cpu_name, load_average, peak_rss_kib, resolve_threads, select_device, set_threads
-from ...train import BACKGROUND, make_optimizer, make_schedule, train, train_one_epoch
+from ...train import BACKGROUND, train, train_one_epoch
 from ...weights import load_model
 from ..commands import python_module_argv
 
