@@ -1,5 +1,6 @@
 """Inference engines: OpenVINO gives PyTorch's predictions on all 10,000 test images, `auto`
-picks the fastest engine installed for the job, and exports of weights files are cached."""
+picks the fastest engine installed for the job, exports of weights files are cached, and the
+number reader reads as PyTorch does on every engine, at any width."""
 
 from __future__ import annotations
 
@@ -15,11 +16,20 @@ import tinydigits
 from tinydigits import data
 from tinydigits.cli import main
 from tinydigits.deploy import ExportError
-from tinydigits.deploy.engines import auto_backend, cached_onnx, open_engine, read_onnx_graph
+from tinydigits.deploy.engines import (
+    auto_backend,
+    cached_onnx,
+    compare_reader,
+    open_engine,
+    read_onnx_graph,
+    reader_check_strips,
+)
 from tinydigits.deploy.export import MODEL_KEY, export_onnx, export_torchscript
 from tinydigits.evaluate import predict_log_probs
 from tinydigits.io import save_weights
 from tinydigits.models import MODELS
+from tinydigits.read import read_number
+from tinydigits.strips import COLUMN, number_set
 from tinydigits.weights import pretrained_path
 
 pytest.importorskip("openvino")
@@ -171,3 +181,55 @@ def test_an_onnx_file_of_another_model_is_refused(exported, kind):
     with pytest.raises(ExportError, match="not ultrasmall; use --model medium"):
         open_engine("ultrasmall", path, batch=False)
     assert open_engine("medium", path, batch=False)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+# ------------------------------------------------------------------ the number reader
+
+
+@pytest.fixture(scope="module")
+def reader_strips() -> list[torch.Tensor]:
+    """The strips of 50 pictures of the touching test set, each its own width."""
+    return reader_check_strips(50)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
+def test_reader_engines_read_as_pytorch_at_any_width(backend, reader_strips, mnist):
+    model = tinydigits.load_model("reader", pretrained=True)
+    engine = open_engine("reader", pretrained_path("reader"), backend, batch=False)
+    assert engine.backend == backend and engine.task == "number"
+    assert len({strip.shape[-1] for strip in reader_strips}) > 20  # widths vary from call to call
+    # Each strip alone at its own width, then all 50 in one padded batch.
+    check = compare_reader(model, engine, reader_strips)
+    assert check.count == 100 and check.prediction_mismatches == 0 and check.max_abs_diff <= 1e-4, check
+    # Widths no picture above has: a single column, and past any 32-digit number's strip.
+    generator = torch.Generator().manual_seed(0)
+    odd = [torch.randn(1, 32, width, generator=generator) for width in (4, 8, 2000, 4096)]
+    check = compare_reader(model, engine, odd)
+    assert check.prediction_mismatches == 0 and check.max_abs_diff <= 1e-4, check
+    assert engine(torch.zeros(0, 1, 32, 64)).shape == (0, 11, 64 // COLUMN)
+    # read_number takes the engine for a reader (auto: the sequence method), boxes and all.
+    picture = number_set("touching", count=1, mnist=mnist)[0]
+    got, expected = read_number(picture.data, engine), read_number(picture.data, model)
+    assert got.number == expected.number
+    for mine, theirs in zip(got.digits, expected.digits, strict=True):
+        assert (mine.x, mine.y, mine.width, mine.height) == (theirs.x, theirs.y, theirs.width, theirs.height)
+        assert mine.probability == pytest.approx(theirs.probability, abs=1e-4)
+
+
+def test_auto_runs_the_reader_on_onnx_runtime_and_torchscript_refuses_it(tmp_path):
+    weights = pretrained_path("reader")
+    assert open_engine("reader", weights, batch=False).backend == "onnxruntime"  # the fastest for one strip
+    with pytest.raises(ExportError) as raised:
+        open_engine("reader", weights, "torchscript")
+    assert str(raised.value) == ("reader does not run on torchscript (readers export as ONNX only); "
+                                 "choose --backend auto, torch, onnxruntime or openvino")
+
+
+def test_an_exported_reader_names_itself_and_is_refused_as_a_digit_model(tmp_path):
+    path = export_onnx(tinydigits.load_model("reader", pretrained=True), tmp_path / "reader.onnx")
+    assert read_onnx_graph(path).model == "reader"
+    with pytest.raises(ExportError) as raised:
+        open_engine("medium", path, "onnxruntime")
+    assert str(raised.value) == (f"{path}: a reader model (so says its metadata), not medium; "
+                                 "use --model reader")
+    assert open_engine("reader", path, "openvino")(torch.zeros(3, 1, 32, 40)).shape == (3, 11, 40 // COLUMN)

@@ -1,4 +1,5 @@
-"""Exports (ONNX fp32/int8, TorchScript), BatchNorm folding, and the export/eval/view/diagram commands."""
+"""Exports (ONNX fp32/int8, TorchScript; the number reader's ONNX), BatchNorm folding, and the
+export/eval/view/diagram commands."""
 
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ import tinydigits
 from tinydigits import data
 from tinydigits.cli import main
 from tinydigits.deploy import ExportError
-from tinydigits.deploy.engines import compare_with_torch, predict_log_probs_file
-from tinydigits.deploy.export import check_format, export_onnx, export_torchscript
+from tinydigits.deploy.engines import check_reader_export, compare_with_torch, predict_log_probs_file
+from tinydigits.deploy.export import MODEL_KEY, check_format, export_model, export_onnx, export_torchscript
 from tinydigits.deploy.fold import ChannelAffine, fold_batchnorm
+from tinydigits.errors import ConfigError
 from tinydigits.evaluate import evaluate_log_probs, predict_log_probs
 from tinydigits.weights import pretrained_path
 
@@ -211,6 +213,46 @@ def test_export_errors_are_one_line(args: list[str], message: str, tmp_path: Pat
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     result = CliRunner().invoke(main, ["export", "--model", "medium", "--no-verify", *args])
     assert message in one_line_error(result)
+
+
+# ------------------------------------------------------------------ the number reader
+
+
+def test_a_reader_exports_to_onnx_with_dynamic_batch_and_width(tmp_path: Path) -> None:
+    import onnx
+
+    model = _random_bn(tinydigits.build_model("reader"), seed=2)
+    result = export_model(model, tmp_path / "reader.onnx")
+    proto = onnx.load(str(result.path))
+    named = {prop.key: prop.value for prop in proto.metadata_props}
+    assert named == {MODEL_KEY: "reader"}  # found by its shapes
+
+    def dims(value) -> list:
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    assert dims(proto.graph.input[0]) == ["batch", 1, 32, "width"]
+    assert dims(proto.graph.output[0]) == ["batch", 11, "columns"]
+    generator = torch.Generator().manual_seed(0)
+    strips = [torch.randn(1, 32, width, generator=generator) for width in (4, 30, 52, 203, 1000)]
+    check = check_reader_export(model, result, strips)  # raises beyond 1e-4 or on another reading
+    assert check.count == 10 and check.prediction_mismatches == 0 and check.max_abs_diff <= TOLERANCE
+
+
+@pytest.mark.parametrize(("fmt", "int8"), [("torchscript", False), ("onnx", True), ("c", False),
+                                           ("web", False)])
+def test_a_reader_exports_as_fp32_onnx_only(fmt: str, int8: bool, tmp_path: Path) -> None:
+    asked = "--int8" if int8 else f"--format {fmt}"
+    with pytest.raises(ConfigError) as raised:
+        check_format(fmt, int8, "reader-small")
+    assert str(raised.value) == (f"{asked} is for the digit models (medium, small, ultrasmall); a number "
+                                 "reader (reader, reader-small) exports as fp32 ONNX only: --format onnx "
+                                 "without --int8")
+    assert check_format("onnx", False, "reader") == "onnx"
+    reader = tinydigits.build_model("reader")
+    if fmt in ("torchscript", "onnx"):  # the library refuses the module too, before any work
+        with pytest.raises(ConfigError, match=asked):
+            export_model(reader, tmp_path / "r", fmt, int8=int8, calibration_images=torch.zeros(1, 1, 28, 28))
+    assert not list(tmp_path.iterdir())
 
 
 def test_unknown_format_is_an_export_error_in_the_library() -> None:

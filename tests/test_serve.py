@@ -1,5 +1,6 @@
-"""The web demo's HTTP API: answers, the shared preprocessing, and a JSON error with the
-right status for every bad request, on a real waitress server that keeps serving."""
+"""The web demo's HTTP API: answers, the shared preprocessing, numbers read by the number
+reader or the segmenter, and a JSON error with the right status for every bad request and
+hostile picture, on a real waitress server that keeps serving."""
 
 from __future__ import annotations
 
@@ -15,18 +16,22 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
-from web_helpers import BAD_INPUTS, DIGITS, blank_png, draw_png, huge_png, shipped_models
+from PIL import Image, ImageDraw, ImageFont
+from torch import nn
+from web_helpers import BAD_INPUTS, DIGITS, blank_png, draw_png, huge_png, png_bytes, shipped_models
 
 import tinydigits
 import tinydigits.deploy.serve as serve_module
-from tinydigits import evaluate, normalize
+from tinydigits import data, evaluate, normalize
 from tinydigits.cli import main
 from tinydigits.deploy.serve import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES, BackgroundServer, create_app
-from tinydigits.lab.loadtest import Sample, ServerProcess, encode_multipart
+from tinydigits.lab.loadtest import Sample, ServerProcess, encode_multipart, phone_photo_jpeg
 from tinydigits.models import MODELS
 from tinydigits.predict import predict_image
-from tinydigits.preprocess import MAX_PIXELS
+from tinydigits.preprocess import MAX_PIXELS, load_image
+from tinydigits.read import read_number
+from tinydigits.segment import MAX_DIGITS
+from tinydigits.strips import APART, TOUCHING, number_picture, number_set
 
 pytest.importorskip("flask")
 pytest.importorskip("waitress")
@@ -50,6 +55,28 @@ def live(app):
     server = BackgroundServer(app)
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def named_app():
+    """Models by name, as `tinydigits serve` gives them: their shipped weights on the fastest
+    engine, and the shipped number reader beside them."""
+    pytest.importorskip("onnxruntime")
+    return create_app(["medium", "small"])
+
+
+@pytest.fixture(scope="module")
+def reading(named_app):
+    """``named_app`` on a real waitress server on 127.0.0.1."""
+    server = BackgroundServer(named_app)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def reader() -> nn.Module:
+    """The shipped number reader, run by PyTorch: what the server's engine must agree with."""
+    return tinydigits.load_model("reader", pretrained=True)
 
 
 def request(url: str, method: str, path: str, body: bytes | None = None,
@@ -98,13 +125,11 @@ def test_the_accuracy_shown_is_that_of_the_shipped_weights(client, mnist):
         assert round(accuracy, 2) == round(info["test_accuracy"], 2), info["name"]
 
 
-def test_a_server_of_model_names_runs_them_on_the_fastest_engine_with_the_same_answers(client):
+def test_a_server_of_model_names_runs_them_on_the_fastest_engine_with_the_same_answers(client, named_app):
     """By name, the shipped weights run on ONNX Runtime (auto, single pictures), not PyTorch eager;
     every answer is the one the PyTorch-backed app gives."""
-    pytest.importorskip("onnxruntime")
-    by_name = create_app(["medium", "small"])
-    assert by_name.config["TINYDIGITS_BACKENDS"] == "onnxruntime"
-    engine_client = by_name.test_client()
+    assert named_app.config["TINYDIGITS_BACKENDS"] == "onnxruntime"
+    engine_client = named_app.test_client()
     for digit in (0, 1, 7):
         png = draw_png(DIGITS[digit])
         for model in ("medium", "small"):
@@ -303,14 +328,19 @@ def test_bad_requests_get_json_errors_and_the_server_keeps_serving(live, case):
     assert status == 200 and json.loads(good)["digit"] == 7
 
 
-def test_an_unexpected_failure_is_a_json_500_without_traceback(monkeypatch, caplog):
-    def broken(*args, **kwargs):
+class Broken(nn.Module):
+    def forward(self, images):
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(serve_module, "classify", broken)
-    client = create_app({"medium": shipped_models()["medium"]}).test_client()
-    status, body = post_json(client, {"image": data_url(SEVEN)})
-    assert status == 500 and body == {"error": "internal error"}
+
+@pytest.mark.parametrize("path", ["/api/predict", "/api/read"])
+def test_a_failing_model_is_a_json_500_without_traceback(path, caplog):
+    """A model's failure is the server's (500), not the picture's (400)."""
+    client = create_app({"medium": Broken(), "reader": Broken()}, pretrained=False).test_client()
+    for method in ("sequence", "segment") if path == "/api/read" else ("",):
+        payload = {"image": data_url(SEVEN), **({"method": method} if method else {})}
+        response = client.post(path, json=payload)
+        assert response.status_code == 500 and response.get_json() == {"error": "internal error"}
     assert "secret internal detail" in caplog.text  # logged on the server, not sent
 
 
@@ -328,7 +358,7 @@ def test_an_unforeseen_preprocessing_failure_is_a_400_and_logged(monkeypatch, ca
     def broken(*args, **kwargs):
         raise ZeroDivisionError("internal detail")
 
-    monkeypatch.setattr(serve_module, "to_mnist", broken)
+    monkeypatch.setattr(tinydigits.predict, "fit_to_mnist", broken)  # in predict_image, as the CLI runs it
     client = create_app({"medium": shipped_models()["medium"]}).test_client()
     with caplog.at_level("WARNING", logger="tinydigits.deploy.serve"):
         status, body = post_json(client, {"image": data_url(SEVEN)})
@@ -410,3 +440,244 @@ def test_in_browser_inference_serves_the_models_weights(tmp_path):
     for path in ("/ort/ort.wasm.min.js", "/models/medium.json", "/models/..%2fsecret.json",
                  "/models/small.onnx"):
         assert client.get(path).status_code == 404, path
+
+
+# ------------------------------------------------------------------ numbers
+
+
+def read_form(picture: bytes, **fields: str) -> tuple[bytes, dict[str, str]]:
+    return multipart({"image": ("picture", picture, "application/octet-stream"), **fields})
+
+
+def post_read(url: str, body: tuple[bytes, dict[str, str]]) -> tuple[int, dict]:
+    status, _, answer = request(url, "POST", "/api/read", *body)
+    return status, json.loads(answer)
+
+
+def boxes(answer: dict) -> list[tuple[int, int, int, int]]:
+    return [(d["box"]["x"], d["box"]["y"], d["box"]["width"], d["box"]["height"]) for d in answer["digits"]]
+
+
+def assert_inside(answer: dict, size: tuple[int, int]) -> None:
+    for x, y, width, height in boxes(answer):
+        assert x >= 0 and y >= 0 and width > 0 and height > 0, answer
+        assert x + width <= size[0] and y + height <= size[1], (size, answer)
+
+
+@pytest.fixture(scope="module")
+def numbers(mnist: data.MNIST) -> list:
+    """Pictures of touching digits from the frozen test set, then of separate ones."""
+    return number_set("touching", count=8, mnist=mnist) + number_set("separate", count=4, mnist=mnist)
+
+
+def test_the_models_list_names_the_reader_apart_from_the_digit_models(named_app):
+    client = named_app.test_client()
+    body = client.get("/api/models").get_json()
+    assert [m["name"] for m in body["models"]] == ["medium", "small"] and body["default"] == "medium"
+    assert [m["name"] for m in body["readers"]] == ["reader"] and body["default_reader"] == "reader"
+    assert body["readers"][0]["parameters"] == tinydigits.models.get_spec("reader").parameters
+    # The page builds its cards from models.json: digit models only.
+    assert [m["name"] for m in client.get("/models.json").get_json()["models"]] == ["medium", "small"]
+
+
+def test_read_uses_the_number_reader_by_default_and_reads_as_pytorch(reading, reader, numbers):
+    """No model, no method: the shipped reader (on ONNX Runtime) reads the picture as the PyTorch
+    reader does in-process."""
+    right = 0
+    for picture in numbers:
+        status, answer = post_read(reading.url, read_form(picture.data))
+        assert status == 200, answer
+        assert list(answer) == ["number", "digits", "model", "method", "milliseconds"]
+        assert answer["model"] == "reader" and answer["method"] == "sequence"
+        expected = read_number(picture.data, reader)
+        assert answer["number"] == expected.number and len(answer["digits"]) == len(expected.digits)
+        assert boxes(answer) == [(d.x, d.y, d.width, d.height) for d in expected.digits]
+        assert all(0 < d["probability"] <= 1 for d in answer["digits"])
+        right += answer["number"] == picture.number
+    assert right >= len(numbers) // 2, right  # the reader's figures are in docs/READING.md
+
+
+def test_read_method_and_model_choose_the_reader_or_the_segmenter(reading, numbers):
+    picture = numbers[-1]
+    medium, small = shipped_models()["medium"], shipped_models()["small"]
+    cases = [  # (fields, model and method answered, in-process reading)
+        ({"method": "segment"}, ("medium", "segment"), read_number(picture.data, medium, "segment")),
+        ({"model": "small"}, ("small", "segment"), read_number(picture.data, small)),  # as the page asks
+        ({"model": "Reader", "method": "AUTO"}, ("reader", "sequence"), None),
+        ({"method": "sequence"}, ("reader", "sequence"), None),
+    ]
+    for fields, (model, method), expected in cases:
+        status, answer = post_read(reading.url, read_form(picture.data, **fields))
+        assert status == 200 and (answer["model"], answer["method"]) == (model, method), (fields, answer)
+        if expected is not None:
+            assert answer["number"] == expected.number
+    # The same fields in JSON.
+    payload = {"image": data_url(picture.data), "model": "medium", "method": "segment"}
+    status, _, answer = request(reading.url, "POST", "/api/read", *as_json(payload))
+    assert status == 200 and json.loads(answer)["method"] == "segment"
+
+
+READ_ERRORS = {  # (path, fields, status, the error message)
+    "sequence_with_a_digit_model": ("/api/read", {"model": "medium", "method": "sequence"}, 400,
+                                    "method 'sequence' reads with a number reader: send model 'reader' "
+                                    "or none"),
+    "segment_with_the_reader": ("/api/read", {"model": "reader", "method": "segment"}, 400,
+                                "method 'segment' reads with a digit model (medium, small), not the number "
+                                "reader 'reader'"),
+    "unknown_method": ("/api/read", {"method": "sideways"}, 400,
+                       "unknown method 'sideways'; choose one of: auto, sequence, segment"),
+    "unknown_model": ("/api/read", {"model": "huge"}, 404,
+                      "unknown model 'huge'; this server has: medium, small, reader"),
+    "reader_on_predict": ("/api/predict", {"model": "reader"}, 400,
+                          "'reader' is a number reader: post to /api/read, or choose a digit model: "
+                          "medium, small"),
+}
+
+
+@pytest.mark.parametrize("case", list(READ_ERRORS))
+def test_a_method_and_model_that_do_not_go_together_are_one_line_errors(reading, case):
+    path, fields, status, message = READ_ERRORS[case]
+    got, _, answer = request(reading.url, "POST", path, *read_form(SEVEN, **fields))
+    assert got == status and json.loads(answer) == {"error": message}
+
+
+def test_a_method_that_is_not_text_is_a_400(reading):
+    body = as_json({"image": data_url(SEVEN), "method": 3})
+    status, _, answer = request(reading.url, "POST", "/api/read", *body)
+    assert status == 400 and json.loads(answer) == {"error": 'JSON field "method" must be a string'}
+
+
+def test_a_server_of_digit_modules_only_segments(client):
+    """Modules are served as given: without a reader, /api/read segments, and refuses the sequence method."""
+    answer = client.post("/api/read", data={"image": (io.BytesIO(SEVEN), "a.png")}).get_json()
+    assert (answer["number"], answer["model"], answer["method"]) == ("7", "medium", "segment")
+    refused = client.post("/api/read", data={"image": (io.BytesIO(SEVEN), "a.png"), "method": "sequence"})
+    assert refused.status_code == 400
+    assert refused.get_json()["error"] == ("method 'sequence' needs a number reader, and this server has "
+                                           "none; use method 'segment'")
+    assert client.get("/api/models").get_json()["readers"] == []
+
+
+def upright_size(photo: bytes) -> tuple[int, int]:
+    return load_image(photo).size
+
+
+def test_a_12mp_photo_is_decoded_in_draft_mode_and_boxed_in_its_own_pixels(reading, reader, numbers,
+                                                                           monkeypatch):
+    """The JPEG is decoded at a quarter of its size (both sides still at least the 512 pixels the
+    reading works at); the boxes come back in the photo's pixels, upright as EXIF turns it, where
+    a full decode read in-process puts them."""
+    decoded = []
+
+    def spy(*args, **kwargs):
+        image = load_image(*args, **kwargs)
+        decoded.append(image.size)
+        return image
+
+    monkeypatch.setattr(serve_module, "load_image", spy)
+    photo = phone_photo_jpeg(Image.open(io.BytesIO(numbers[-1].data)))
+    turned = Image.open(io.BytesIO(photo)).transpose(Image.Transpose.ROTATE_90)  # stored on its side
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ... and EXIF says: turn it a quarter clockwise to show it
+    buffer = io.BytesIO()
+    turned.save(buffer, format="JPEG", quality=90, exif=exif)
+    assert upright_size(photo) == upright_size(buffer.getvalue()) == (4032, 3024)
+    full = read_number(load_image(photo), reader)
+    for data_ in (photo, buffer.getvalue()):
+        status, answer = post_read(reading.url, read_form(data_))
+        assert status == 200, answer
+        assert decoded[-1] == (1008, 756)
+        assert answer["number"] == full.number
+        assert_inside(answer, (4032, 3024))
+        expected = [(d.x, d.y, d.width, d.height) for d in full.digits]
+        for got, want in zip(boxes(answer), expected, strict=True):
+            # Within 2 pixels of the 504x378 working copy (a draft decode is not bit-exact).
+            assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 16, (got, want)
+
+
+def test_predict_says_when_the_picture_holds_several_digits(client, numbers):
+    """/api/predict is predict_image, as the CLI runs it: its warning included."""
+    picture = numbers[-1]  # separate digits
+    expected = predict_image(shipped_models()["medium"], picture.data, top_k=10)
+    answer = client.post("/api/predict", data={"image": (io.BytesIO(picture.data), "n.png")})
+    assert answer.status_code == 200
+    body = answer.get_json()
+    assert list(body) == ["digit", "probability", "probabilities", "model", "milliseconds",
+                          "inference_milliseconds", "image", "separate_digits", "warning"]
+    assert body["separate_digits"] == len(picture.number) == expected.separate_digits
+    assert body["warning"] == expected.warning and "separate digits" in body["warning"]
+    assert body["digit"] == expected.digit and body["probability"] == expected.probability
+
+
+# ------------------------------------------------------------------ hostile pictures of numbers
+
+
+def row_of_digits(mnist: data.MNIST, count: int, gaps: tuple[float, float]) -> bytes:
+    rng = np.random.default_rng(count)
+    image, _, _ = number_picture([mnist.test_images[i].numpy() for i in range(count)], rng, gaps=gaps)
+    return png_bytes(image)
+
+
+def line_under(picture: bytes) -> bytes:
+    """The picture with a ruled line drawn under its ink, across most of its width."""
+    image = load_image(picture).convert("RGB")
+    ink = np.flatnonzero((np.asarray(image.convert("L")) < 128).any(axis=1))
+    y = min(image.height - 3, int(ink[-1]) + 6)
+    ends = [(image.width // 20, y), (image.width * 19 // 20, y)]
+    ImageDraw.Draw(image).line(ends, fill=(30, 30, 30), width=3)
+    return png_bytes(image)
+
+
+def strip_png(width: int, height: int) -> bytes:
+    """A picture one pixel thin (``width`` x ``height``), a line of ink along most of it."""
+    image = Image.new("L", (width, height), 255)
+    ImageDraw.Draw(image).line([(width // 20, height // 20), (width * 19 // 20, height * 19 // 20)], fill=0)
+    return png_bytes(image)
+
+
+def letters_png() -> bytes:
+    image = Image.new("L", (700, 220), 255)
+    ImageDraw.Draw(image).text((30, 30), "ABCxy", fill=0, font=ImageFont.load_default(size=140))
+    return png_bytes(image)
+
+
+# name -> (the picture, from the MNIST set; the statuses allowed for the reader (method sequence)
+# and for the segmenter; text the reader's error must hold)
+HOSTILE = {
+    "blank": (lambda mnist: png_bytes(Image.new("RGB", (900, 300), (235, 230, 210))), {422}, {422}, "no ink"),
+    "more_than_32_separate_digits": (lambda mnist: row_of_digits(mnist, MAX_DIGITS + 8, APART), {422}, {422},
+                                     f"up to {MAX_DIGITS}"),
+    # The segmenter cuts only so many touching digits apart, so it may answer fewer than 32.
+    "more_than_32_touching_digits": (lambda mnist: row_of_digits(mnist, MAX_DIGITS + 8, TOUCHING), {422},
+                                     {200, 422}, f"up to {MAX_DIGITS}"),
+    "strip_1x4000": (lambda mnist: strip_png(4000, 1), {422}, {200, 422}, "wider than tall"),
+    "strip_4000x1": (lambda mnist: strip_png(1, 4000), {200, 422}, {200, 422}, ""),
+    "letters": (lambda mnist: letters_png(), {200, 422}, {200, 422}, ""),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_pictures_get_a_clear_answer_and_the_server_keeps_reading(reading, mnist, numbers, case):
+    make, by_reader, by_segmenter, message = HOSTILE[case]
+    picture = make(mnist)
+    for method, statuses in (("sequence", by_reader), ("segment", by_segmenter)):
+        status, answer = post_read(reading.url, read_form(picture, method=method))
+        assert status in statuses, (method, answer)
+        if status == 200:  # a reading, maybe unsure, with its boxes inside the picture
+            assert answer["number"].isdigit() and all(0 < d["probability"] <= 1 for d in answer["digits"])
+            assert_inside(answer, Image.open(io.BytesIO(picture)).size)
+        else:  # one line; the reader's names the problem (the segmenter may see another first)
+            assert list(answer) == ["error"] and "\n" not in answer["error"] and len(answer["error"]) < 200
+            assert method == "segment" or message in answer["error"], answer
+    status, answer = post_read(reading.url, read_form(numbers[0].data))  # ... and the next one is read
+    assert status == 200 and answer["number"].isdigit()
+
+
+def test_a_line_under_the_number_changes_nothing(reading, reader, numbers):
+    for picture in numbers[-4:]:  # separate digits
+        if read_number(picture.data, reader).number != picture.number:
+            continue  # the line's effect is what is tested, on numbers read right without it
+        status, answer = post_read(reading.url, read_form(line_under(picture.data)))
+        assert status == 200 and answer["number"] == picture.number, (picture.number, answer)
+        return
+    pytest.fail("the reader read none of the pictures right")

@@ -195,8 +195,9 @@ def summary(model_name: str, as_json: bool) -> None:
 
 
 @main.command(name="export")
-@click.option("--model", "model_name", type=MODEL_CHOICE, default=None,
-              help="The model (required, except for --format web: default all three).")
+@click.option("--model", "model_name", type=ANY_MODEL_CHOICE, default=None,
+              help="The model (required, except for --format web: default the three digit models); "
+                   "a number reader exports as fp32 ONNX only.")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Weights to export (default: the pretrained weights shipped with the package).")
 @click.option("--format", "fmt", type=click.Choice([*FORMATS, "c", "web"], case_sensitive=False),
@@ -218,10 +219,12 @@ def export_command(model_name: str | None, weights: Path | None, fmt: str, int8:
                    verify: bool, data_dir: Path | None, threads: int | None) -> None:
     """Export a model to ONNX (fp32 or int8), TorchScript or integer-only C, or the web demo
     as a static site."""
-    from .deploy.engines import check_export
-    from .deploy.export import calibration_subset, check_format, export_model
+    from .deploy.engines import check_export, check_reader_export, reader_check_strips
+    from .deploy.export import calibration_subset, check_format, export_model, refuse_reader
 
     set_threads(threads)
+    if model_name is not None:
+        refuse_reader(model_name, fmt, int8)  # a number reader: fp32 ONNX only, refused before any work
     if fmt == "web":
         _export_web(model_name, weights, output, int8)
         return
@@ -241,6 +244,12 @@ def export_command(model_name: str | None, weights: Path | None, fmt: str, int8:
     click.echo(f"wrote {result.path} ({kind}): {result.size_bytes:,} bytes; "
                f"the fp32 weights file {source} is {source.stat().st_size:,} bytes")
     if mnist is None:
+        return
+    if get_spec(model_name).task == "number":
+        checked = check_reader_export(model, result, reader_check_strips(mnist=mnist))
+        click.echo(f"{checked.count // 2} pictures of the touching test set, each strip alone and all in "
+                   f"one batch: {checked.prediction_mismatches} of {checked.count} readings differ from "
+                   f"PyTorch's, max |log-prob difference| {checked.max_abs_diff:.2e}")
         return
     check = check_export(model, result, data.normalize(mnist.test_images), mnist.test_labels)
     click.echo(f"test accuracy {check.accuracy:.2f}% ({kind}) vs {check.reference_accuracy:.2f}% "
@@ -726,16 +735,17 @@ def tune(model_name: str, trials: int, storage: str | None, study_name: str | No
               help="Port to listen on (0: any free port).")
 @click.option("--models", "model_names", type=MODEL_CHOICE, multiple=True,
               help="A model to serve; repeat for several (default: all three).")
-@click.option("--server-threads", type=click.IntRange(min=1), default=4, show_default=True,
-              help="waitress worker threads, i.e. requests handled at once.")
+@click.option("--server-threads", type=click.IntRange(min=1), default=None,
+              help="waitress worker threads, i.e. requests handled at once (default 8: drawings keep a free "
+                   "thread while photos of numbers are read).")
 @click.option("--in-browser", is_flag=True,
               help="Also let the page run the models in the visitor's browser (plain JavaScript), "
                    "switchable on the page.")
 @backend_option()
 @threads_option
 @friendly_errors
-def serve_command(host: str, port: int, model_names: tuple[str, ...], server_threads: int, in_browser: bool,
-                  backend: str, threads: int | None) -> None:
+def serve_command(host: str, port: int, model_names: tuple[str, ...], server_threads: int | None,
+                  in_browser: bool, backend: str, threads: int | None) -> None:
     """Serve the web demo (draw a digit, see the models read it) and its JSON API with waitress."""
     for needed in ("flask", "waitress"):
         require(needed, "web", "the web demo")
@@ -745,8 +755,8 @@ def serve_command(host: str, port: int, model_names: tuple[str, ...], server_thr
     names = list(dict.fromkeys(model_names)) or None
     web.check_host(host, port)  # before any download
     try:
-        web.serve(host, port, names, threads=server_threads, backend=backend.lower(), announce=click.echo,
-                  in_browser=in_browser)
+        web.serve(host, port, names, threads=server_threads or web.DEFAULT_SERVER_THREADS,
+                  backend=backend.lower(), announce=click.echo, in_browser=in_browser)
     except OSError as err:
         raise click.ClickException(f"cannot serve on {host}:{port}: {err.strerror or err}") from None
     click.echo("stopped")

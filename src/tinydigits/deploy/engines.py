@@ -7,6 +7,11 @@ PyTorch model it came from.
 (docs/BENCHMARKS.md): OpenVINO for batches (about twice ONNX Runtime's throughput), ONNX Runtime
 for single pictures (the lowest batch-1 latency), PyTorch when neither is installed or the
 model runs on a GPU.
+
+A number reader (:data:`tinydigits.models.READERS`) runs on the same engines: its engine maps
+a batch of strips [N, 1, 32, W] (W a multiple of :data:`tinydigits.strips.COLUMN`, any from
+one call to the next) to log-probabilities [N, 11, W / COLUMN], and says ``task == "number"`` so that
+:func:`tinydigits.read.read_number` reads with it.
 """
 
 from __future__ import annotations
@@ -25,17 +30,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data import MNIST
 from ..errors import first_line, require
 from ..evaluate import evaluate_log_probs, predict_log_probs
 from ..io import WeightsError, file_sha256
-from ..models import MODELS, get_spec, model_with_conv_shapes
+from ..models import REGISTRY, get_spec, model_with_conv_shapes
 from ..runtime import cache_dir, package_version, resolve_threads, select_device
+from ..sequence import greedy_decode
+from ..strips import COLUMN, STRIP_HEIGHT, batch_strips, number_set, number_strip
 from ..weights import load_model
 from . import ExportError
 from .export import FP32_TOLERANCE, MODEL_KEY, ExportResult, export_onnx
 
 BACKENDS = ("auto", "torch", "torchscript", "onnxruntime", "openvino")
-LogProbs = Callable[[torch.Tensor], torch.Tensor]  # normalized images [N, 1, 28, 28] -> [N, 10]
+# Normalized images [N, 1, 28, 28] -> [N, 10]; a reader's strips [N, 1, 32, W] -> [N, 11, W / COLUMN].
+LogProbs = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _installed(module: str) -> bool:
@@ -94,7 +103,7 @@ def read_onnx_graph(path: str | Path) -> OnnxGraph | None:
                       if op.startswith("QLinear") or domain == "com.microsoft")
     quantized = bool(ort_int8) or any(op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
                                              "ConvInteger", "MatMulInteger") for _, op in ops)
-    return OnnxGraph(named if named in MODELS else None, shapes, quantized, tuple(ort_int8))
+    return OnnxGraph(named if named in REGISTRY else None, shapes, quantized, tuple(ort_int8))
 
 
 def check_onnx_model(path: str | Path, model_name: str, graph: OnnxGraph | None) -> None:
@@ -109,7 +118,7 @@ def check_onnx_model(path: str | Path, model_name: str, graph: OnnxGraph | None)
         found, how = model_with_conv_shapes(graph.conv_shapes), "by its convolutions' shapes"
         if found is None:
             raise ExportError(f"{path}: not a {expected} model (its convolutions' shapes are none of "
-                              f"{', '.join(MODELS)}'s)")
+                              f"{', '.join(REGISTRY)}'s)")
     else:
         return
     if found != expected:
@@ -159,7 +168,7 @@ def _openvino_engine(path: Path, batch_size: int, threads: int | None) -> LogPro
         # share_inputs: no copy of the batch going in; .copy(): the request reuses its output buffer
         outputs = [torch.from_numpy(local.request.infer({0: images[i : i + batch_size]}, share_inputs=True)[0]
                                     .copy()) for i in range(0, len(images), batch_size)]
-        return torch.cat(outputs) if outputs else torch.empty(0, 10)
+        return torch.cat(outputs)
 
     return run
 
@@ -172,9 +181,21 @@ def _onnx_engine(path: Path, batch_size: int, threads: int | None) -> LogProbs:
         images = images.detach().cpu().float().contiguous()
         outputs = [torch.from_numpy(session.run(None, {name: images[i : i + batch_size].numpy()})[0])
                    for i in range(0, len(images), batch_size)]
-        return torch.cat(outputs) if outputs else torch.empty(0, 10)
+        return torch.cat(outputs)
 
     return run
+
+
+def _empty_answer(images: torch.Tensor) -> torch.Tensor:
+    """The log-probabilities of an empty batch: [0, 10], or [0, 11, W / COLUMN] for strips (32 rows)."""
+    if images.dim() == 4 and images.shape[2] == STRIP_HEIGHT:
+        return torch.empty(0, 11, images.shape[3] // COLUMN)
+    return torch.empty(0, 10)
+
+
+def _answering_empty(run: LogProbs) -> LogProbs:
+    """``run``, with an empty batch answered here: OpenVINO refuses to run one."""
+    return lambda images: run(images) if len(images) else _empty_answer(images)
 
 
 def _torchscript_engine(path: Path, batch_size: int) -> LogProbs:
@@ -212,12 +233,12 @@ def open_exported(path: str | Path, backend: str | None = None, batch_size: int 
         run = engine(path, batch_size, threads)  # an unreadable file fails here, saying why
         if model_name is not None:
             check_onnx_model(path, model_name, graph)
-        return run
+        return _answering_empty(run)
     if backend == "torchscript":
         if not torchscript:
             raise ExportError(f"{path}: not a TorchScript archive; use --backend auto, torch, onnxruntime "
                               "or openvino")
-        return _torchscript_engine(path, batch_size)
+        return _answering_empty(_torchscript_engine(path, batch_size))
     raise ExportError(f"unknown backend {backend!r} for an exported file; "
                       "choose torchscript, onnxruntime or openvino")
 
@@ -272,10 +293,12 @@ def auto_backend(weights: str | Path, batch: bool = True, device: str | None = N
 
 @dataclass(frozen=True)
 class Engine:
-    """A model ready to run: ``engine(images)`` gives log-probabilities; ``backend`` says how."""
+    """A model ready to run: ``engine(images)`` gives log-probabilities; ``backend`` says how,
+    ``task`` what it reads (``"digit"``, or ``"number"``: a reader's strips)."""
 
     backend: str
     run: LogProbs
+    task: str = "digit"
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.run(images)
@@ -287,9 +310,11 @@ def open_engine(model_name: str, weights: str | Path, backend: str = "auto", dev
     ``batch`` tells ``auto`` whether it will see batches or single pictures). ``torch``
     loads a weights file (safetensors or a reference ``.pt``/``.pth`` state_dict);
     ``onnxruntime`` and ``openvino`` run an ONNX file, or a weights file through its cached
-    ONNX export; ``torchscript`` runs a TorchScript file. A bad file fails here, before any
-    image is read."""
+    ONNX export; ``torchscript`` runs a TorchScript file. A number reader (``reader``,
+    ``reader-small``) runs on all but ``torchscript``, its strips of any width. A bad file
+    fails here, before any image is read."""
     weights = Path(weights)
+    task = get_spec(model_name).task
     if backend not in BACKENDS:
         raise ExportError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if not weights.is_file():
@@ -300,13 +325,16 @@ def open_engine(model_name: str, weights: str | Path, backend: str = "auto", dev
     is_onnx, torchscript = weights.suffix.lower() == ".onnx", is_torchscript_file(weights)
     if backend in ("onnxruntime", "openvino") and not is_onnx and not torchscript:
         try:
-            return Engine(backend, _open_cached(model_name, weights, backend, threads))
+            return Engine(backend, _open_cached(model_name, weights, backend, threads), task)
         except ExportError:
             if not automatic:
                 raise
             backend = "torch"  # no usable cache (a read-only home, say): auto still works
+    if backend == "torchscript" and task == "number":
+        raise ExportError(f"{model_name} does not run on torchscript (readers export as ONNX only); "
+                          "choose --backend auto, torch, onnxruntime or openvino")
     if backend != "torch":
-        return Engine(backend, open_exported(weights, backend, threads=threads, model_name=model_name))
+        return Engine(backend, open_exported(weights, backend, threads=threads, model_name=model_name), task)
     if is_onnx:
         raise ExportError(f"{weights}: an ONNX file; evaluate it with --backend onnxruntime or openvino")
     if torchscript:
@@ -314,7 +342,7 @@ def open_engine(model_name: str, weights: str | Path, backend: str = "auto", dev
         raise ExportError(f"{weights}: a TorchScript program, not a state_dict; "
                           "evaluate it with --backend torchscript if you trust it")
     model = load_model(model_name, weights, device=select_device(device))
-    return Engine("torch", lambda images: predict_log_probs(model, images))
+    return Engine("torch", _answering_empty(lambda images: predict_log_probs(model, images)), task)
 
 
 def predict_log_probs_file(path: str | Path, images: torch.Tensor, backend: str | None = None,
@@ -367,4 +395,43 @@ def check_export(model: nn.Module, result: ExportResult, images: torch.Tensor,
         raise ExportError(f"{result.path}: does not match PyTorch within {FP32_TOLERANCE:g} "
                           f"({check.prediction_mismatches} predictions differ, max |log-prob difference| "
                           f"{check.max_abs_diff:.2e})")
+    return check
+
+
+def reader_check_strips(count: int = 50, mnist: MNIST | None = None,
+                        data_dir: str | Path | None = None) -> list[torch.Tensor]:
+    """The strips of the first ``count`` pictures of the touching test set
+    (:func:`tinydigits.strips.number_set`, of ``mnist`` or the set in ``data_dir``), each its
+    own width: what a reader's export is checked on."""
+    pictures = number_set("touching", count=count, mnist=mnist, data_dir=data_dir)
+    return [number_strip(picture.data).pixels for picture in pictures]
+
+
+def compare_reader(model: nn.Module, engine: LogProbs, strips: list[torch.Tensor]) -> Comparison:
+    """A number reader's engine (an export's, say) against the PyTorch ``model`` on the same
+    strips: each strip alone, at its own width, then all of them in one padded batch. ``count``
+    is the readings compared (twice the strips), ``prediction_mismatches`` those whose greedy
+    decoding differs, ``max_abs_diff`` over each strip's own columns (not the padding)."""
+    reference = copy.deepcopy(model).cpu().eval()
+    worst, differ = 0.0, 0
+    for group in [*([strip] for strip in strips), strips] if strips else []:
+        batch, lengths = batch_strips(group)
+        with torch.no_grad():
+            expected = reference(batch)
+        got = engine(batch)
+        for row, length in enumerate(lengths.tolist()):
+            mine, theirs = got[row, :, :length], expected[row, :, :length]
+            worst = max(worst, float((mine - theirs).abs().max()))
+            differ += [s.digit for s in greedy_decode(mine)] != [s.digit for s in greedy_decode(theirs)]
+    return Comparison(count=2 * len(strips), max_abs_diff=worst, prediction_mismatches=differ)
+
+
+def check_reader_export(model: nn.Module, result: ExportResult, strips: list[torch.Tensor]) -> Comparison:
+    """:func:`compare_reader` on an exported file (run by ONNX Runtime), held to
+    :data:`FP32_TOLERANCE` and the same readings, or this raises."""
+    check = compare_reader(model, open_exported(result.path), strips)
+    if not check.ok(FP32_TOLERANCE):
+        raise ExportError(f"{result.path}: does not match PyTorch within {FP32_TOLERANCE:g} "
+                          f"({check.prediction_mismatches} of {check.count} readings differ, max |log-prob "
+                          f"difference| {check.max_abs_diff:.2e})")
     return check

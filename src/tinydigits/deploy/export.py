@@ -1,7 +1,9 @@
 """Writing exported models: ONNX (fp32, or int8 after BatchNorm folding) and TorchScript.
 
-Every file is written atomically; :mod:`tinydigits.deploy.engines` runs the files and
-checks them against PyTorch (``check_export``).
+The number readers export as fp32 ONNX only, with dynamic batch and width axes; the other
+formats are for the digit classifiers. Every file is written atomically;
+:mod:`tinydigits.deploy.engines` runs the files and checks them against PyTorch
+(``check_export``).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import torch
 from torch import nn
 
 from ..data import normalize
-from ..errors import require
+from ..errors import ConfigError, require
 from ..io import atomic_write
-from ..models import conv_shapes, model_with_conv_shapes
+from ..models import MODELS, READERS, NumberReader, conv_shapes, get_spec, model_with_conv_shapes
+from ..strips import COLUMN
 from . import ExportError
 from .fold import fold_batchnorm
 
@@ -40,8 +43,24 @@ MODEL_KEY = "tinydigits.model"  # the metadata_props entry naming the model a fi
 # ------------------------------------------------------------------------ exporting
 
 
-def _dummy_input(batch: int = 2) -> torch.Tensor:
-    return torch.zeros(batch, 1, 28, 28)
+def _dummy_input(model: nn.Module, batch: int = 2) -> torch.Tensor:
+    """An input of the shape ``model`` takes: a 28x28 digit, or a reader's strip (any width
+    that is a multiple of :data:`~tinydigits.strips.COLUMN`; 64 here)."""
+    return torch.zeros(batch, 1, 32, 64) if isinstance(model, NumberReader) else torch.zeros(batch, 1, 28, 28)
+
+
+def refuse_reader(model: str | nn.Module, fmt: str, int8: bool = False) -> None:
+    """A one-line error for a number reader (a registry name or a module) in any format but
+    fp32 ONNX, the only one written and checked for readers; nothing for a digit model."""
+    if isinstance(model, nn.Module):
+        reader = isinstance(model, NumberReader)
+    else:
+        reader = get_spec(model).task == "number"
+    if not reader or (fmt.lower() == "onnx" and not int8):
+        return
+    asked = "--int8" if int8 else f"--format {fmt.lower()}"
+    raise ConfigError(f"{asked} is for the digit models ({', '.join(MODELS)}); a number reader "
+                      f"({', '.join(READERS)}) exports as fp32 ONNX only: --format onnx without --int8")
 
 
 def ensure_directory(directory: Path, subject: Path | None = None) -> None:
@@ -200,15 +219,22 @@ def _shrink_onnx(model: Any) -> None:
 
 
 def onnx_proto(model: nn.Module) -> Any:
-    """The ONNX ModelProto of an eval-mode model, batch dimension dynamic, all weights inline."""
+    """The ONNX ModelProto of an eval-mode model, batch dimension dynamic (and a number
+    reader's width: ``images`` [batch, 1, 32, width] -> ``log_probs`` [batch, 11, columns]),
+    all weights inline."""
     require("onnx", "export", "ONNX export")
     require("onnxscript", "export", "ONNX export")  # torch's ONNX exporter runs on it
     model = copy.deepcopy(model).cpu().eval()
-    batch = torch.export.Dim("batch", min=1)
+    dynamic: dict[int, Any] = {0: torch.export.Dim("batch", min=1)}
+    reader = isinstance(model, NumberReader)
+    if reader:
+        # A multiple of COLUMN, as strips.batch_strips pads them: the poolings along the width
+        # then leave no remainder, which the exporter would otherwise have to guard against.
+        dynamic[3] = COLUMN * torch.export.Dim("columns", min=1)
     with _quiet(), tempfile.TemporaryDirectory() as tmp:
         program = torch.onnx.export(
-            model, (_dummy_input(),), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},), opset_version=OPSET, external_data=False, verbose=False,
+            model, (_dummy_input(model),), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_shapes=(dynamic,), opset_version=OPSET, external_data=False, verbose=False,
         )
         assert program is not None
         # Saving and reloading gives a plain ModelProto with every tensor stored inline.
@@ -218,6 +244,9 @@ def onnx_proto(model: nn.Module) -> Any:
 
         proto = onnx.load(str(path))
     _compact_onnx(proto)
+    if reader:  # readable names for the exporter's symbols ("2*columns", "s63")
+        proto.graph.input[0].type.tensor_type.shape.dim[3].dim_param = "width"
+        proto.graph.output[0].type.tensor_type.shape.dim[2].dim_param = "columns"
     return proto
 
 
@@ -246,7 +275,9 @@ def _model_name(model: nn.Module, model_name: str | None) -> str | None:
 def export_onnx(model: nn.Module, path: str | Path, *, model_name: str | None = None) -> Path:
     """Write ``model`` as one self-contained ONNX file (no external ``.data`` file) whose
     input ``images`` [N, 1, 28, 28] has a dynamic batch size N; output ``log_probs`` [N, 10].
-    The file's metadata names the model (``model_name``, by default found from its shapes)."""
+    A number reader's input is [N, 1, 32, W], W a multiple of :data:`~tinydigits.strips.COLUMN`,
+    output [N, 11, W / COLUMN], both N and W dynamic. The file's metadata names the model
+    (``model_name``, by default found from its shapes)."""
     path = Path(path)
     _check_writable(path)
     return _write_onnx(onnx_proto(model), path, _model_name(model, model_name))
@@ -254,12 +285,13 @@ def export_onnx(model: nn.Module, path: str | Path, *, model_name: str | None = 
 
 def export_torchscript(model: nn.Module, path: str | Path) -> Path:
     """Write a traced TorchScript archive, loadable with ``torch.jit.load`` alone (no tinydigits)."""
+    refuse_reader(model, "torchscript")
     path = Path(path)
     _check_writable(path)
     model = copy.deepcopy(model).cpu().eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
-        traced = torch.jit.trace(model, _dummy_input())
+        traced = torch.jit.trace(model, _dummy_input(model))
         return _write(path, lambda tmp: torch.jit.save(traced, str(tmp)))
 
 
@@ -284,6 +316,7 @@ def int8_onnx_proto(model: nn.Module, calibration_images: torch.Tensor) -> Any:
     quantization (per-channel int8 weights, uint8 activations) calibrated on
     ``calibration_images`` (normalized, [N, 1, 28, 28]; use training images, never test ones).
     The C export translates this same graph, so the two share every quantization parameter."""
+    refuse_reader(model, "onnx", int8=True)
     require("onnxruntime", "export", "int8 export")
     import onnx
     from onnxruntime.quantization import (
@@ -333,9 +366,12 @@ class ExportResult:
     size_bytes: int
 
 
-def check_format(fmt: str, int8: bool = False) -> str:
-    """The normalized format name; one-line errors for an unknown one or int8 TorchScript."""
+def check_format(fmt: str, int8: bool = False, model_name: str | None = None) -> str:
+    """The normalized format name; one-line errors for an unknown one, int8 TorchScript, and
+    a number reader (``model_name``) in any format but fp32 ONNX."""
     fmt = fmt.lower()
+    if model_name is not None:
+        refuse_reader(model_name, fmt, int8)
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if int8 and fmt != "onnx":
@@ -352,10 +388,11 @@ def export_model(
     calibration_images: torch.Tensor | None = None,
     model_name: str | None = None,
 ) -> ExportResult:
-    """Export ``model`` in format ``fmt`` (``onnx`` or ``torchscript``); ``int8`` (ONNX only)
-    needs ``calibration_images``. ONNX files name the model in their metadata (``model_name``,
-    by default found from the model's shapes)."""
+    """Export ``model`` in format ``fmt`` (``onnx`` or ``torchscript``); ``int8`` (ONNX only,
+    digit models only) needs ``calibration_images``. ONNX files name the model in their
+    metadata (``model_name``, by default found from the model's shapes)."""
     fmt = check_format(fmt, int8)
+    refuse_reader(model, fmt, int8)
     if int8:
         if calibration_images is None:
             raise ExportError("int8 export needs calibration images")

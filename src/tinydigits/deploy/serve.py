@@ -6,15 +6,19 @@ under waitress, a production WSGI server, on loopback by default.
 
 API (all answers are JSON; errors are ``{"error": "..."}`` with a 4xx status):
 
-* ``GET /api/models``: the served models with parameters and accuracy.
+* ``GET /api/models``: the served digit models (``models``, ``default``) and number readers
+  (``readers``, ``default_reader``) with parameters and accuracy.
 * ``POST /api/predict``: an image as multipart field ``image`` or as JSON
   ``{"image": "data:image/png;base64,...", "model": "medium"}`` (``model`` is optional,
   also accepted as a form field or query parameter). The image goes through the very
-  same :func:`tinydigits.preprocess.load_image` / :func:`~tinydigits.preprocess.to_mnist`
-  / :func:`tinydigits.predict.classify` path as ``tinydigits predict``.
-* ``POST /api/read``: the same upload as ``/api/predict``; the number in the picture, read
-  left to right (:func:`tinydigits.read.read_number`), and each digit's box (in the
-  picture's pixels), digit and probability.
+  same :func:`tinydigits.predict.predict_image` as ``tinydigits predict``, so the answer
+  also says (``separate_digits``, ``warning``) when the picture holds several digits.
+* ``POST /api/read``: the same upload as ``/api/predict``, with an optional ``method``
+  (``auto``, ``sequence``, ``segment``); the number in the picture, read left to right
+  (:func:`tinydigits.read.read_number`), and each digit's box (in the picture's own
+  pixels, as stored and turned upright), digit and probability. By default the number
+  reader reads it; ``auto`` segments with a digit model when the request names one (as
+  the page does), ``segment`` with the named digit model (default ``medium``).
 
 Flask and waitress are imported here only, so the core package does not need them
 (``pip install 'tinydigits[web]'``).
@@ -24,6 +28,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import dataclasses
 import io
 import logging
 import threading
@@ -39,10 +45,10 @@ from torch import nn
 from werkzeug.exceptions import HTTPException
 
 from ..errors import ConfigError, TinyDigitsError, first_line
-from ..models import MODELS, get_spec
-from ..predict import Classifier, classify
-from ..preprocess import WORK_SIDE, PreprocessError, load_image, to_mnist
-from ..read import read_number
+from ..models import MODELS, READERS, get_spec
+from ..predict import Classifier, predict_image
+from ..preprocess import FORMATS, WORK_SIDE, PreprocessError, load_image
+from ..read import METHODS, Reading, read_number
 from ..weights import load_model, pretrained_path
 from .engines import open_engine
 from .static_site import (
@@ -55,11 +61,18 @@ from .static_site import (
     web_manifest,
 )
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MAX_IMAGE_PIXELS", "MAX_UPLOAD_BYTES", "ApiError",
-           "BackgroundServer", "check_host", "create_app", "serve"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_READER", "DEFAULT_SERVER_THREADS", "MAX_IMAGE_PIXELS",
+           "MAX_UPLOAD_BYTES", "ApiError", "BackgroundServer", "check_host", "create_app", "serve"]
 
+DEFAULT_READER = "reader"  # served beside digit models given by name: /api/read's default
 DEFAULT_HOST = "127.0.0.1"  # loopback: the demo is for this machine unless asked otherwise
 DEFAULT_PORT = 8000
+# waitress worker threads. Numbers are read one at a time and each request waiting its turn holds
+# a thread, so there must be more threads than clients posting photos to /api/read, or drawings
+# sent to /api/predict wait behind them for a thread: with 4 clients posting 12 MP photos, a
+# drawing took 31 ms (5.5 times its 5.6 ms alone) with 4 threads, 12.5 ms (1.75 times) with 8,
+# on 2 cores (AMD EPYC).
+DEFAULT_SERVER_THREADS = 8
 # A phone photo is a few MB; anything much larger is refused before it is read (413).
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 # And a picture of more pixels than a phone's usual 12-megapixel photo (4032x3024, 4080x3072)
@@ -90,6 +103,58 @@ def _is_api(path: str) -> bool:
     return path == "/api" or path.startswith("/api/")
 
 
+def _shown(text: str) -> str:
+    """A client's value quoted for an error message: not megabytes of it."""
+    return f"{text[:40]!r}" + ("..." if len(text) > 40 else "")
+
+
+class _ModelFailure(TinyDigitsError):
+    """A model, not the picture, failed: a server bug, answered 500 rather than the client's 400."""
+
+
+class _Run:
+    """A served model as one request's pipeline calls it (``predict_image``, ``read_number``):
+    its calls timed, and its failures told apart from the picture's. One per request, as it
+    keeps the request's time; ``task`` lets ``read_number`` tell a reader."""
+
+    def __init__(self, model: Classifier, task: str) -> None:
+        self.model = model
+        self.task = task
+        self.seconds = 0.0
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        started = time.perf_counter()
+        try:
+            with torch.no_grad():  # modules are in eval mode since create_app
+                return self.model(inputs)
+        except Exception as err:
+            raise _ModelFailure(f"{type(err).__name__}: {err}") from err
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
+def _stored_size(data: bytes, image: Image.Image) -> tuple[int, int, int]:
+    """How many stored pixels each pixel of ``image`` (decoded from ``data``, maybe in JPEG
+    draft mode, and turned upright) spans, and the picture's upright size, as its client
+    shows it. Only the header is read again. A draft decodes at 1/s (s = 1, 2, 4 or 8) to
+    ceil(side / s) pixels, which tells both s and whether EXIF turned the picture."""
+    with Image.open(io.BytesIO(data), formats=FORMATS) as stored:
+        width, height = stored.size
+    scale = max(1, round(max(width, height) / max(image.size)))
+    fits = scale * (image.width - 1) < width <= scale * image.width  # not turned a quarter
+    return (scale, width, height) if fits else (scale, height, width)
+
+
+def _in_stored_pixels(reading: Reading, data: bytes, image: Image.Image) -> Reading:
+    """``reading`` (of ``image``, decoded from ``data``) with its boxes in the stored picture's
+    pixels, where the client draws them, and inside it (the sequence reader's boxes span
+    whole working pixels, which can reach past the edge of a picture a few pixels wide)."""
+    scale, width, height = _stored_size(data, image)
+    return Reading(reading.number, [
+        dataclasses.replace(d, x=d.x * scale, y=d.y * scale, width=min(d.width * scale, width - d.x * scale),
+                            height=min(d.height * scale, height - d.y * scale)) for d in reading.digits])
+
+
 def _png_data_url(image: torch.Tensor) -> str:
     buffer = io.BytesIO()
     Image.fromarray(image.numpy()).save(buffer, format="PNG")  # uint8 [28, 28] -> grayscale PNG
@@ -110,14 +175,15 @@ def _decode_data_url(text: Any) -> bytes:
         raise ApiError(400, 'JSON field "image" is not valid base64') from None
 
 
-def _read_request() -> tuple[bytes, str | None]:
-    """The image bytes and the model name asked for (or None), from multipart or JSON."""
+def _read_request(fields: Sequence[str] = ("model",)) -> tuple[bytes, dict[str, str | None]]:
+    """The image bytes and the text ``fields`` asked for (None where not given: form field,
+    JSON field or query parameter), from multipart or JSON."""
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
         upload = request.files.get("image")  # reading the body enforces MAX_CONTENT_LENGTH (413)
         if upload is None:
             raise ApiError(400, 'no file in multipart field "image"')
-        return upload.read(), request.form.get("model") or request.args.get("model")
+        return upload.read(), {field: request.form.get(field) or request.args.get(field) for field in fields}
     if mimetype == "application/json":
         try:
             payload = request.get_json(silent=True)
@@ -127,10 +193,11 @@ def _read_request() -> tuple[bytes, str | None]:
             raise ApiError(400, "the body is not a JSON object")
         if "image" not in payload:
             raise ApiError(400, 'JSON field "image" is missing')
-        model = payload.get("model", request.args.get("model"))
-        if model is not None and not isinstance(model, str):
-            raise ApiError(400, 'JSON field "model" must be a string')
-        return _decode_data_url(payload["image"]), model
+        values = {field: payload.get(field, request.args.get(field)) for field in fields}
+        for field, value in values.items():
+            if value is not None and not isinstance(value, str):
+                raise ApiError(400, f'JSON field "{field}" must be a string')
+        return _decode_data_url(payload["image"]), values
     raise ApiError(415, f"unsupported content type {mimetype or '(none)'!r}; send multipart/form-data "
                         'with a file field "image", or application/json with a data URL in "image"')
 
@@ -144,13 +211,15 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
     JavaScript kernels of a static export): ``/models/<name>.json`` is served too, and
     ``models.json`` offers both.
 
-    ``models`` are model names (their shipped weights run on ``backend``, by default the
-    fastest engine installed for single pictures: see :mod:`tinydigits.deploy.engines`), or
-    loaded modules by name, run by PyTorch and taken to hold the shipped weights unless
-    ``pretrained`` is False (then no accuracy is reported); by default all three. ``medium``
-    is the default model when a request names none, else the first one. Uploads over
-    ``max_upload_bytes`` get a 413, images of more than ``max_image_pixels`` a 400, before
-    they are decoded.
+    ``models`` are digit models and number readers: model names (their shipped weights run on
+    ``backend``, by default the fastest engine installed for single pictures: see
+    :mod:`tinydigits.deploy.engines`; the shipped ``reader`` joins names that include no
+    reader), or loaded modules by name, served as given, run by PyTorch and taken to hold the
+    shipped weights unless ``pretrained`` is False (then no accuracy is reported); by default
+    the three digit models and the reader. ``medium`` is the default digit model when a
+    request names none, else the first one; ``reader`` the default reader, else the first.
+    Uploads over ``max_upload_bytes`` get a 413, images of more than ``max_image_pixels`` a
+    400, before they are decoded.
     """
     if models is None:
         models = list(MODELS)
@@ -158,25 +227,37 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
     if isinstance(models, Mapping):
         loaded = {get_spec(name).name: model.eval() for name, model in models.items()}
     else:
+        names = list(dict.fromkeys(get_spec(name).name for name in models))
+        if names and not any(name in READERS for name in names):
+            names.append(DEFAULT_READER)
         # One intra-op thread per call: a single picture is too small to share out, and the
         # server's threads run several calls at once.
-        loaded = {get_spec(name).name: open_engine(name, pretrained_path(name), backend, batch=False,
-                                                   threads=1) for name in models}
-    if not loaded:
-        raise ConfigError("no models to serve")
-    default = "medium" if "medium" in loaded else next(iter(loaded))
+        loaded = {name: open_engine(name, pretrained_path(name), backend, batch=False, threads=1)
+                  for name in names}
+    digits = {name: model for name, model in loaded.items() if name not in READERS}
+    readers = {name: model for name, model in loaded.items() if name in READERS}
+    if not digits:
+        raise ConfigError(f"no digit model to serve (the page and /api/predict need one); "
+                          f"add one of: {', '.join(MODELS)}")
+    default = "medium" if "medium" in digits else next(iter(digits))
+    default_reader = DEFAULT_READER if DEFAULT_READER in readers else next(iter(readers), None)
     # Pictures are preprocessed one at a time, while waitress's other threads decode, read
     # requests, classify and write answers. Preprocessing is many small numpy calls (the GIL,
     # numpy's BLAS threads): run in parallel they only contended, and the load test answered
     # about a quarter fewer requests per second.
     one_at_a_time = threading.Lock()
-    infos = [model_info(name, pretrained) for name in loaded]
+    # Numbers are read one at a time too, decoding included, but apart from the digits: a
+    # phone photo's reading takes several times a drawing's classification, and behind a
+    # queue of photos the page's drawings would wait; one reading at a time keeps one core
+    # for them on a 2-core machine, where several decodes at once took both.
+    one_reading_at_a_time = threading.Lock()
+    infos = [model_info(name, pretrained) for name in digits]
+    reader_infos = [model_info(name, pretrained) for name in readers]
     weight_files: dict[str, bytes] = {}
-    if in_browser:
-        modules = models if isinstance(models, Mapping) else {name: load_model(name, pretrained=True)
-                                                              for name in loaded}
-        weight_files = {get_spec(name).name: browser_model_bytes(module, get_spec(name).name)
-                        for name, module in modules.items()}
+    if in_browser:  # the page's kernels run the digit models (a reader reads on the server)
+        modules = ({name: models[name] for name in digits} if isinstance(models, Mapping)
+                   else {name: load_model(name, pretrained=True) for name in digits})
+        weight_files = {name: browser_model_bytes(module, name) for name, module in modules.items()}
     page_models = models_document(infos, default, ["server", "browser"] if weight_files else ["server"],
                                   {name: len(data) for name, data in weight_files.items()})
 
@@ -245,28 +326,55 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
 
     @app.get("/api/models")
     def list_models() -> Response:
-        return jsonify(models=infos, default=default, max_upload_bytes=max_upload_bytes)
+        return jsonify(models=infos, default=default, max_upload_bytes=max_upload_bytes, readers=reader_infos,
+                       default_reader=default_reader)
 
-    def upload() -> tuple[bytes, str]:
-        """The uploaded picture and the model asked for (404 for one not served)."""
-        data, name = _read_request()
-        name = (name or default).lower()
-        if name not in loaded:
-            shown = f"{name[:40]!r}" + ("..." if len(name) > 40 else "")  # not megabytes of it
-            raise ApiError(404, f"unknown model {shown}; this server has: {', '.join(loaded)}")
-        return data, name
+    def served(name: str) -> str:
+        """The served model of that name (any case); 404 for one not served."""
+        if name.lower() not in loaded:
+            raise ApiError(404, f"unknown model {_shown(name)}; this server has: {', '.join(loaded)}")
+        return name.lower()
 
-    def process(data: bytes, work: Callable[[Image.Image], Any], reduce_to: int | None) -> Any:
-        """Decode ``data`` and run ``work`` on the picture: a bad file is a 400, a picture
-        without the digits asked for (no ink, too many) a 422."""
+    def read_plan(name: str | None, method: str | None) -> tuple[str, str]:
+        """The model and method a /api/read request asks for (see the module docstring)."""
+        method = (method or "auto").lower()
+        if method not in METHODS:
+            raise ApiError(400, f"unknown method {_shown(method)}; choose one of: {', '.join(METHODS)}")
+        if not name:
+            name = default if method == "segment" or default_reader is None else default_reader
+        name = served(name)
+        if method == "auto":
+            return name, "sequence" if name in readers else "segment"
+        if method == "sequence" and name not in readers:
+            if not readers:
+                raise ApiError(400, "method 'sequence' needs a number reader, and this server has none; "
+                                    "use method 'segment'")
+            raise ApiError(400, f"method 'sequence' reads with a number reader: send model "
+                                f"{default_reader!r} or none")
+        if method == "segment" and name in readers:
+            raise ApiError(400, f"method 'segment' reads with a digit model ({', '.join(digits)}), "
+                                f"not the number reader {name!r}")
+        return name, method
+
+    def process(data: bytes, work: Callable[[Image.Image], Any], reduce_to: int | None,
+                lock: threading.Lock, decode_locked: bool = False) -> Any:
+        """Decode ``data`` and run ``work`` on the picture under ``lock`` (the decoding too with
+        ``decode_locked``): a bad file is a 400, a picture without the digits asked for (no
+        ink, too many) a 422, a model's failure a 500."""
         status = 400
         try:
-            image = load_image(data, max_pixels=max_image_pixels, reduce_to=reduce_to)
-            status = 422  # decoded: from here a PreprocessError means no ink
-            with one_at_a_time:
+            with contextlib.ExitStack() as held:
+                if decode_locked:
+                    held.enter_context(lock)
+                image = load_image(data, max_pixels=max_image_pixels, reduce_to=reduce_to)
+                status = 422  # decoded: from here a PreprocessError means no ink
+                if not decode_locked:
+                    held.enter_context(lock)
                 return work(image)
         except PreprocessError as err:
             raise ApiError(status, str(err)) from None
+        except _ModelFailure:
+            raise  # the unexpected-error handler logs it and answers 500
         except Exception as err:
             # Most likely a picture preprocessing does not foresee, so a 400 for the client;
             # but it may be a bug, so it is logged with its traceback.
@@ -277,30 +385,44 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
     @app.post("/api/read")
     def read() -> Response:
         started = time.perf_counter()
-        data, name = upload()
-        # Boxes are in the picture's own pixels, so it is decoded at full size.
-        reading = process(data, lambda image: read_number(image, loaded[name]), None)
+        data, fields = _read_request(("model", "method"))
+        name, method = read_plan(fields["model"], fields["method"])
+        run = _Run(loaded[name], "number" if name in readers else "digit")
+
+        def work(image: Image.Image) -> Reading:
+            return _in_stored_pixels(read_number(image, run, method), data, image)
+
+        # A JPEG is decoded in draft mode, at no less than the working size the reading
+        # reduces every picture to (a phone photo's full decode alone took most of the time).
+        reading = process(data, work, WORK_SIDE, one_reading_at_a_time, decode_locked=True)
+        milliseconds = round((time.perf_counter() - started) * 1000, 2)
         return jsonify(number=reading.number, digits=[digit.to_dict() for digit in reading.digits],
-                       model=name, milliseconds=round((time.perf_counter() - started) * 1000, 2))
+                       model=name, method=method, milliseconds=milliseconds)
 
     @app.post("/api/predict")
     def predict() -> Response:
         started = time.perf_counter()
-        data, name = upload()
-        # The same three steps as `tinydigits predict` (predict.predict_image), kept apart
-        # here so a bad file (400) is told from a picture without a digit (422) and the
-        # model's own time can be reported.
-        seen = process(data, to_mnist, WORK_SIDE)
-        inference_started = time.perf_counter()
-        ranked = classify(loaded[name], seen[None], top_k=10)[0]
-        finished = time.perf_counter()
+        data, fields = _read_request()
+        name = served(fields["model"] or default)
+        if name in readers:
+            raise ApiError(400, f"{name!r} is a number reader: post to /api/read, or choose a digit model: "
+                                f"{', '.join(digits)}")
+        run = _Run(digits[name], "digit")
+        # The same pipeline as `tinydigits predict`, on the picture decoded here, so a bad file
+        # (400) is told from a picture without a digit (422).
+        prediction = process(data, lambda image: predict_image(run, image, top_k=10), WORK_SIDE,
+                             one_at_a_time)
         probabilities = [0.0] * 10
-        for digit, probability in ranked:
+        for digit, probability in prediction.top_k:
             probabilities[digit] = probability
-        return jsonify(digit=ranked[0][0], probability=ranked[0][1], probabilities=probabilities,
-                       model=name, milliseconds=round((finished - started) * 1000, 2),
-                       inference_milliseconds=round((finished - inference_started) * 1000, 3),
-                       image=_png_data_url(seen))
+        # As `predict --json`: the count and warning only for a picture of several digits.
+        several = {key: value for key, value in prediction.to_dict().items()
+                   if key in ("separate_digits", "warning")}
+        return jsonify(digit=prediction.digit, probability=prediction.probability,
+                       probabilities=probabilities, model=name,
+                       milliseconds=round((time.perf_counter() - started) * 1000, 2),
+                       inference_milliseconds=round(run.seconds * 1000, 3),
+                       image=_png_data_url(prediction.image), **several)
 
     return app
 
@@ -358,8 +480,8 @@ class BackgroundServer:
 
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, models: Sequence[str] | None = None, *,
-          threads: int = 4, backend: str = "auto", announce: Callable[[str], Any] = print,
-          in_browser: bool = False) -> None:
+          threads: int = DEFAULT_SERVER_THREADS, backend: str = "auto",
+          announce: Callable[[str], Any] = print, in_browser: bool = False) -> None:
     """Serve the demo with waitress (``threads`` worker threads) until Ctrl-C or SIGTERM.
     ``port`` 0 picks a free port; the URL goes to ``announce`` once the socket listens."""
     import signal

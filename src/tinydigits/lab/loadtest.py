@@ -127,12 +127,16 @@ def drawn_samples(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return samples
 
 
-def phone_photo_jpeg(digit: torch.Tensor, size: tuple[int, int] = (4032, 3024)) -> bytes:
-    """A 12-megapixel JPEG, as a phone takes it: the digit written large on grey-white paper."""
-    side = size[1] // 2
-    ink = Image.fromarray(255 - digit.numpy()).resize((side, side), Image.Resampling.BILINEAR)
+def phone_photo_jpeg(digit: torch.Tensor | Image.Image, size: tuple[int, int] = (4032, 3024)) -> bytes:
+    """A 12-megapixel JPEG, as a phone takes it: an MNIST digit (uint8 [28, 28]), or a picture of
+    dark writing on light paper (a number, say), written large on grey-white paper, in the
+    middle, as large as fits in half the photo's height and two thirds of its width."""
+    ink = Image.fromarray(255 - digit.numpy()) if isinstance(digit, torch.Tensor) else digit.convert("L")
+    scale = min(size[0] * 2 // 3 / ink.width, size[1] // 2 / ink.height)
+    ink = ink.resize((round(ink.width * scale), round(ink.height * scale)), Image.Resampling.BILINEAR)
     photo = Image.new("L", size, 235)
-    photo.paste(ink.point(lambda v: 235 * v // 255), ((size[0] - side) // 2, (size[1] - side) // 2))
+    corner = ((size[0] - ink.width) // 2, (size[1] - ink.height) // 2)
+    photo.paste(ink.point(lambda v: 235 * v // 255), corner)
     buffer = io.BytesIO()
     photo.convert("RGB").save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
