@@ -15,7 +15,7 @@ from tinydigits.evaluate import predict_log_probs
 from tinydigits.io import WeightsError, read_metadata, save_weights
 from tinydigits.lab.publish import pick_seed, publish
 from tinydigits.lab.reproduce import load_results
-from tinydigits.models import MODELS, build_model, count_parameters
+from tinydigits.models import MODELS, REGISTRY, build_model, count_parameters
 from tinydigits.recipes import Recipe, get_recipe
 from tinydigits.weights import PRETRAINED_DIR, WeightsMeta, get_weights, load_model
 
@@ -105,7 +105,8 @@ def test_pick_seed_uses_validation_only_and_breaks_ties_by_lowest_seed():
 
 def test_manifest_matches_the_files():
     manifest = json.loads((PRETRAINED_DIR / "manifest.json").read_text())
-    assert set(manifest) == set(MODELS)
+    # Every digit model and the default number reader ship; a smaller reader may not.
+    assert set(MODELS) | {"reader"} <= set(manifest) <= set(REGISTRY)
     for name, entry in manifest.items():
         size = (PRETRAINED_DIR / entry["file"]).stat().st_size
         assert size == entry["bytes"] == get_weights(name).file_bytes
@@ -173,3 +174,8 @@ def test_torch_hub_loads_from_the_local_checkout():
     assert torch.equal(model(x), expected(x))
     untrained = torch.hub.load(str(ROOT), "mnist_ultrasmall", source="local", pretrained=False)
     assert sum(p.numel() for p in untrained.parameters()) == 4_464
+    # An entry point per registered model, none written by hand.
+    entries = torch.hub.list(str(ROOT), source="local")
+    assert set(entries) == {f"mnist_{name.replace('-', '_')}" for name in REGISTRY}
+    reader = torch.hub.load(str(ROOT), "mnist_reader", source="local", pretrained=True)
+    assert reader(torch.zeros(1, 1, 32, 40)).shape == (1, 11, 20)

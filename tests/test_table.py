@@ -79,3 +79,14 @@ def test_ablation_rows_are_computed_from_the_result_files(tmp_path):
     rows = ablation_table(tmp_path).splitlines()[2:]
     assert rows[0].startswith("| `baseline` | the recipe before this study | 99.10 ± 0.14 (2) | not run")
     assert rows[1].startswith("| `longer` | epochs 15 → 99 | 99.50 ± 0.14 (2) | not run | not run | —")
+
+
+def test_readme_readers_table_is_the_command_output():
+    from tinydigits.lab.table import READERS_BLOCK, readers_table
+
+    result = CliRunner().invoke(main, ["table", "--readers", "--results-dir", str(ROOT / "results")])
+    assert result.exit_code == 0, result.output
+    stale = "README readers table is stale: run `tinydigits table --readers --update-readme README.md`"
+    assert READERS_BLOCK.read((ROOT / "README.md").read_text()) == result.output, stale
+    assert result.output == readers_table(ROOT / "results")
+    assert CliRunner().invoke(main, ["table", "--readers", "--ablation"]).exit_code == 2
