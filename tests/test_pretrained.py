@@ -176,6 +176,7 @@ def test_torch_hub_loads_from_the_local_checkout():
     assert sum(p.numel() for p in untrained.parameters()) == 4_464
     # An entry point per registered model, none written by hand.
     entries = torch.hub.list(str(ROOT), source="local")
-    assert set(entries) == {f"mnist_{name.replace('-', '_')}" for name in REGISTRY}
+    expected_entries = {f"mnist_{name.replace('-', '_')}" for name in REGISTRY}
+    assert {entry for entry in entries if entry.startswith("mnist_")} == expected_entries
     reader = torch.hub.load(str(ROOT), "mnist_reader", source="local", pretrained=True)
     assert reader(torch.zeros(1, 1, 32, 40)).shape == (1, 11, 20)
