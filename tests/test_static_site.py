@@ -4,10 +4,12 @@ The site is exported with the real command, served by Python's plain static file
 127.0.0.1, and read by the browser alone: no request may go to an /api path or leave the
 origin. The page's JavaScript is compared with Python: its engine with PyTorch on the 10,000
 MNIST test images, its preprocessing with `to_mnist` on 50 drawn digits and 50 photos
-(scan-like and phone-like JPEGs), its number reading with `read_number` on 50 number pictures
-and 20 numbers drawn on the wide pad; and the page must work offline once loaded. Set
-TINYDIGITS_SCREENSHOT=1 to also refresh docs/static-site.png and docs/static-site.json (size,
-first-load and per-prediction times, parity figures), which the README quotes.
+(scan-like and phone-like JPEGs), its strips with `ink_strip` and its number reader with
+PyTorch on 50 pictures of touching numbers, its number reading with `read_number(...,
+method="sequence")` on those 50 pictures and 20 numbers drawn on the wide pad; and the page
+must work offline once loaded. Set TINYDIGITS_SCREENSHOT=1 to also refresh
+docs/static-site.png and docs/static-site.json (size, first-load and per-reading times,
+parity figures), which the README quotes.
 """
 
 from __future__ import annotations
@@ -31,22 +33,25 @@ from cli_helpers import one_line_error
 from click.testing import CliRunner
 from PIL import Image
 from scan_images import scan_like
-from web_helpers import CHROMIUM, DIGITS, STATIC_SCREENSHOT, Page, Stroke, shipped_models
+from web_helpers import CHROMIUM, DIGITS, STATIC_SCREENSHOT, Page, Stroke, shipped_models, shipped_reader
 
 from tinydigits import data
 from tinydigits.cli import main
 from tinydigits.deploy.static_site import MANIFEST
-from tinydigits.lab.numbers import number_pictures
 from tinydigits.markdown import GeneratedBlock
-from tinydigits.preprocess import PreprocessError, load_image, to_mnist
+from tinydigits.preprocess import WORK_SIDE, ink_map, load_image, to_mnist
 from tinydigits.read import read_number
+from tinydigits.segment import digit_groups
+from tinydigits.strips import batch_strips, ink_strip, number_set
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")
 pytest.importorskip("playwright.sync_api")
 FIGURES = STATIC_SCREENSHOT.with_suffix(".json")
 README = Path(__file__).resolve().parents[1] / "README.md"
 README_BLOCK = GeneratedBlock("static-site", "TINYDIGITS_SCREENSHOT=1 pytest tests/test_static_site.py")
-SITE_LIMIT = 200_000  # bytes: the issue's aim (its hard limit is 1 MB)
+# Bytes: the issue's hard limit is 1 MB (its aim was 200 KB, met until the number reader's
+# 75k fp32 parameters, 402 KB as base64, joined the three digit models' 97 KB).
+SITE_LIMIT = 700_000
 LOGP_TOLERANCE = 1e-4  # largest |log-probability difference| allowed between the page's engine and PyTorch
 
 
@@ -55,22 +60,28 @@ def summary(figures: dict) -> str:
     f = figures
     parts = [
         f"{f['site_bytes'] / 1e3:.0f} KB ({f['site_gzip_bytes'] / 1e3:.0f} KB gzipped, as hosts serve it),",
-        f"{f['weights_bytes'] / 1e3:.0f} KB of it the three models' weights. From navigation to all three",
+        f"{f['weights_bytes'] / 1e3:.0f} KB of it the models' weights",
+        f"({f['reader_weights_bytes'] / 1e3:.0f} KB the number reader's). From navigation to all four",
         f"models ready took {f['first_load_ms']:,} ms in headless Chromium, served from 127.0.0.1 (load",
         f"average {f['load_average']} on {f['cpus']} CPUs); a drawn digit was read in",
-        f"{f['drawn_digit_ms']} ms (median; preprocessing and MNIST-Medium), a photo in {f['photo_ms']} ms",
-        f"({f['photo_decode_ms']} ms of it the browser decoding the file; scan-like photos",
-        f"{f['photo_scan_ms']} ms, phone-like {f['photo_phone_ms']} ms). The page's engine gave PyTorch's",
-        f"digit on {f['engine_same_digit']:,} of {f['engine_images']:,} MNIST test images per model (all",
-        f"three; largest log-probability difference {f['engine_max_logp_diff']:.1e}). JavaScript",
+        f"{f['drawn_digit_ms']} ms (median; preprocessing and MNIST-Medium), a number drawn on the",
+        f"wide pad in {f['drawn_number_ms']} ms (median; ink map, strip and number reader), a photo of",
+        f"a digit in {f['photo_ms']} ms ({f['photo_decode_ms']} ms of it the browser decoding the",
+        f"file; scan-like photos {f['photo_scan_ms']} ms, phone-like {f['photo_phone_ms']} ms). The",
+        f"page's engine gave PyTorch's digit on {f['engine_same_digit']:,} of {f['engine_images']:,}",
+        "MNIST test images per model (all three; largest log-probability difference",
+        f"{f['engine_max_logp_diff']:.1e}) and the number reader's log-probabilities on the strips of",
+        f"{f['reader_strips']} pictures of touching numbers to within {f['reader_max_logp_diff']:.1e};",
+        f"its strips were `ink_strip`'s to within {f['strip_max_abs_diff']:.1e}. JavaScript",
         f"preprocessing gave the same 28x28 input as Python's `to_mnist` on {f['parity_drawings']} drawn",
         f"digits (mean absolute difference {f['parity_mean_abs_diff']:.4f}, largest",
         f"{f['parity_max_abs_diff']:.4f}, on 0-1 pixels; the same digit on {f['parity_same_prediction']})",
         f"and on {f['photos']} photos (mean {f['photo_mean_abs_diff']:.4f}, largest",
-        f"{f['photo_max_abs_diff']:.4f};",
-        f"{f['photo_exact']} identical; the same digit on {f['photo_same_digit']}); the page read the same",
-        f"number as `read_number` on {f['numbers_same']} of {f['numbers']} number pictures and",
-        f"{f['drawn_numbers_same']} of {f['drawn_numbers']} numbers drawn on the pad.",
+        f"{f['photo_max_abs_diff']:.4f}; {f['photo_exact']} identical; the same digit on",
+        f"{f['photo_same_digit']}); the page read the same number as",
+        f"`read_number(..., method=\"sequence\")` on {f['numbers_same']} of {f['numbers']} pictures of",
+        f"touching numbers ({f['numbers_ms']} ms each, median) and on {f['drawn_numbers_same']} of",
+        f"{f['drawn_numbers']} numbers drawn on the pad, with the same boxes.",
     ]
     return " ".join(parts) + "\n"
 
@@ -130,10 +141,10 @@ def _png_pixels(data_url: str) -> np.ndarray:
 SITE_FILES = [MANIFEST, "index.html", "manifest.webmanifest", "models.json", "sw.js", "static/app.js",
               "static/engine.js", "static/icon.svg", "static/preprocess.js", "static/read.js",
               "static/style.css",
-              "models/medium.json", "models/small.json", "models/ultrasmall.json"]
+              "models/medium.json", "models/small.json", "models/ultrasmall.json", "models/reader.json"]
 
 
-def test_the_export_is_a_self_contained_site_under_200_kb(site):
+def test_the_export_is_a_self_contained_site_under_700_kb(site):
     files = sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file())
     assert files == sorted(SITE_FILES)
     manifest = json.loads((site / MANIFEST).read_text())
@@ -142,10 +153,17 @@ def test_the_export_is_a_self_contained_site_under_200_kb(site):
     assert total <= SITE_LIMIT, f"the site is {total:,} bytes"
     document = json.loads((site / "models.json").read_text())
     assert document["inference"] == ["browser"] and document["default"] == "medium"
+    assert [info["name"] for info in document["models"]] == ["medium", "small", "ultrasmall"]
     for info in document["models"]:
         weights = site / info["weights"]
         assert weights.stat().st_size == info["weights_bytes"] < 45_000
         assert json.loads(weights.read_text())["format"] == "tinydigits-js-1"
+    reader = document["reader"]  # what "A number" mode runs
+    assert reader["name"] == "reader" and reader["weights"] == "models/reader.json"
+    weights = json.loads((site / reader["weights"]).read_text())
+    assert (site / reader["weights"]).stat().st_size == reader["weights_bytes"] < 450_000
+    assert weights["task"] == "number" and weights["input"] == [1, 32, None]
+    assert not any(layer["op"] == "affine" for layer in weights["layers"])  # every BatchNorm folded away
     html = (site / "index.html").read_text()
     head = html.split("<body")[0]
     assert 'src="static/app.js"' in html and "http:" not in head and "https:" not in head  # all from here
@@ -214,6 +232,7 @@ def test_digits_drawn_with_the_mouse_are_read_in_the_browser(browser, static, si
             files = [f for f in site.rglob("*") if f.is_file()]
             weights = sum(f.stat().st_size for f in (site / "models").iterdir())
             _record(site_bytes=sum(f.stat().st_size for f in files), weights_bytes=weights,
+                    reader_weights_bytes=(site / "models" / "reader.json").stat().st_size,
                     site_gzip_bytes=sum(len(gzip.compress(f.read_bytes(), 9)) for f in files),
                     first_load_ms=round(ready_ms), load_average=round(os.getloadavg()[0], 1),
                     cpus=os.cpu_count())
@@ -406,33 +425,115 @@ def test_photos_give_pythons_28x28_and_digit(browser, static, mnist, tmp_path):
 # ------------------------------------------------------------------ numbers
 
 
-def test_number_pictures_are_read_as_python_reads_them(browser, static, mnist, tmp_path):
-    medium = shipped_models()["medium"]
-    pictures = number_pictures(mnist, 35, seed=1000) + number_pictures(mnist, 15, seed=2000, touching=True)
+def _floats(values: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(values, dtype="<f4").tobytes()).decode()
+
+
+@functools.cache
+def touching_pictures() -> list:
+    """The first 50 pictures of the frozen test set of touching numbers (2-8 digits)."""
+    return number_set("touching", count=50)
+
+
+def test_the_page_makes_pythons_strips_and_pytorchs_log_probabilities(browser, static):
+    """On Python's own ink maps of 50 pictures of touching numbers: the page's strip is
+    `ink_strip`'s, and its reader gives PyTorch's log-probabilities on it."""
+    reader = shipped_reader()
     page = open_page(browser, static)
-    same = 0
+    strip_diff, logp_diff = 0.0, 0.0
     try:
-        p = page.page
-        p.get_by_label("A number").check()
-        for index, picture in enumerate(pictures):
-            path = tmp_path / f"number-{index}.{picture.format.lower()}"
-            path.write_bytes(picture.data)
-            upload(page, path)
-            expected = read_number(load_image(picture.data), medium).number  # as /api/read reads it
-            same += p.locator("#results .digit").inner_text() == expected
+        for picture in touching_pictures():
+            image = load_image(picture.data)
+            factor = max(1, math.ceil(max(image.size) / WORK_SIDE))  # as number_strip
+            ink = ink_map(image)
+            strip = ink_strip(ink, factor)
+            batch, _ = batch_strips([strip.pixels])
+            with torch.no_grad():
+                expected = reader(batch)[0].numpy()
+            ours = page.page.evaluate("""async ([encoded, width, height, factor]) => {
+                const R = window.tinydigitsRead;
+                const response = window.testReader ? null : await fetch("models/reader.json");
+                window.testReader ??= window.tinydigitsEngine.load(await response.json());
+                const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
+                const strip = R.inkStrip(new Float32Array(bytes.buffer), width, height, factor);
+                const { logProbs, columns } = R.readerOutput(window.testReader, strip);
+                const origin = [strip.left, strip.top, strip.scale];
+                return { pixels: Array.from(strip.pixels), width: strip.width, columns, origin,
+                         logProbs: Array.from(logProbs) };
+            }""", [_floats(ink), ink.shape[1], ink.shape[0], factor])
+            assert ours["width"] == strip.pixels.shape[-1] and ours["columns"] == expected.shape[1]
+            assert ours["origin"] == [strip.left, strip.top, strip.scale]
+            pixels = np.array(ours["pixels"], dtype=np.float32).reshape(strip.pixels.shape)
+            strip_diff = max(strip_diff, float(np.abs(pixels - strip.pixels.numpy()).max()))
+            logp_diff = max(logp_diff, float(np.abs(np.array(ours["logProbs"]).reshape(expected.shape)
+                                                    - expected).max()))
         page.check_stayed_local()
     finally:
         page.context.close()
     if os.environ.get("TINYDIGITS_SCREENSHOT"):
-        _record(numbers=len(pictures), numbers_same=same)
+        _record(reader_strips=50, strip_max_abs_diff=float(f"{strip_diff:.2e}"),
+                reader_max_logp_diff=float(f"{logp_diff:.2e}"))
+    assert strip_diff <= 1e-6, f"largest |strip pixel difference| {strip_diff:.2e}"
+    assert logp_diff <= LOGP_TOLERANCE, f"largest |log-probability difference| {logp_diff:.2e}"
+
+
+def test_number_pictures_are_read_as_python_reads_them(browser, static, tmp_path):
+    reader = shipped_reader()
+    pictures = touching_pictures()
+    page = open_page(browser, static)
+    same, right, times = 0, 0, []
+    try:
+        p = page.page
+        p.get_by_label("A number").check()
+        assert not p.locator("#models").is_visible()  # the number reader reads, whatever model is picked
+        for index, picture in enumerate(pictures):
+            path = tmp_path / f"number-{index}.{picture.format.lower()}"
+            path.write_bytes(picture.data)
+            upload(page, path)
+            # As /api/read reads it (the browser decodes a JPEG close to Pillow, not to the bit).
+            expected = read_number(load_image(picture.data), reader, method="sequence").number
+            shown = p.locator("#results .digit").inner_text()
+            same += shown == expected
+            right += shown == picture.number
+            times.append(p.evaluate("() => window.tinydigitsTimes.total"))
+            assert p.locator("#results .card").count() == 1
+        page.check_stayed_local()
+    finally:
+        page.context.close()
+    if os.environ.get("TINYDIGITS_SCREENSHOT"):
+        _record(numbers=len(pictures), numbers_same=same, numbers_right=right,
+                numbers_ms=round(float(np.median(times)), 1))
     assert same >= 0.98 * len(pictures), f"the same number as Python on {same} of {len(pictures)}"
+
+
+def shown_reading(page: Page) -> tuple[str, list[dict]]:
+    """The number shown, and each digit's box (in the pad's pixels) and probability."""
+    number = page.page.locator("#results .digit").inner_text()
+    digits = page.page.evaluate("""() => {
+        const pad = document.getElementById("pad");
+        const boxes = [...document.querySelectorAll("#boxes .box")];
+        const rows = [...document.querySelectorAll("#results .number-digits li")];
+        const px = (style, side) => Math.round(parseFloat(style) * side / 100);  // app.js writes percentages
+        return rows.map((row, i) => {
+            const { left, top, width, height } = boxes[i].style;
+            return { digit: Number(row.dataset.digit), probability: Number(row.dataset.p),
+                     box: { x: px(left, pad.width), y: px(top, pad.height), width: px(width, pad.width),
+                            height: px(height, pad.height) } };
+        });
+    }""")
+    return number, digits
+
+
+def canvas_png(page: Page) -> bytes:
+    canvas = page.page.evaluate("() => document.getElementById('pad').toDataURL('image/png')")
+    return base64.b64decode(canvas.split(",", 1)[1])
 
 
 def test_numbers_drawn_on_the_wide_pad_are_read_as_python_reads_them(browser, static):
     rng = np.random.default_rng(5)
-    medium = shipped_models()["medium"]
+    reader = shipped_reader()
     page = open_page(browser, static)
-    same, count = 0, 20
+    same, count, times = 0, 20, []
     try:
         p = page.page
         p.get_by_label("A number").check()
@@ -445,20 +546,50 @@ def test_numbers_drawn_on_the_wide_pad_are_read_as_python_reads_them(browser, st
                     strokes.append([((slot + 0.1 + 0.8 * x) / len(digits), 0.1 + 0.8 * y) for x, y in stroke])
             page.draw(strokes)
             page.idle()
-            canvas = p.evaluate("() => document.getElementById('pad').toDataURL('image/png')")
-            try:
-                expected = read_number(base64.b64decode(canvas.split(",", 1)[1]), medium).number
-            except PreprocessError:
-                expected = None
-            shown = p.locator("#results .digit").inner_text()
-            same += shown == expected
-            assert p.locator("#boxes .box").count() == len(shown)  # a box over each digit read
+            # The canvas's own pixels, so Python reads exactly what the page read.
+            expected = read_number(canvas_png(page), reader, method="sequence").to_dict()
+            number, shown = shown_reading(page)
+            same += number == expected["number"]
+            assert [d["box"] for d in shown] == [d["box"] for d in expected["digits"]]  # to the pixel
+            assert [d["probability"] for d in shown] == pytest.approx(
+                [d["probability"] for d in expected["digits"]], abs=1e-4)
+            times.append(p.evaluate("() => window.tinydigitsTimes.total"))
         page.check_stayed_local()
     finally:
         page.context.close()
     if os.environ.get("TINYDIGITS_SCREENSHOT"):
-        _record(drawn_numbers=count, drawn_numbers_same=same)
-    assert same >= 0.98 * count, f"the same number as Python on {same} of {count}"
+        _record(drawn_numbers=count, drawn_numbers_same=same,
+                drawn_number_ms=round(float(np.median(times)), 1))
+    assert same == count, f"the same number as Python on {same} of {count}"
+
+
+# A 1 and a 7 whose bar starts on the 1's top: one piece of ink (on the wide pad's fractions).
+TOUCHING_17: list[Stroke] = [[(0.36, 0.2), (0.355, 0.5), (0.35, 0.8)],
+                             [(0.36, 0.22), (0.56, 0.22), (0.5, 0.5), (0.45, 0.8)]]
+
+
+def test_a_touching_17_and_a_separate_305_are_read_in_the_browser(browser, static):
+    page = open_page(browser, static)
+    try:
+        p = page.page
+        p.get_by_label("A number").check()
+        page.draw(TOUCHING_17)
+        page.idle()
+        assert len(digit_groups(ink_map(load_image(canvas_png(page))))) == 1  # they do touch
+        assert p.locator("#results .digit").inner_text() == "17"
+        assert [b.inner_text() for b in p.locator("#boxes .box").all()] == ["1", "7"]
+        p.get_by_role("button", name="Clear").click()
+        strokes = [[((slot + 0.15 + 0.7 * x) / 3, 0.1 + 0.8 * y) for x, y in stroke]
+                   for slot, digit in enumerate((3, 0, 5)) for stroke in SHAPES[digit]]
+        page.draw(strokes)
+        page.idle()
+        assert len(digit_groups(ink_map(load_image(canvas_png(page))))) == 3  # apart
+        number, shown = shown_reading(page)
+        assert number == "305" and all(d["probability"] > 0.5 for d in shown)
+        assert "ms in your browser" in p.locator("#results .time").inner_text()
+        page.check_stayed_local()
+    finally:
+        page.context.close()
 
 
 # ------------------------------------------------------------------ offline
@@ -521,7 +652,7 @@ def test_exporting_again_replaces_only_the_previous_export(tmp_path):
     folder = tmp_path / "site"
     assert export("-o", str(folder)).exit_code == 0
     assert export("--model", "small", "-o", str(folder)).exit_code == 0  # a previous export: replaced
-    assert sorted(p.name for p in (folder / "models").iterdir()) == ["small.json"]
+    assert sorted(p.name for p in (folder / "models").iterdir()) == ["reader.json", "small.json"]
     assert [m["name"] for m in json.loads((folder / "models.json").read_text())["models"]] == ["small"]
     (folder / "extra.html").write_text("a user's page")  # now it holds something else
     line = one_line_error(export("--model", "small", "-o", str(folder)))
@@ -582,8 +713,19 @@ def test_the_served_page_switches_between_server_and_browser(browser):
         page.draw(DIGITS[1])
         page.idle()
         page.check_reads(1)
-        assert len([u for u in page.requests if "/api/" in u]) == sent  # nothing more went to the API
         assert p.get_by_text("Upload a photo", exact=True).is_visible()  # photos too, in the browser
+        # Numbers too: without the reader's weights in models.json, with the segmenter and the
+        # digit model chosen (read.js's fallback).
+        p.get_by_label("A number").check()
+        assert p.locator("#models").is_visible()
+        for offset, digit in ((0.0, 1), (0.5, 7)):
+            page.draw([[(offset + x / 2, y) for x, y in stroke] for stroke in DIGITS[digit]])
+        page.idle()
+        assert p.locator("#results .digit").inner_text() == "17" and p.locator("#boxes .box").count() == 2
+        assert len([u for u in page.requests if "/api/" in u]) == sent  # nothing more went to the API
+        p.get_by_label("One digit").check()
+        page.draw(DIGITS[1])
+        page.idle()
         p.get_by_label("On the server").check()
         page.where = "server"
         page.idle()

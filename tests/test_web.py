@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from web_helpers import CHROMIUM, DIGITS, SCREENSHOT, Page, on_paper, shipped_models
+from web_helpers import CHROMIUM, DIGITS, SCREENSHOT, Page, on_paper, shipped_models, shipped_reader
 
 from tinydigits.predict import predict_image
 
@@ -27,7 +27,8 @@ pytest.importorskip("flask")
 def live():
     from tinydigits.deploy.serve import BackgroundServer, create_app
 
-    server = BackgroundServer(create_app(shipped_models()))
+    # As `tinydigits serve` serves them: the digit models and the number reader.
+    server = BackgroundServer(create_app({**shipped_models(), "reader": shipped_reader()}))
     yield server
     server.close()
 
@@ -66,7 +67,9 @@ def test_digits_drawn_with_the_mouse_are_read_as_you_draw(page):
 
 def test_a_number_written_on_the_wide_pad_is_read_with_a_box_per_digit(page):
     p = page.page
+    p.get_by_label("All three").check()  # the digit models: no part in reading a number
     p.get_by_label("A number").check()
+    assert not p.locator("#models").is_visible()
     box = p.locator("#pad").bounding_box()
     assert box["width"] > 1.9 * box["height"]  # twice as wide as tall
     # A 1 in the left half of the pad and a 7 in the right half.
@@ -74,6 +77,7 @@ def test_a_number_written_on_the_wide_pad_is_read_with_a_box_per_digit(page):
         page.draw([[(offset + x / 2, y) for x, y in stroke] for stroke in DIGITS[digit]])
     page.idle()
     card = p.locator("#results .card")
+    assert card.count() == 1 and card.get_attribute("data-model") == "reader"  # one reading, the server's
     assert card.locator(".digit").inner_text() == "17"
     rows = card.locator(".number-digits li")
     assert rows.count() == 2 and [rows.nth(i).get_attribute("data-digit") for i in range(2)] == ["1", "7"]
@@ -86,12 +90,12 @@ def test_a_number_written_on_the_wide_pad_is_read_with_a_box_per_digit(page):
     assert not p.locator("#seen").is_visible() and not p.locator("#results .bars").is_visible()
     assert any(u.endswith("/api/read") for u in page.requests)
     assert not any(u.endswith("/api/predict") for u in page.requests)
-    # Back to one digit: the square pad and the ten bars.
+    # Back to one digit: the square pad, the ten bars and the models chosen.
     p.get_by_role("button", name="Clear").click()
     p.get_by_label("One digit").check()
     page.draw(DIGITS[7])
     page.idle()
-    page.check_reads(7)
+    page.check_reads(7, models=3)
 
 
 def test_all_three_models_side_by_side_undo_and_screenshot(page, tmp_path):

@@ -47,6 +47,13 @@ def shipped_models() -> dict[str, tinydigits.models.TinyDigitNet]:
     return {name: tinydigits.load_model(name, pretrained=True) for name in tinydigits.MODELS}
 
 
+@functools.cache
+def shipped_reader() -> tinydigits.models.NumberReader:
+    """The shipped number reader, which the static site's "A number" mode runs."""
+    set_threads()
+    return tinydigits.load_model("reader", pretrained=True)
+
+
 def draw_png(strokes: list[Stroke], size: int = PAD, width: int = LINE_WIDTH) -> bytes:
     """Dark strokes on white, as the page's canvas draws them, as a PNG."""
     image = Image.new("RGB", (size, size), "white")

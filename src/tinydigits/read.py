@@ -171,6 +171,14 @@ def read_number(image: Image.Image | Source, model: Classifier | None = None,
     return Reading("".join(str(d.digit) for d in digits), digits)
 
 
+def _framed(ink: np.ndarray) -> torch.Tensor:
+    """A digit's ink framed as MNIST; blank where the reader put a digit over a gap."""
+    try:
+        return fit_to_mnist(ink)
+    except PreprocessError:
+        return torch.zeros(28, 28, dtype=torch.uint8)
+
+
 def _read_sequence(image: Image.Image, model: Classifier) -> Reading:
     strip, spans = read_picture(image, model)
     if not spans:
@@ -180,7 +188,7 @@ def _read_sequence(image: Image.Image, model: Classifier) -> Reading:
     # Boxes span whole working pixels, which can reach past the edge of a picture a few pixels wide.
     right, bottom = image.size
     digits = [Digit(x, y, min(width, right - x), min(height, bottom - y), span.digit, span.probability,
-                    fit_to_mnist(ink))
+                    _framed(ink))
               for span, (x, y, width, height, ink) in zip(spans, digit_boxes(strip, spans), strict=True)]
     return Reading("".join(str(d.digit) for d in digits), digits)
 

@@ -254,12 +254,15 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
     infos = [model_info(name, pretrained) for name in digits]
     reader_infos = [model_info(name, pretrained) for name in readers]
     weight_files: dict[str, bytes] = {}
-    if in_browser:  # the page's kernels run the digit models (a reader reads on the server)
-        modules = ({name: models[name] for name in digits} if isinstance(models, Mapping)
-                   else {name: load_model(name, pretrained=True) for name in digits})
+    # The page's kernels run the digit models and the default reader, as on a static site.
+    browser_models = [*digits, *([default_reader] if default_reader else [])]
+    if in_browser:
+        modules = ({name: models[name] for name in browser_models} if isinstance(models, Mapping)
+                   else {name: load_model(name, pretrained=True) for name in browser_models})
         weight_files = {name: browser_model_bytes(module, name) for name, module in modules.items()}
     page_models = models_document(infos, default, ["server", "browser"] if weight_files else ["server"],
-                                  {name: len(data) for name, data in weight_files.items()})
+                                  {name: len(data) for name, data in weight_files.items()},
+                                  reader=model_info(default_reader, pretrained) if default_reader else None)
 
     app = Flask(__name__, static_folder=str(WEB_DIR), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes

@@ -3,10 +3,18 @@ visitor's browser runs the models and any static file host can serve it.
 
 The models run on a few plain JavaScript kernels (``static/engine.js``: fp32 conv, ReLU,
 per-channel affine, max pool, global average pool, log-softmax) from a small JSON file per
-model written here at export time: BatchNorm folded away (:mod:`tinydigits.deploy.fold`),
-each tensor as base64 little-endian float32. No third-party runtime, no download at export
-time: ONNX Runtime Web (14 MB of WebAssembly to run models of 23-36 KB) was dropped once the
-kernels gave PyTorch's digit on all 10,000 MNIST test images (tests/test_static_site.py).
+model written here at export time: BatchNorm folded away (:mod:`tinydigits.deploy.fold` for
+the digit models; into the convolution before it for the number reader), each tensor as
+base64 little-endian float32. No third-party runtime, no download at export time: ONNX
+Runtime Web (14 MB of WebAssembly to run models of 23-36 KB) was dropped once the kernels
+gave PyTorch's digit on all 10,000 MNIST test images (tests/test_static_site.py).
+
+"A number" mode runs the number reader (:class:`tinydigits.models.NumberReader`, the shipped
+one unless the export is given another): ``static/read.js`` makes the strip as
+:func:`tinydigits.strips.number_strip` does, the kernels give its per-column
+log-probabilities, and greedy decoding and the digits' boxes follow
+:mod:`tinydigits.sequence`. Its fp32 parameters (75k, 402 KB as base64) are most of the
+site's bytes.
 
 A service worker (``sw.js``, written with the list of the site's files and a version made
 of their hash) keeps the site working offline after the first visit, and a web app manifest
@@ -20,6 +28,7 @@ files are never overwritten or deleted.
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
 import re
@@ -33,9 +42,9 @@ import torch
 import torch.nn as nn
 
 from ..io import WeightsError, atomic_write, write_text
-from ..models import get_spec
+from ..models import NumberReader, get_spec
 from ..runtime import package_version
-from ..weights import get_weights
+from ..weights import get_weights, load_model
 from . import ExportError
 from .export import ensure_directory
 from .fold import ChannelAffine, fold_batchnorm
@@ -85,16 +94,24 @@ def model_info(name: str, pretrained: bool = True) -> dict[str, Any]:
 
 
 def models_document(infos: list[dict[str, Any]], default: str, inference: list[str],
-                    weights_sizes: Mapping[str, int]) -> dict[str, Any]:
+                    weights_sizes: Mapping[str, int], reader: dict[str, Any] | None = None) -> dict[str, Any]:
     """``models.json``, what the page reads first, on a static host and from ``tinydigits serve``:
-    the models, the default one, and where inference can run ("server": the API; "browser":
-    the page's JavaScript kernels, each model's weights at ``models/<name>.json``)."""
+    the digit models, the default one, the number reader that "A number" mode runs (``reader``,
+    its :func:`model_info`; None: the page reads numbers with the digit models instead), and
+    where inference can run ("server": the API; "browser": the page's JavaScript kernels, each
+    model's weights at ``models/<name>.json``)."""
+
+    def with_weights(info: dict[str, Any]) -> dict[str, Any]:
+        name = info["name"]
+        if name not in weights_sizes:
+            return info
+        return {**info, "weights": f"models/{name}.json", "weights_bytes": weights_sizes[name]}
+
     return {
         "inference": inference,
         "default": default,
-        "models": [{**info, **({"weights": f"models/{info['name']}.json",
-                                "weights_bytes": weights_sizes[info["name"]]}
-                               if info["name"] in weights_sizes else {})} for info in infos],
+        "models": [with_weights(info) for info in infos],
+        "reader": None if reader is None else with_weights(reader),
         "engine": ENGINE if "browser" in inference else None,
     }
 
@@ -114,36 +131,75 @@ def _floats(tensor: torch.Tensor) -> str:
     return base64.b64encode(values.tobytes()).decode()
 
 
+def _pair(value: int | tuple[int, ...]) -> int | list[int]:
+    """A kernel size, stride or padding as the engine reads it: one number when square."""
+    rows, cols = (value, value) if isinstance(value, int) else value
+    return rows if rows == cols else [rows, cols]
+
+
+@torch.no_grad()
+def _fold_into_convs(layers: list[nn.Module]) -> list[nn.Module]:
+    """``layers`` (eval mode) with each BatchNorm that directly follows a convolution folded
+    into it (``w * s``, ``b * s + t`` per output channel); any other BatchNorm as a
+    :class:`ChannelAffine`. The number reader's order is Conv -> BN -> ReLU, so unlike the
+    digit models' (:mod:`tinydigits.deploy.fold`) every BN folds away."""
+    out: list[nn.Module] = []
+    for layer in layers:
+        if isinstance(layer, nn.BatchNorm2d):
+            std = torch.sqrt(layer.running_var + layer.eps)
+            weight = layer.weight if layer.weight is not None else torch.ones_like(std)
+            bias = layer.bias if layer.bias is not None else torch.zeros_like(std)
+            scale = weight / std
+            shift = bias - layer.running_mean * scale
+            if out and isinstance(out[-1], nn.Conv2d):
+                conv = copy.deepcopy(out[-1])
+                conv_bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
+                conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+                conv.bias = nn.Parameter(conv_bias * scale + shift, requires_grad=False)
+                out[-1] = conv
+            else:
+                out.append(ChannelAffine(scale, shift))
+        else:
+            out.append(layer)
+    return out
+
+
 def browser_model(model: nn.Module, name: str) -> dict[str, Any]:
     """The document the page's engine runs: ``model`` with BatchNorm folded away, as a list of
-    layers (conv, relu, affine, maxpool, gap; then log-softmax), the tensors as base64 float32.
-    A layer the kernels do not have is an :class:`ExportError`."""
+    layers (conv, relu, affine, maxpool, gap; then log-softmax over the channels at each
+    position), the tensors as base64 float32. A digit model ends in 10 values; a number reader
+    in 11 per column (task "number", input of any width). A layer the kernels do not have is
+    an :class:`ExportError`."""
+    model = model.eval()
+    if isinstance(model, NumberReader):
+        folded = _fold_into_convs([*model.features, *model.columns])
+    else:
+        folded = list(fold_batchnorm(model).layers)
     layers: list[dict[str, Any]] = []
-    for layer in fold_batchnorm(model.eval()).layers:
-        if isinstance(layer, nn.Conv2d):
-            kernel, stride, padding = layer.kernel_size, layer.stride, layer.padding
-            if (kernel[0] != kernel[1] or stride[0] != stride[1] or not isinstance(padding, tuple)
-                    or padding[0] != padding[1] or layer.groups != 1 or layer.dilation != (1, 1)):
-                raise ExportError(f"{name}: the browser engine has no kernel for {layer}")
+    for layer in folded:
+        if (isinstance(layer, nn.Conv2d) and isinstance(layer.padding, tuple) and layer.groups == 1
+                and layer.dilation == (1, 1) and layer.padding_mode == "zeros"):
             bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_channels)
             layers.append({"op": "conv", "in": layer.in_channels, "out": layer.out_channels,
-                           "kernel": kernel[0], "stride": stride[0], "padding": padding[0],
-                           "weight": _floats(layer.weight), "bias": _floats(bias)})
+                           "kernel": _pair(layer.kernel_size), "stride": _pair(layer.stride),
+                           "padding": _pair(layer.padding), "weight": _floats(layer.weight),
+                           "bias": _floats(bias)})
         elif isinstance(layer, nn.ReLU):
             layers.append({"op": "relu"})
         elif isinstance(layer, ChannelAffine):
             layers.append({"op": "affine", "scale": None if layer.scale is None else _floats(layer.scale),
                            "shift": None if layer.shift is None else _floats(layer.shift)})
-        elif (isinstance(layer, nn.MaxPool2d) and layer.kernel_size in (2, (2, 2))
-              and layer.stride in (2, (2, 2)) and layer.padding in (0, (0, 0)) and not layer.ceil_mode
+        elif (isinstance(layer, nn.MaxPool2d) and layer.padding in (0, (0, 0)) and not layer.ceil_mode
               and layer.dilation in (1, (1, 1))):
-            layers.append({"op": "maxpool", "kernel": 2, "stride": 2})
+            layers.append({"op": "maxpool", "kernel": _pair(layer.kernel_size),
+                           "stride": _pair(layer.stride if layer.stride is not None else layer.kernel_size)})
         elif isinstance(layer, nn.AdaptiveAvgPool2d) and layer.output_size in (1, (1, 1)):
             layers.append({"op": "gap"})
         else:
             raise ExportError(f"{name}: the browser engine has no kernel for {layer}")
-    return {"format": WEIGHTS_FORMAT, "model": name, "input": [1, 28, 28], "output": "log_softmax",
-            "layers": layers}
+    spec = get_spec(name)
+    return {"format": WEIGHTS_FORMAT, "model": name, "task": spec.task, "input": list(spec.input_shape),
+            "output": "log_softmax", "layers": layers}
 
 
 def browser_model_bytes(model: nn.Module, name: str) -> bytes:
@@ -166,7 +222,8 @@ def service_worker(files: Mapping[str, bytes]) -> bytes:
 # The only paths an export writes; a manifest naming anything else is not ours (a hostile
 # one could otherwise name files outside the folder for a re-export to delete).
 _SITE_PATH = re.compile(r"index\.html|models\.json|sw\.js|manifest\.webmanifest|static/[a-z]+\.(?:js|css|svg)"
-                        r"|ort/[A-Za-z0-9._-]+|models/[a-z0-9]+\.(?:onnx|json)")  # ort/, .onnx: older exports
+                        r"|ort/[A-Za-z0-9._-]+"  # ort/, .onnx: older exports
+                        r"|models/[a-z0-9-]+\.(?:onnx|json)")
 # What io.atomic_write leaves if killed mid-write: ".<name>.<random>.tmp" beside the file.
 _LEFTOVER = re.compile(r"(?:(?:static|ort|models)/)?\.[^/]+\.tmp")
 
@@ -207,21 +264,32 @@ def previous_files(directory: Path) -> set[str]:
 
 def export_site(directory: str | Path, models: Mapping[str, nn.Module], *,
                 pretrained: bool = True) -> SiteExport:
-    """Write the static site of ``models`` (name -> module; the first is the default) into
-    ``directory`` (created; a previous export is replaced). ``pretrained``: the modules hold
-    the shipped weights, whose accuracy the page shows."""
+    """Write the static site of ``models`` (name -> module; the first digit model is the
+    default) into ``directory`` (created; a previous export is replaced). A number reader among
+    them is the one "A number" mode runs; without one, the shipped ``reader`` is added.
+    ``pretrained``: the modules hold the shipped weights, whose accuracy the page shows."""
     directory = Path(directory)
+    digits = {name: model for name, model in models.items() if get_spec(name).task == "digit"}
+    readers = {name: model for name, model in models.items() if get_spec(name).task == "number"}
+    if not digits or len(readers) > 1:
+        raise ExportError("a site runs one or more digit models and at most one number reader; got "
+                          f"{', '.join(models) or 'none'}")
     ensure_directory(directory)
     previous = previous_files(directory)
+    reader_pretrained = pretrained if readers else True
+    if not readers:
+        readers = {"reader": load_model("reader", pretrained=True)}
+    reader_name = next(iter(readers))
     web = resources.files("tinydigits.deploy").joinpath("web")
     contents: dict[str, bytes] = {path: web.joinpath(name).read_bytes() for path, name in PAGE_FILES.items()}
     contents[WEB_MANIFEST] = web_manifest()
     contents[ICON] = ICON_SVG.encode()
-    for name, model in models.items():
+    for name, model in {**digits, **readers}.items():
         contents[f"models/{name}.json"] = browser_model_bytes(model, name)
-    sizes = {name: len(contents[f"models/{name}.json"]) for name in models}
-    infos = [model_info(name, pretrained) for name in models]
-    document = models_document(infos, next(iter(models)), ["browser"], sizes)
+    sizes = {name: len(contents[f"models/{name}.json"]) for name in (*digits, reader_name)}
+    infos = [model_info(name, pretrained) for name in digits]
+    document = models_document(infos, next(iter(digits)), ["browser"], sizes,
+                               reader=model_info(reader_name, reader_pretrained))
     contents["models.json"] = (json.dumps(document, indent=2) + "\n").encode()
     contents[SERVICE_WORKER] = service_worker(contents)
     files = {path: len(payload) for path, payload in sorted(contents.items())}

@@ -1,12 +1,12 @@
 // The tinydigits web demo: a drawing pad (Pointer Events: mouse, pen and touch) read as you
 // draw; the answers are shown as a digit, ten probability bars and the 28x28 image the model
 // saw. Inference runs on the server (/api/predict; in "A number" mode the pad is wide and the
-// picture goes to /api/read: the number, a box and a bar per digit) or in the browser
-// (engine.js runs the models, preprocess.js and read.js are ports of the server's
-// preprocessing and number reading), as models.json offers: `tinydigits serve` offers the
-// server (and the browser with --in-browser), a static export the browser only; there a
-// service worker keeps the page working offline. No libraries, nothing fetched from anywhere
-// but the page's own origin.
+// picture goes to /api/read, once, read by the server's number reader: the number, a box and
+// a bar per digit) or in the browser (engine.js runs the models, preprocess.js and read.js are
+// ports of the server's preprocessing and number reading), as models.json offers: `tinydigits
+// serve` offers the server (and the browser with --in-browser), a static export the browser
+// only; there a service worker keeps the page working offline. No libraries, nothing fetched
+// from anywhere but the page's own origin.
 "use strict";
 
 (() => {
@@ -26,7 +26,8 @@
     photo: null, // the uploaded File, when a photo is the input instead of the drawing
     photoUrl: null,
     photoPixels: null, // its decoded pixels, for the browser (a promise)
-    models: [], // from models.json
+    models: [], // the digit models, from models.json
+    reader: null, // the number reader's info from models.json (null: none offered)
     inference: "server", // or "browser"
     offered: [], // what models.json offers: "server" and/or "browser"
     choice: null, // a model name or ALL
@@ -210,19 +211,37 @@
     return state.choice === ALL ? state.models.map((m) => m.name) : [state.choice];
   }
 
-  // The request body for one model: the photo as multipart, the drawing as a JSON data URL
-  // (the two forms the API takes).
+  // Whether "A number" is read by the number reader, in one reading: always on the server
+  // (its /api/read reads with its default, the reader), in the browser when models.json ships
+  // the reader's weights. Otherwise (a served page offering the browser without them) the
+  // browser reads with the segmenter and each chosen digit model (read.js).
+  function readerReads() {
+    return state.mode === "number" && (state.inference === "server" || Boolean(state.reader?.weights));
+  }
+
+  // The models answering, one card each: the number reader alone, or the chosen digit models.
+  // A server's reader not named in models.json is "reader" until its answer names it.
+  function answering() {
+    return readerReads() ? [state.reader ? state.reader.name : "reader"] : selectedModels();
+  }
+
+  function infoOf(name) {
+    return state.reader && state.reader.name === name ? state.reader : state.models.find((m) => m.name === name);
+  }
+
+  // The request body: the photo as multipart, the drawing as a JSON data URL (the two forms
+  // the API takes); `model` left out asks for the server's default.
   function requestFor(model) {
     if (state.photo) {
       const form = new FormData();
       form.append("image", state.photo, state.photo.name || "photo");
-      form.append("model", model);
+      if (model) form.append("model", model);
       return { method: "POST", body: form };
     }
     return {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ image: pad.toDataURL("image/png"), model }),
+      body: JSON.stringify({ image: pad.toDataURL("image/png"), ...(model ? { model } : {}) }),
     };
   }
 
@@ -253,9 +272,10 @@
     const epoch = state.epoch;
     try {
       if (!hasInput()) return;
-      const answers = state.inference === "browser"
-        ? await inBrowser.predict(selectedModels())
-        : await Promise.all(selectedModels().map(predictWith));
+      let answers;
+      if (state.inference === "browser") answers = await inBrowser.predict(answering());
+      else if (readerReads()) answers = [await predictWith(null)];
+      else answers = await Promise.all(selectedModels().map(predictWith));
       if (epoch === state.epoch) showAnswers(answers);
     } catch (error) {
       if (epoch === state.epoch) showError(error);
@@ -272,20 +292,27 @@
     return `${(p * 100).toFixed(1)}%`;
   }
 
+  // A card's title and its model's size and accuracy.
+  function describe(card, name) {
+    const info = infoOf(name);
+    card.dataset.model = name;
+    card.querySelector(".title").textContent = info ? shortTitle(info) : name;
+    if (info) {
+      const of = info === state.reader ? "of test numbers read exactly" : "on MNIST test";
+      const accuracy = info.test_accuracy ? `, ${info.test_accuracy}% ${of}` : "";
+      card.querySelector(".params").textContent = `${info.parameters.toLocaleString("en")} parameters${accuracy}`;
+    }
+  }
+
   function buildCards() {
     const results = $("results");
     results.replaceChildren();
-    results.classList.toggle("several", selectedModels().length > 1);
-    for (const name of selectedModels()) {
-      const info = state.models.find((m) => m.name === name);
+    const names = answering();
+    results.classList.toggle("several", names.length > 1);
+    $("models").hidden = readerReads(); // the digit models play no part in the reader's reading
+    for (const name of names) {
       const card = $("card").content.firstElementChild.cloneNode(true);
-      card.dataset.model = name;
-      card.querySelector(".title").textContent = info ? shortTitle(info) : name;
-      if (info) {
-        const accuracy = info.test_accuracy ? `, ${info.test_accuracy}% on MNIST test` : "";
-        card.querySelector(".params").textContent =
-          `${info.parameters.toLocaleString("en")} parameters${accuracy}`;
-      }
+      describe(card, name);
       const bars = card.querySelector(".bars");
       for (let digit = 0; digit < 10; digit++) {
         const row = document.createElement("li");
@@ -366,8 +393,13 @@
   // The answers of /api/read: per model the number and a bar per digit; the first model's
   // boxes drawn over the pad (their coordinates are the drawing's own pixels).
   function showReadings(answers) {
+    const cards = document.querySelectorAll("#results .card");
     for (const answer of answers) {
-      const card = document.querySelector(`#results .card[data-model="${answer.model}"]`);
+      let card = document.querySelector(`#results .card[data-model="${answer.model}"]`);
+      if (!card && cards.length === 1 && readerReads()) { // the server named its reader
+        card = cards[0];
+        describe(card, answer.model);
+      }
       if (!card) continue;
       card.querySelector(".digit").textContent = answer.number;
       card.querySelector(".confidence").textContent =
@@ -384,8 +416,10 @@
         return row;
       });
       card.querySelector(".number-digits").replaceChildren(...rows);
+      const inModel = answer.inference_milliseconds === undefined ? ""
+        : `, ${answer.inference_milliseconds.toFixed(1)} ms of it in the model`;
       card.querySelector(".time").textContent = answer.where === "browser"
-        ? `${answer.milliseconds.toFixed(1)} ms in your browser`
+        ? `${answer.milliseconds.toFixed(1)} ms in your browser${inModel}`
         : `${answer.milliseconds.toFixed(1)} ms on the server`;
     }
     const boxes = state.photo ? [] : answers[0].digits.map((d) => {
@@ -414,7 +448,7 @@
 
     model(name) {
       if (!this.models.has(name)) {
-        const info = state.models.find((m) => m.name === name);
+        const info = infoOf(name);
         const loading = fetch(info.weights)
           .then((response) => {
             if (!response.ok) throw new Error(`cannot load ${info.weights} (HTTP ${response.status})`);
@@ -477,7 +511,15 @@
       }
       const where = "browser";
       const prepStart = performance.now();
-      if (state.mode === "number") {
+      if (readerReads()) { // one reading, by the number reader
+        const reading = window.tinydigitsRead.readWithReader(image, models[0], white);
+        const { ink, strip, reader } = reading.milliseconds;
+        const milliseconds = decoded + ink + strip + reader;
+        record({ decode: decoded, prepare: ink + strip, inference: reader, total: milliseconds });
+        return [{ model: names[0], number: reading.number, digits: reading.digits, where, milliseconds,
+          inference_milliseconds: reader }];
+      }
+      if (state.mode === "number") { // the segmenter, with each digit model
         return names.map((name, k) => {
           const t0 = performance.now();
           const reading = window.tinydigitsRead.readNumber(image, (images) => classifyAll(models[k], images), 1, white);
@@ -537,7 +579,7 @@
     if (radio) radio.checked = true;
     if (where === "browser") {
       // Fetched now, not at the first stroke; the mark times the page's first load.
-      Promise.all(state.models.map((m) => inBrowser.model(m.name)))
+      Promise.all([...state.models, state.reader].filter((m) => m?.weights).map((m) => inBrowser.model(m.name)))
         .then(() => {
           performance.mark("tinydigits-models-ready");
           document.body.dataset.modelsReady = "true";
@@ -614,6 +656,7 @@
       const response = await fetch("models.json");
       const answer = await response.json();
       state.models = answer.models;
+      state.reader = answer.reader || null;
       state.choice = answer.default;
       state.offered = answer.inference || ["server"];
       buildPicker(answer.models, answer.default);

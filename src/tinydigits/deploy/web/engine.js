@@ -1,13 +1,18 @@
 // The models in the browser: a few plain JavaScript kernels (fp32 tensors, products summed in
 // doubles), enough for tinydigits' networks once BatchNorm is folded away at export:
-// conv (any square kernel, stride and zero padding), ReLU, per-channel affine, 2x2 max pool,
-// global average pool, then log-softmax. A model is the JSON document static_site.py writes
-// (models/<name>.json): its layers, each tensor as base64 little-endian float32.
+// conv (any kernel, stride and zero padding, square or not), ReLU, per-channel affine, max
+// pool, global average pool, then log-softmax over the channels at each position. A model is
+// the JSON document static_site.py writes (models/<name>.json): its layers, each tensor as
+// base64 little-endian float32; a kernel, stride or padding is one number when square, else
+// [rows, columns]. The digit models end in 10 values; the number reader in 11 per column.
 "use strict";
 
 window.tinydigitsEngine = (() => {
-  const MEAN = Math.fround(0.1307);
-  const STD = Math.fround(0.3081);
+  const MEAN = 0.1307; // MNIST's, as tinydigits.data
+  const STD = 0.3081;
+
+  // A pixel's ink strength in [0, 1] normalized as in training, in fp32 as PyTorch does it.
+  const normalize = (v) => Math.fround(Math.fround(Math.fround(v) - Math.fround(MEAN)) / Math.fround(STD));
 
   function floats(text) {
     if (text === null || text === undefined) return null;
@@ -18,45 +23,57 @@ window.tinydigitsEngine = (() => {
     return out;
   }
 
+  const pair = (v) => (Array.isArray(v) ? v : [v, v]);
+
   // A model document (parsed JSON) -> a model the kernels run.
   function load(document) {
     if (!document || document.format !== "tinydigits-js-1" || !Array.isArray(document.layers)) {
       throw new Error("not a tinydigits model file for this page (format tinydigits-js-1)");
     }
     const layers = document.layers.map((layer) => {
-      if (layer.op === "conv") return { ...layer, weight: floats(layer.weight), bias: floats(layer.bias) };
+      if (layer.op === "conv") {
+        return { ...layer, kernel: pair(layer.kernel), stride: pair(layer.stride), padding: pair(layer.padding),
+          weight: floats(layer.weight), bias: floats(layer.bias) };
+      }
+      if (layer.op === "maxpool") return { ...layer, kernel: pair(layer.kernel), stride: pair(layer.stride) };
       if (layer.op === "affine") return { ...layer, scale: floats(layer.scale), shift: floats(layer.shift) };
-      if (["relu", "maxpool", "gap"].includes(layer.op)) return layer;
+      if (["relu", "gap"].includes(layer.op)) return layer;
       throw new Error(`unknown layer ${layer.op}`);
     });
-    return { name: document.model, layers };
+    // Input pixels per output position, down and across: for the number reader, the strip
+    // columns per output column (strips.COLUMN), which reading a strip needs.
+    const stride = [1, 1];
+    for (const layer of layers) {
+      if (layer.stride) [stride[0], stride[1]] = [stride[0] * layer.stride[0], stride[1] * layer.stride[1]];
+    }
+    return { name: document.model, task: document.task || "digit", layers, stride };
   }
 
   // im2col: every (input channel, ky, kx) row of the output-sized planes it reads, zero
   // where the kernel hangs over the border; then each output plane is a sum of those rows
   // times one weight each, long contiguous loops a JIT compiles well.
   function conv(x, c, h, w, layer, work) {
-    const { out: o, kernel: k, stride: s, padding: p, weight, bias } = layer;
-    const oh = Math.floor((h + 2 * p - k) / s) + 1;
-    const ow = Math.floor((w + 2 * p - k) / s) + 1;
+    const { out: o, kernel: [kh, kw], stride: [sy, sx], padding: [py, px], weight, bias } = layer;
+    const oh = Math.floor((h + 2 * py - kh) / sy) + 1;
+    const ow = Math.floor((w + 2 * px - kw) / sx) + 1;
     const plane = oh * ow;
-    const rows = c * k * k;
+    const rows = c * kh * kw;
     let cols = x;
-    if (k !== 1 || s !== 1 || p !== 0) {
+    if (kh !== 1 || kw !== 1 || sy !== 1 || sx !== 1 || py !== 0 || px !== 0) {
       if (work.cols.length < rows * plane) work.cols = new Float32Array(rows * plane);
       cols = work.cols;
       cols.fill(0, 0, rows * plane);
       for (let ic = 0; ic < c; ic++) {
-        for (let ky = 0; ky < k; ky++) {
-          const y0 = Math.max(0, Math.ceil((p - ky) / s));
-          const y1 = Math.min(oh - 1, Math.floor((h - 1 + p - ky) / s));
-          for (let kx = 0; kx < k; kx++) {
-            const x0 = Math.max(0, Math.ceil((p - kx) / s));
-            const x1 = Math.min(ow - 1, Math.floor((w - 1 + p - kx) / s));
-            const to = ((ic * k + ky) * k + kx) * plane;
+        for (let ky = 0; ky < kh; ky++) {
+          const y0 = Math.max(0, Math.ceil((py - ky) / sy));
+          const y1 = Math.min(oh - 1, Math.floor((h - 1 + py - ky) / sy));
+          for (let kx = 0; kx < kw; kx++) {
+            const x0 = Math.max(0, Math.ceil((px - kx) / sx));
+            const x1 = Math.min(ow - 1, Math.floor((w - 1 + px - kx) / sx));
+            const to = ((ic * kh + ky) * kw + kx) * plane;
             for (let oy = y0; oy <= y1; oy++) {
-              const from = ic * h * w + (oy * s + ky - p) * w + kx - p;
-              for (let ox = x0; ox <= x1; ox++) cols[to + oy * ow + ox] = x[from + ox * s];
+              const from = ic * h * w + (oy * sy + ky - py) * w + kx - px;
+              for (let ox = x0; ox <= x1; ox++) cols[to + oy * ow + ox] = x[from + ox * sx];
             }
           }
         }
@@ -79,15 +96,21 @@ window.tinydigitsEngine = (() => {
     return [y, o, oh, ow];
   }
 
-  function maxpool(x, c, h, w) {
-    const oh = Math.floor(h / 2);
-    const ow = Math.floor(w / 2);
+  // Max pool without padding, rounding down as PyTorch's default (ceil_mode off).
+  function maxpool(x, c, h, w, layer) {
+    const { kernel: [kh, kw], stride: [sy, sx] } = layer;
+    const oh = Math.floor((h - kh) / sy) + 1;
+    const ow = Math.floor((w - kw) / sx) + 1;
     const y = new Float32Array(c * oh * ow);
     for (let ch = 0; ch < c; ch++) {
       for (let oy = 0; oy < oh; oy++) {
         for (let ox = 0; ox < ow; ox++) {
-          const i = ch * h * w + 2 * oy * w + 2 * ox;
-          y[(ch * oh + oy) * ow + ox] = Math.max(x[i], x[i + 1], x[i + w], x[i + w + 1]);
+          let m = -Infinity;
+          for (let ky = 0; ky < kh; ky++) {
+            const row = ch * h * w + (oy * sy + ky) * w + ox * sx;
+            for (let kx = 0; kx < kw; kx++) m = Math.max(m, x[row + kx]);
+          }
+          y[(ch * oh + oy) * ow + ox] = m;
         }
       }
     }
@@ -98,20 +121,17 @@ window.tinydigitsEngine = (() => {
     return { cols: new Float32Array(0), sum: new Float64Array(0) };
   }
 
-  // Log-probabilities (Float64Array of 10) of one 28x28 picture given as uint8 (white on black,
-  // as MNIST), normalized as in training: (v / 255 - mean) / std, in fp32.
-  function run(model, pixels, work = newWork()) {
-    let x = new Float32Array(pixels.length);
-    for (let i = 0; i < pixels.length; i++) x[i] = Math.fround(Math.fround(Math.fround(pixels[i] / 255) - MEAN) / STD);
-    let c = 1;
-    let h = 28;
-    let w = 28;
+  // The layers on a normalized c x h x w input: [output, channels, height, width].
+  function forward(model, input, c, h, w, work = newWork()) {
+    let x = input;
     for (const layer of model.layers) {
       if (layer.op === "conv") {
         [x, c, h, w] = conv(x, c, h, w, layer, work);
       } else if (layer.op === "relu") {
+        if (x === input) x = Float32Array.from(x); // the caller's input is left alone
         for (let i = 0; i < x.length; i++) if (x[i] < 0) x[i] = 0;
       } else if (layer.op === "affine") {
+        if (x === input) x = Float32Array.from(x);
         const plane = h * w;
         for (let ch = 0; ch < c; ch++) {
           const a = layer.scale ? layer.scale[ch] : 1;
@@ -119,7 +139,7 @@ window.tinydigitsEngine = (() => {
           for (let i = ch * plane; i < (ch + 1) * plane; i++) x[i] = x[i] * a + b;
         }
       } else if (layer.op === "maxpool") {
-        [x, c, h, w] = maxpool(x, c, h, w);
+        [x, c, h, w] = maxpool(x, c, h, w, layer);
       } else if (layer.op === "gap") {
         const plane = h * w;
         const y = new Float32Array(c);
@@ -131,12 +151,38 @@ window.tinydigitsEngine = (() => {
         [x, h, w] = [y, 1, 1];
       }
     }
-    let top = -Infinity;
-    for (const v of x) top = Math.max(top, v);
-    let total = 0;
-    for (const v of x) total += Math.exp(v - top);
-    const log = Math.log(total);
-    return Float64Array.from(x, (v) => v - top - log);
+    return [x, c, h, w];
+  }
+
+  // Log-softmax over the c channels at each of the `plane` positions, in doubles:
+  // a Float64Array laid out as the input, channel-major (c x plane).
+  function logSoftmax(x, c, plane) {
+    const out = new Float64Array(c * plane);
+    for (let i = 0; i < plane; i++) {
+      let top = -Infinity;
+      for (let ch = 0; ch < c; ch++) top = Math.max(top, x[ch * plane + i]);
+      let total = 0;
+      for (let ch = 0; ch < c; ch++) total += Math.exp(x[ch * plane + i] - top);
+      const log = Math.log(total);
+      for (let ch = 0; ch < c; ch++) out[ch * plane + i] = x[ch * plane + i] - top - log;
+    }
+    return out;
+  }
+
+  // Log-probabilities (Float64Array of 10) of one 28x28 picture given as uint8 (white on black,
+  // as MNIST), normalized as in training: (v / 255 - mean) / std, in fp32.
+  function run(model, pixels, work = newWork()) {
+    const x = Float32Array.from(pixels, (v) => normalize(v / 255));
+    const [y, c, h, w] = forward(model, x, 1, 28, 28, work);
+    return logSoftmax(y, c, h * w);
+  }
+
+  // The number reader on a strip of `height` x `width` normalized pixels: {logProbs, columns},
+  // the log-probabilities of the 10 digits and the blank per output column, class-major
+  // (11 x columns), as PyTorch's [11, columns].
+  function runStrip(model, pixels, height, width, work = newWork()) {
+    const [y, c, h, w] = forward(model, pixels, 1, height, width, work);
+    return { logProbs: logSoftmax(y, c, h * w), columns: h * w };
   }
 
   // Log-probabilities of `count` pictures of 784 bytes each, one after the other (the tests
@@ -148,5 +194,5 @@ window.tinydigitsEngine = (() => {
     return out;
   }
 
-  return { load, run, runMany };
+  return { load, run, runStrip, runMany, normalize, MEAN, STD };
 })();

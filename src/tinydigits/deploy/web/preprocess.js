@@ -466,7 +466,8 @@ window.tinydigitsPreprocess = (() => {
     return out;
   }
 
-  // Crop a width x height float image to its nonzero pixels: {data, w, h}, or null if none.
+  // Crop a width x height float image to its nonzero pixels: {data, w, h, top, left} (where
+  // the crop sits), or null if none.
   function cropToInk(ink, width, height) {
     let top = height;
     let bottom = -1;
@@ -489,7 +490,7 @@ window.tinydigitsPreprocess = (() => {
     for (let y = 0; y < h; y++) {
       for (let x = 0; x < w; x++) data[y * w + x] = ink[(top + y) * width + left + x];
     }
-    return { data, w, h };
+    return { data, w, h, top, left };
   }
 
   // preprocess._thicken: strokes that would be thinner than MIN_STROKE (1.2 px) once scaled
@@ -528,16 +529,24 @@ window.tinydigitsPreprocess = (() => {
     return out;
   }
 
-  function lanczos(x) {
-    const sinc = (t) => (t === 0 ? 1 : Math.sin(Math.PI * t) / (Math.PI * t));
-    return x >= -3 && x < 3 ? sinc(x) * sinc(x / 3) : 0;
-  }
+  // Pillow's resampling filters (Resample.c): the function and its support at scale 1.
+  const FILTERS = {
+    lanczos: {
+      support: 3,
+      at(x) {
+        const sinc = (t) => (t === 0 ? 1 : Math.sin(Math.PI * t) / (Math.PI * t));
+        return x >= -3 && x < 3 ? sinc(x) * sinc(x / 3) : 0;
+      },
+    },
+    bilinear: { support: 1, at: (x) => Math.max(0, 1 - Math.abs(x)) },
+  };
 
   // Pillow's resampling weights for one axis (precompute_coeffs in Resample.c).
-  function coefficients(inSize, outSize) {
+  function coefficients(inSize, outSize, filter) {
     const scale = inSize / outSize;
     const filterScale = Math.max(scale, 1);
-    const support = 3 * filterScale;
+    const support = filter.support * filterScale;
+    const ss = 1 / filterScale; // multiplied, not divided, as Pillow does: the same weights to the bit
     const rows = [];
     for (let xx = 0; xx < outSize; xx++) {
       const center = (xx + 0.5) * scale;
@@ -546,7 +555,7 @@ window.tinydigitsPreprocess = (() => {
       const weights = [];
       let sum = 0;
       for (let x = xmin; x < xmax; x++) {
-        const w = lanczos((x - center + 0.5) / filterScale);
+        const w = filter.at((x - center + 0.5) * ss);
         weights.push(w);
         sum += w;
       }
@@ -555,12 +564,14 @@ window.tinydigitsPreprocess = (() => {
     return rows;
   }
 
-  // Pillow's Image.resize(LANCZOS) of a float ("F") image: horizontal pass, then vertical.
-  function resize(src, width, height, outW, outH) {
+  // Pillow's Image.resize of a float ("F") image with the LANCZOS (default) or BILINEAR
+  // filter: horizontal pass, then vertical, sums in doubles stored as fp32.
+  function resize(src, width, height, outW, outH, filterName = "lanczos") {
+    const filter = FILTERS[filterName];
     let data = src;
     let w = width;
     if (outW !== width) {
-      const kx = coefficients(width, outW);
+      const kx = coefficients(width, outW, filter);
       const next = new Float32Array(outW * height);
       for (let y = 0; y < height; y++) {
         for (let x = 0; x < outW; x++) {
@@ -574,7 +585,7 @@ window.tinydigitsPreprocess = (() => {
       w = outW;
     }
     if (outH !== height) {
-      const ky = coefficients(height, outH);
+      const ky = coefficients(height, outH, filter);
       const next = new Float32Array(w * outH);
       for (let y = 0; y < outH; y++) {
         const { xmin, weights } = ky[y];
@@ -649,5 +660,5 @@ window.tinydigitsPreprocess = (() => {
     return fitToMnist(clean, width, height);
   }
 
-  return { toMnist, inkOf, fitToMnist, cropToInk, draftScale, PreprocessError, roundHalfEven, SIZE };
+  return { toMnist, inkOf, fitToMnist, cropToInk, resize, draftScale, PreprocessError, roundHalfEven, SIZE };
 })();

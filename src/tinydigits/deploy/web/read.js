@@ -1,12 +1,18 @@
-// Reading whole numbers in the browser: a port of tinydigits.segment.digit_groups and
-// tinydigits.read.read_number (see their docstrings for the why of each step), on the ink
-// map preprocess.js makes: 8-connected components of the strokes, specks, ruled lines and
-// frames dropped, the fragments of one digit merged, groups wider than WIDE digit heights
-// cut where the model is surest of both sides, each digit framed as MNIST and classified.
+// Reading whole numbers in the browser, on the ink map preprocess.js makes: a port of
+// tinydigits.segment.digit_groups (8-connected components of the strokes, specks, ruled
+// lines and frames dropped, the fragments of one digit merged), then of either reader (see
+// the Python docstrings for the why of each step):
+// - the number reader (read_number's "sequence" method: tinydigits.strips and .sequence): the
+//   digits' ink as one strip 32 px tall, the reader network's log-probabilities per output column,
+//   greedy CTC decoding, each digit's box from its columns;
+// - the segmenter (its "segment" method), kept for a page that has no reader's weights (a
+//   served page offering the browser; see app.js): groups wider than WIDE digit heights cut
+//   where a digit model is surest of both sides, each digit framed as MNIST and classified.
 "use strict";
 
 window.tinydigitsRead = (() => {
   const P = window.tinydigitsPreprocess;
+  const E = window.tinydigitsEngine;
   const MAX_DIGITS = 32;
   const INK = 0.35;
   const SPECK = 0.02;
@@ -27,21 +33,7 @@ window.tinydigitsRead = (() => {
   function crop(piece) {
     const tight = P.cropToInk(piece.ink, piece.w, piece.h);
     if (!tight) return piece;
-    let top = 0;
-    let left = piece.w;
-    for (let y = 0, found = false; y < piece.h && !found; y++) {
-      for (let x = 0; x < piece.w; x++) {
-        if (piece.ink[y * piece.w + x] > 0) {
-          top = y;
-          found = true;
-          break;
-        }
-      }
-    }
-    for (let y = 0; y < piece.h; y++) {
-      for (let x = 0; x < left; x++) if (piece.ink[y * piece.w + x] > 0) left = x;
-    }
-    return { ink: tight.data, w: tight.w, h: tight.h, top: piece.top + top, left: piece.left + left };
+    return { ink: tight.data, w: tight.w, h: tight.h, top: piece.top + tight.top, left: piece.left + tight.left };
   }
 
   function columns(piece, from, to) {
@@ -233,5 +225,155 @@ window.tinydigitsRead = (() => {
     return { number: digits.map((d) => String(d.digit)).join(""), digits };
   }
 
-  return { readNumber, digitGroups };
+  // --------------------------------------------------------- the number reader
+
+  const STRIP_HEIGHT = 32;
+  const INK_HEIGHT = 24;
+  const PAD = 4;
+  const MAX_ASPECT = 1.6 * MAX_DIGITS;
+  const BLANK = 10;
+  // What strips.batch_strips pads with: computed in doubles, then stored as fp32 (a strip's
+  // own blank pixels are normalized in fp32: they may differ in the last bit).
+  const BLANK_PIXEL = Math.fround((0 - E.MEAN) / E.STD);
+  const STRONG = Math.fround(0.2); // NumPy compares fp32 ink with 0.2 in fp32
+
+  // strips.ink_strip: {pixels (normalized fp32, STRIP_HEIGHT x width, row-major), width, and
+  // where it came from}: strip column x shows column (x - PAD) / scale of the cleaned ink
+  // (inkW x inkH), whose corner is (left, top) in the ink map, the picture reduced by factor.
+  function inkStrip(ink, width, height, factor = 1) {
+    const clean = new Float32Array(width * height); // the digits' ink alone, on a blank map
+    for (const piece of digitGroups(ink, width, height)) {
+      for (let y = 0; y < piece.h; y++) {
+        for (let x = 0; x < piece.w; x++) {
+          const at = (piece.top + y) * width + piece.left + x;
+          clean[at] = Math.max(clean[at], piece.ink[y * piece.w + x]);
+        }
+      }
+    }
+    const tight = P.cropToInk(clean, width, height); // never null: digitGroups throws first
+    const { w, h } = tight;
+    if (w > MAX_ASPECT * Math.max(h, 8)) {
+      throw new P.PreprocessError(`the ink is ${(w / h).toFixed(0)} times wider than tall: more than a number `
+        + `of up to ${MAX_DIGITS} digits`);
+    }
+    const scale = INK_HEIGHT / Math.max(h, 8); // a flat mark (a minus, a dot) is not blown up
+    const outH = Math.max(1, P.roundHalfEven(h * scale));
+    const outW = Math.max(1, P.roundHalfEven(w * scale));
+    const small = P.resize(tight.data, w, h, outW, outH, "bilinear");
+    const stripW = outW + 2 * PAD;
+    const pixels = new Float32Array(STRIP_HEIGHT * stripW).fill(E.normalize(0));
+    const y0 = Math.floor((STRIP_HEIGHT - outH) / 2);
+    for (let y = 0; y < outH; y++) {
+      for (let x = 0; x < outW; x++) {
+        pixels[(y0 + y) * stripW + PAD + x] = E.normalize(Math.min(1, Math.max(0, small[y * outW + x])));
+      }
+    }
+    return { pixels, width: stripW, ink: tight.data, inkW: w, inkH: h, left: tight.left, top: tight.top, scale,
+      factor };
+  }
+
+  // sequence.run_reader for one strip: padded on the right to a whole number of output
+  // columns (strips.COLUMN pixels each: the model's stride) as batch_strips does, then the
+  // reader: {logProbs (11 x columns), columns}.
+  function readerOutput(model, strip) {
+    const column = model.stride[1];
+    const width = strip.width + ((column - (strip.width % column)) % column);
+    const padded = new Float32Array(STRIP_HEIGHT * width).fill(BLANK_PIXEL);
+    for (let y = 0; y < STRIP_HEIGHT; y++) {
+      padded.set(strip.pixels.subarray(y * strip.width, (y + 1) * strip.width), y * width);
+    }
+    return E.runStrip(model, padded, STRIP_HEIGHT, width);
+  }
+
+  // sequence.greedy_decode: the best class per column, runs merged, blanks dropped; a digit's
+  // probability is its run's best column's.
+  function greedyDecode({ logProbs, columns }) {
+    const spans = [];
+    let previous = BLANK;
+    for (let t = 0; t < columns; t++) {
+      let best = 0;
+      for (let k = 1; k <= BLANK; k++) if (logProbs[k * columns + t] > logProbs[best * columns + t]) best = k;
+      const p = Math.exp(logProbs[best * columns + t]);
+      if (best !== BLANK && best === previous) {
+        const last = spans[spans.length - 1];
+        last.probability = Math.max(last.probability, p);
+        last.last = t;
+      } else if (best !== BLANK) {
+        spans.push({ digit: best, probability: p, first: t, last: t });
+      }
+      previous = best;
+    }
+    return spans;
+  }
+
+  // sequence.digit_boxes: each digit's box in the picture's pixels, the ink columns between
+  // the midpoints to its neighbours' centres, cropped to the ink there.
+  function digitBoxes(strip, spans, column) {
+    const { ink, inkW: width, inkH: height, scale, left, top, factor: f } = strip;
+    // Each span's centre, in columns of the strip's ink.
+    const centres = spans.map((span) => (((span.first + span.last + 1) / 2) * column - PAD) / scale);
+    const edges = [0, ...centres.slice(1).map((c, i) => P.roundHalfEven((centres[i] + c) / 2)), width];
+    return spans.map((_, index) => {
+      const a = Math.min(Math.max(edges[index], 0), width - 1);
+      const b = Math.min(Math.max(edges[index + 1], a + 1), width);
+      let rows = [];
+      let cols = [];
+      const columnMax = new Float32Array(b - a).fill(-Infinity);
+      for (let y = 0; y < height; y++) {
+        let rowMax = -Infinity;
+        for (let x = a; x < b; x++) {
+          const v = ink[y * width + x];
+          rowMax = Math.max(rowMax, v);
+          columnMax[x - a] = Math.max(columnMax[x - a], v);
+        }
+        if (rowMax > STRONG) rows.push(y);
+      }
+      columnMax.forEach((v, x) => v > STRONG && cols.push(x));
+      if (!rows.length || !cols.length) { // no ink there: the whole slice
+        rows = [0, height - 1];
+        cols = [0, b - a - 1];
+      }
+      const [first, last] = [cols[0], cols[cols.length - 1]];
+      const [upper, lower] = [rows[0], rows[rows.length - 1]];
+      return { x: (left + a + first) * f, y: (top + upper) * f, width: (last - first + 1) * f,
+        height: (lower - upper + 1) * f };
+    });
+  }
+
+  // The number in an ink map (width x height, `factor` picture pixels per ink-map pixel) read
+  // by a reader model (engine.js): {number, digits: [{box, digit, probability}], milliseconds:
+  // {strip, reader}}, box in the picture's pixels; throws PreprocessError when there is
+  // nothing to read.
+  function readInk(ink, width, height, factor, model) {
+    const started = performance.now();
+    const strip = inkStrip(ink, width, height, factor);
+    const stripped = performance.now();
+    const spans = greedyDecode(readerOutput(model, strip));
+    const reader = performance.now() - stripped;
+    if (!spans.length) throw new P.PreprocessError("no digits found: the reader sees ink but reads no digit in it");
+    if (spans.length > MAX_DIGITS) {
+      throw new P.PreprocessError(`found ${spans.length} digits; \`read\` reads numbers of up to ${MAX_DIGITS}`);
+    }
+    const boxes = digitBoxes(strip, spans, model.stride[1]);
+    const digits = spans.map((span, i) => ({ box: boxes[i], digit: span.digit, probability: span.probability }));
+    return { number: digits.map((d) => String(d.digit)).join(""), digits,
+      milliseconds: { strip: stripped - started, reader } };
+  }
+
+  // read.read_number(method="sequence") of RGBA pixels: readInk's answer, milliseconds.ink
+  // added (the ink map: the picture reduced, its paper fitted and removed).
+  function readWithReader(image, model, white = false) {
+    const started = performance.now();
+    const { ink, width, height, factor } = P.inkOf(image, 1, white);
+    const inked = performance.now() - started;
+    const reading = readInk(ink, width, height, factor, model);
+    // Boxes span whole ink-map pixels, which can reach past the edge of the picture.
+    for (const { box } of reading.digits) {
+      box.width = Math.min(box.width, image.width - box.x);
+      box.height = Math.min(box.height, image.height - box.y);
+    }
+    return { ...reading, milliseconds: { ink: inked, ...reading.milliseconds } };
+  }
+
+  return { readNumber, readWithReader, readInk, digitGroups, inkStrip, readerOutput };
 })();
