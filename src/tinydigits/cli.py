@@ -268,7 +268,8 @@ def _export_web(model_name: str | None, weights: Path | None, output: Path, int8
     previous_files(output)  # a folder that will be refused is refused before anything is loaded
     models = {name: load_model(name, weights, pretrained=weights is None) for name in names}
     site = export_site(output, models, pretrained=weights is None)
-    weights_sizes = ", ".join(f"{name}.json {site.files[f'models/{name}.json']:,} B" for name in names)
+    shipped = [path for path in site.files if path.startswith("models/")]  # the reader too
+    weights_sizes = ", ".join(f"{path.removeprefix('models/')} {site.files[path]:,} B" for path in shipped)
     click.echo(f"wrote a static site of {len(site.files)} files, {site.total_bytes / 1e3:.0f} KB, "
                f"to {output} (model weights: {weights_sizes})")
     click.echo(f"try it on this machine: python -m http.server --bind 127.0.0.1 -d {output}  "
