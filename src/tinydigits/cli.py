@@ -421,7 +421,7 @@ def read_command(sources: tuple[Path, ...], method: str, model_name: str | None,
     method = method.lower()
     if model_name is None:
         model_name = "medium" if method == "segment" else "reader"
-    elif method == "auto":
+    if method == "auto":
         method = "sequence" if get_spec(model_name).task == "number" else "segment"
     if (get_spec(model_name).task == "number") != (method == "sequence"):
         needs = "a number reader" if method == "sequence" else "a digit model"
