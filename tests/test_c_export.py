@@ -39,7 +39,8 @@ from tinydigits.deploy.engines import onnx_session
 from tinydigits.deploy.export import calibration_subset, export_onnx_int8, int8_onnx_proto
 from tinydigits.errors import ConfigError
 from tinydigits.lab import mcu
-from tinydigits.models import MODELS
+from tinydigits.models import get_spec
+from tinydigits.weights import shipped_models
 
 pytest.importorskip("onnxruntime")
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,11 +71,11 @@ def exported(mnist: data.MNIST, tmp_path_factory: pytest.TempPathFactory) -> dic
     if find_compiler() is None:
         pytest.skip("no host C compiler")
     root = tmp_path_factory.mktemp("c")
-    return {name: Exported(name, root / name, mnist) for name in MODELS}
+    return {name: Exported(name, root / name, mnist) for name in shipped_models("digit")}
 
 
 @needs_cc
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", shipped_models("digit"))
 def test_c_model_is_as_accurate_as_float_and_agrees_with_onnx_int8(name, exported, mnist):
     result = exported[name]
     assert result.host.count == 10_000
@@ -225,7 +226,7 @@ def test_unknown_model_is_aone_line_error(tmp_path):
 
 @needs_cc
 @needs_cross
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", shipped_models("digit"))
 def test_cortex_m_footprint_and_qemu_runs_match_the_host(name, exported, mnist, tmp_path):
     """Flash, RAM under 4 KB with a stack bound, and the model on QEMU's Cortex-M3 (portable
     kernels) and Cortex-M4 (DSP kernels): the host's digit on each of the first 300 test images
@@ -235,7 +236,7 @@ def test_cortex_m_footprint_and_qemu_runs_match_the_host(name, exported, mnist, 
     prefix = f"tinydigits_{name}"
     sizes = {cpu: mcu.footprint(export.source, prefix, cpu, tmp_path) for cpu in (*mcu.CPUS, "cortex-m3")}
     for size in sizes.values():
-        assert size.code_bytes > 0 and size.table_bytes > MODELS[name].parameters  # int8 weights and more
+        assert size.code_bytes > 0 and size.table_bytes > get_spec(name).parameters  # int8 weights and more
         assert size.buffer_bytes == export.buffer_bytes and 0 < size.stack_bytes <= 640
         assert size.ram_bytes <= 4096, size  # the rings of rows and the stack's bound
     if name == "medium":
@@ -307,7 +308,7 @@ def test_float_free_on_a_cortex_m0plus(exported, tmp_path):
 
 def test_readme_and_docs_show_the_committed_mcu_report():
     report = json.loads((ROOT / "docs" / "mcu.json").read_text())
-    assert set(report["models"]) == set(MODELS)
+    assert set(report["models"]) == set(shipped_models("digit"))
     readme = (ROOT / "README.md").read_text()
     assert mcu.README_BLOCK.read(readme) == mcu.readme_table(report), (
         "README's microcontroller table is stale: run `tinydigits mcu --update-readme README.md`")

@@ -27,10 +27,9 @@ from tinydigits.deploy.engines import (
 from tinydigits.deploy.export import MODEL_KEY, export_onnx, export_torchscript
 from tinydigits.evaluate import predict_log_probs
 from tinydigits.io import save_weights
-from tinydigits.models import MODELS
 from tinydigits.read import read_number
 from tinydigits.strips import COLUMN, number_set
-from tinydigits.weights import pretrained_path
+from tinydigits.weights import pretrained_path, shipped_models
 
 pytest.importorskip("openvino")
 pytest.importorskip("onnxruntime")
@@ -47,7 +46,7 @@ def test_inputs(mnist: data.MNIST) -> torch.Tensor:
     return data.normalize(mnist.test_images)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", shipped_models("digit"))
 def test_openvino_gives_pytorchs_predictions_on_all_test_images(name, test_inputs):
     reference = predict_log_probs(tinydigits.load_model(name, pretrained=True), test_inputs)
     engine = open_engine(name, pretrained_path(name), "openvino")

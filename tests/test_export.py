@@ -28,12 +28,13 @@ from tinydigits.deploy.export import MODEL_KEY, check_format, export_model, expo
 from tinydigits.deploy.fold import ChannelAffine, fold_batchnorm
 from tinydigits.errors import ConfigError
 from tinydigits.evaluate import evaluate_log_probs, predict_log_probs
-from tinydigits.weights import pretrained_path
+from tinydigits.models import MODELS as DIGIT_MODELS
+from tinydigits.weights import pretrained_path, shipped_models
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-MODELS = ["medium", "small", "ultrasmall"]
+MODELS = shipped_models("digit")  # the weights the tests check exports of
 TOLERANCE = 1e-4  # max |log-prob difference| accepted between an fp32 export and PyTorch
 SUBSET = 300  # test images for the randomly initialised models in the folding test
 
@@ -244,7 +245,7 @@ def test_a_reader_exports_as_fp32_onnx_only(fmt: str, int8: bool, tmp_path: Path
     asked = "--int8" if int8 else f"--format {fmt}"
     with pytest.raises(ConfigError) as raised:
         check_format(fmt, int8, "reader-small")
-    assert str(raised.value) == (f"{asked} is for the digit models (medium, small, ultrasmall); a number "
+    assert str(raised.value) == (f"{asked} is for the digit models ({', '.join(DIGIT_MODELS)}); a number "
                                  "reader (reader, reader-small) exports as fp32 ONNX only: --format onnx "
                                  "without --int8")
     assert check_format("onnx", False, "reader") == "onnx"

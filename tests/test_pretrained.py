@@ -16,14 +16,14 @@ from tinydigits.evaluate import predict_log_probs
 from tinydigits.io import WeightsError, read_metadata, save_weights
 from tinydigits.lab.publish import pick_seed, publish
 from tinydigits.lab.reproduce import load_results
-from tinydigits.models import MODELS, REGISTRY, build_model, count_parameters
+from tinydigits.models import REGISTRY, build_model, count_parameters
 from tinydigits.recipes import Recipe, get_recipe
-from tinydigits.weights import PRETRAINED_DIR, WeightsMeta, get_weights, load_model
+from tinydigits.weights import PRETRAINED_DIR, WeightsMeta, get_weights, load_model, shipped_models
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", shipped_models("digit"))
 def test_shipped_weights_reach_their_recorded_test_accuracy(name, mnist):
     weights = get_weights(name)
     weights.verify()
@@ -38,7 +38,7 @@ def test_shipped_weights_reach_their_recorded_test_accuracy(name, mnist):
     assert round(result.accuracy, 4) == meta.test_accuracy
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", shipped_models("digit"))
 def test_shipped_weights_leave_every_answer_a_clear_margin(name, mnist):
     """What lets the tests compare the shipped weights' accuracy and predictions exactly on any
     CPU: on every test image the top two log-probabilities are at least 1e-3 apart, while
@@ -51,7 +51,7 @@ def test_shipped_weights_leave_every_answer_a_clear_margin(name, mnist):
     assert float((top_two[:, 0] - top_two[:, 1]).min()) >= 1e-3
 
 
-@pytest.mark.parametrize("name", [*MODELS, "reader"])
+@pytest.mark.parametrize("name", shipped_models())
 def test_every_shipped_file_meets_the_metadata_schema(name):
     """Every field is present with its type, the parameter count is the architecture's, and
     the recipe parses; read from the file itself, not through get_weights."""
@@ -78,7 +78,7 @@ def test_malformed_metadata_is_one_clear_line(tmp_path):
         assert "\n" not in str(info.value) and str(info.value).startswith("small.safetensors: ")
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", shipped_models("digit"))
 def test_shipped_weights_are_the_seed_publish_picks_from_the_results(name):
     meta = get_weights(name).meta
     kind = "full" if meta.recipe.val_size == 0 else "default"
@@ -107,7 +107,7 @@ def test_pick_seed_uses_validation_only_and_breaks_ties_by_lowest_seed():
 def test_manifest_matches_the_files():
     manifest = json.loads((PRETRAINED_DIR / "manifest.json").read_text())
     # Every digit model and the default number reader ship; a smaller reader may not.
-    assert set(MODELS) | {"reader"} <= set(manifest) <= set(REGISTRY)
+    assert {"medium", "small", "ultrasmall", "reader"} <= set(manifest) <= set(REGISTRY)
     for name, entry in manifest.items():
         size = (PRETRAINED_DIR / entry["file"]).stat().st_size
         assert size == entry["bytes"] == get_weights(name).file_bytes

@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
+from safetensors.torch import load_file
 
 import tinydigits
 from tinydigits import data
@@ -19,8 +20,10 @@ from tinydigits.cli import main
 from tinydigits.models import READERS, build_model, count_parameters
 from tinydigits.preprocess import PreprocessError
 from tinydigits.read import read_number
+from tinydigits.recipes import get_recipe
 from tinydigits.sequence import BLANK, edit_distance, greedy_decode, read_strips, score_readings
 from tinydigits.strips import INK_HEIGHT, STRIP_HEIGHT, ink_groups, number_set, number_strip, training_strips
+from tinydigits.train import train
 
 # The frozen test sets' first 50 pictures of each kind, summarised: the numbers, formats,
 # overlaps and ink groups. A change to the generator that moves any of them changes every
@@ -189,6 +192,28 @@ def test_train_a_reader_through_the_cli(tmp_path):
     assert len(history) == 1 and "val_touching_exact" in history[0]
     model = tinydigits.load_model("reader-small", run / "final.safetensors")
     assert model(torch.zeros(1, 1, STRIP_HEIGHT, 40)).shape == (1, 11, 20)
+
+
+@pytest.mark.slow
+def test_an_interrupted_reader_run_resumes_to_the_same_weights(tmp_path):
+    """Strips reused from a pool (strip_reuse 2) are checkpointed with the run."""
+    recipe = get_recipe("reader-small").replace(epochs=2, epoch_size=64, batch_size=16, strip_reuse=2)
+    whole = train("reader-small", recipe, run_dir=tmp_path / "whole", threads=1, progress=False,
+                  evaluate_test=False, log=lambda line: None)
+
+    def interrupt_after_first_epoch(line: str) -> None:
+        if line.startswith("epoch  1/2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train("reader-small", recipe, run_dir=tmp_path / "cut", threads=1, progress=False,
+              evaluate_test=False, log=interrupt_after_first_epoch)
+    resumed = train("reader-small", recipe, run_dir=tmp_path / "cut", resume=True, threads=1,
+                    progress=False, evaluate_test=False, log=lambda line: None)
+    assert len(resumed.history) == 2
+    a = load_file(whole.run_dir / "final.safetensors")
+    b = load_file(resumed.run_dir / "final.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow

@@ -33,7 +33,17 @@ from cli_helpers import one_line_error
 from click.testing import CliRunner
 from PIL import Image
 from scan_images import scan_like
-from web_helpers import CHROMIUM, DIGITS, STATIC_SCREENSHOT, Page, Stroke, shipped_models, shipped_reader
+from web_helpers import (
+    ALL_LABEL,
+    CHROMIUM,
+    DIGITS,
+    PAGE_MODELS,
+    STATIC_SCREENSHOT,
+    Page,
+    Stroke,
+    shipped_models,
+    shipped_reader,
+)
 
 from tinydigits import data
 from tinydigits.cli import main
@@ -69,7 +79,7 @@ def summary(figures: dict) -> str:
         f"a digit in {f['photo_ms']} ms ({f['photo_decode_ms']} ms of it the browser decoding the",
         f"file; scan-like photos {f['photo_scan_ms']} ms, phone-like {f['photo_phone_ms']} ms). The",
         f"page's engine gave PyTorch's digit on {f['engine_same_digit']:,} of {f['engine_images']:,}",
-        "MNIST test images per model (all three; largest log-probability difference",
+        "MNIST test images per model (every digit model; largest log-probability difference",
         f"{f['engine_max_logp_diff']:.1e}) and the number reader's log-probabilities on the strips of",
         f"{f['reader_strips']} pictures of touching numbers to within {f['reader_max_logp_diff']:.1e};",
         f"its strips were `ink_strip`'s to within {f['strip_max_abs_diff']:.1e}. JavaScript",
@@ -153,7 +163,7 @@ def test_the_export_is_a_self_contained_site_under_700_kb(site):
     assert total <= SITE_LIMIT, f"the site is {total:,} bytes"
     document = json.loads((site / "models.json").read_text())
     assert document["inference"] == ["browser"] and document["default"] == "medium"
-    assert [info["name"] for info in document["models"]] == ["medium", "small", "ultrasmall"]
+    assert [info["name"] for info in document["models"]] == PAGE_MODELS
     for info in document["models"]:
         weights = site / info["weights"]
         assert weights.stat().st_size == info["weights_bytes"] < 45_000
@@ -217,12 +227,12 @@ def test_digits_drawn_with_the_mouse_are_read_in_the_browser(browser, static, si
         assert p.locator("#camera").get_attribute("accept") == "image/*"
         assert p.locator("#camera").get_attribute("capture") == "environment"
         assert "nothing you draw or upload leaves this machine" in p.locator("#local-note").inner_text()
-        p.get_by_label("All three").check()
+        p.get_by_label(ALL_LABEL).check()
         for digit in (1, 7, 0):
             p.get_by_role("button", name="Clear").click()
             page.draw(DIGITS[digit])
             page.idle()
-            page.check_reads(digit, models=3)
+            page.check_reads(digit, models=len(PAGE_MODELS))
             assert "nothing you draw leaves this machine" in p.locator("#message").inner_text()
         page.check_stayed_local()
         shot = tmp_path / "static-site.png"

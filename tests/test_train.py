@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from tinydigits import data
 from tinydigits.io import WeightsError, read_metadata
+from tinydigits.models import REGISTRY
 from tinydigits.recipes import DEFAULT_RECIPES, REFERENCE_RECIPES, Recipe, get_recipe
 from tinydigits.train import train
 
@@ -90,9 +91,9 @@ def test_resume_without_checkpoint_and_reuse_of_a_run_dir_are_errors(small_mnist
 
 
 def test_recipes():
-    # Every registered model has a default recipe; the digit models have the reference's too.
+    # Every registered model has a default recipe; the reference project's models have its too.
     assert set(REFERENCE_RECIPES) == {"medium", "small", "ultrasmall"}
-    assert set(DEFAULT_RECIPES) == set(REFERENCE_RECIPES) | {"reader", "reader-small"}
+    assert set(DEFAULT_RECIPES) == set(REGISTRY)
     assert all(r.epochs <= 19 for r in DEFAULT_RECIPES.values())  # the reference's budget
     ref = get_recipe("small", "reference")
     assert (ref.lr, ref.batch_size, ref.dropout, ref.rotation, ref.epochs) == (0.061005, 32, 0.02, 5.0, 19)

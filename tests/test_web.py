@@ -14,8 +14,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from web_helpers import CHROMIUM, DIGITS, SCREENSHOT, Page, on_paper, shipped_models, shipped_reader
+from web_helpers import (
+    ALL_LABEL,
+    CHROMIUM,
+    DIGITS,
+    PAGE_MODELS,
+    SCREENSHOT,
+    Page,
+    on_paper,
+    shipped_models,
+    shipped_reader,
+)
 
+from tinydigits.models import get_spec
 from tinydigits.predict import predict_image
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")
@@ -67,7 +78,7 @@ def test_digits_drawn_with_the_mouse_are_read_as_you_draw(page):
 
 def test_a_number_written_on_the_wide_pad_is_read_with_a_box_per_digit(page):
     p = page.page
-    p.get_by_label("All three").check()  # the digit models: no part in reading a number
+    p.get_by_label(ALL_LABEL).check()  # the digit models: no part in reading a number
     p.get_by_label("A number").check()
     assert not p.locator("#models").is_visible()
     box = p.locator("#pad").bounding_box()
@@ -95,30 +106,31 @@ def test_a_number_written_on_the_wide_pad_is_read_with_a_box_per_digit(page):
     p.get_by_label("One digit").check()
     page.draw(DIGITS[7])
     page.idle()
-    page.check_reads(7, models=3)
+    page.check_reads(7, models=len(PAGE_MODELS))
 
 
-def test_all_three_models_side_by_side_undo_and_screenshot(page, tmp_path):
+def test_all_models_side_by_side_undo_and_screenshot(page, tmp_path):
     p = page.page
     labels = [t.strip() for t in p.locator("#models label").all_inner_texts()]
-    assert labels == ["Medium", "Small", "UltraSmall", "All three"]
-    p.get_by_label("All three").check()
+    titles = [get_spec(name).title.removeprefix("MNIST-") for name in PAGE_MODELS]
+    assert labels == [*titles, ALL_LABEL]
+    p.get_by_label(ALL_LABEL).check()
     page.draw(DIGITS[7])
     page.idle()
-    before = page.check_reads(7, models=3)
-    assert [c["model"] for c in before] == ["medium", "small", "ultrasmall"]
+    before = page.check_reads(7, models=len(PAGE_MODELS))
+    assert [c["model"] for c in before] == PAGE_MODELS
     page.draw([[(0.15, 0.9), (0.85, 0.9)]])  # an extra stroke ...
     page.idle()
     p.get_by_role("button", name="Undo").click()  # ... undone: the same picture, the same answers
     page.idle()
-    after = page.check_reads(7, models=3)
+    after = page.check_reads(7, models=len(PAGE_MODELS))
     assert [[b["p"] for b in c["bars"]] for c in after] == [[b["p"] for b in c["bars"]] for c in before]
     p.get_by_label("Small", exact=True).check()
     page.idle()
     page.check_reads(7, models=1)
-    p.get_by_label("All three").check()
+    p.get_by_label(ALL_LABEL).check()
     page.idle()
-    page.check_reads(7, models=3)
+    page.check_reads(7, models=len(PAGE_MODELS))
 
     shot = tmp_path / "web-demo.png"
     p.screenshot(path=str(shot), full_page=True)

@@ -18,6 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import tinydigits
+from tinydigits import weights
 from tinydigits.runtime import set_threads
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (scripts/setup.sh); Playwright's own builds do not run here
@@ -39,12 +40,17 @@ PAD = 280  # the page's canvas size in pixels
 LINE_WIDTH = 18  # the page's stroke width (app.js)
 
 
+# The digit models the page offers (those with shipped weights) and its "all of them" choice.
+PAGE_MODELS = weights.shipped_models("digit")
+ALL_LABEL = "All three" if len(PAGE_MODELS) == 3 else f"All {len(PAGE_MODELS)}"
+
+
 @functools.cache
 def shipped_models() -> dict[str, tinydigits.models.TinyDigitNet]:
     # $TINYDIGITS_THREADS, as the command line honours it: on a busy machine extra torch
     # threads spin and make every preprocessing and inference step here many times slower.
     set_threads()
-    return {name: tinydigits.load_model(name, pretrained=True) for name in tinydigits.MODELS}
+    return {name: tinydigits.load_model(name, pretrained=True) for name in weights.shipped_models("digit")}
 
 
 @functools.cache

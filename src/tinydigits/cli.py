@@ -23,7 +23,7 @@ from .lab import DEFAULT_SEEDS
 from .models import MODELS, READERS, REGISTRY, get_spec
 from .read import METHODS
 from .runtime import package_version, set_threads
-from .weights import load_model, pretrained_path
+from .weights import load_model, pretrained_path, shipped_models
 
 MODEL_CHOICE = click.Choice(list(MODELS), case_sensitive=False)  # the digit models
 ANY_MODEL_CHOICE = click.Choice(list(REGISTRY), case_sensitive=False)  # and the number readers
@@ -264,7 +264,7 @@ def _export_web(model_name: str | None, weights: Path | None, output: Path, int8
         raise click.UsageError("--int8 is not available for --format web: the site ships the fp32 models")
     if weights is not None and model_name is None:
         raise click.UsageError("--weights needs --model: which model are they?")
-    names = [model_name] if model_name else list(MODELS)
+    names = [model_name] if model_name else shipped_models("digit")
     previous_files(output)  # a folder that will be refused is refused before anything is loaded
     models = {name: load_model(name, weights, pretrained=weights is None) for name in names}
     site = export_site(output, models, pretrained=weights is None)
@@ -820,10 +820,11 @@ def mcu_command(model_names: tuple[str, ...], qemu_images: int, output: Path, up
     """The C export on Cortex-M: flash, RAM, accuracy, and a run on QEMU (writes docs/MCU.md)."""
     from .lab.mcu import README_BLOCK, measure, readme_table, write_report
 
-    names = list(dict.fromkeys(model_names)) or list(MODELS)
+    shipped = shipped_models("digit")
+    names = list(dict.fromkeys(model_names)) or shipped
     if update_readme is not None:  # before minutes of measuring
-        if set(names) != set(MODELS):
-            raise click.UsageError("--update-readme writes the table of all three models; leave out --models")
+        if set(names) != set(shipped):
+            raise click.UsageError("--update-readme writes every shipped model's row: leave out --models")
         try:
             README_BLOCK.read(update_readme.read_text())
         except OSError as err:
@@ -860,7 +861,7 @@ def bench_command(model_names: tuple[str, ...], threads: int | None, output: Pat
 
     if update_readme is not None:  # before a quarter of an hour of measuring
         if quick or (model_names and set(model_names) != set(MODELS)) or (device or "cpu") != "cpu":
-            raise click.UsageError("--update-readme takes a full CPU run of all three models "
+            raise click.UsageError("--update-readme takes a full CPU run of every model "
                                    "(no --quick, --models or --device)")
         try:
             README_BLOCK.read(update_readme.read_text())

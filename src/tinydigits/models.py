@@ -109,6 +109,26 @@ def mnist_ultrasmall(dropout: float = 0.02) -> TinyDigitNet:
     ])
 
 
+def mnist_nano(dropout: float = 0.0) -> TinyDigitNet:
+    """MNIST-Nano: under 2,000 parameters, designed here. Narrow convs at 28x28, most of the
+    depth at 14x14 and 7x7 so the last features see the whole digit (a 28-pixel receptive
+    field) before global average pooling; no dense layer."""
+    d = dropout
+    return TinyDigitNet([
+        nn.Sequential(
+            *_conv3x3(1, 4), nn.Dropout(d),
+            *_conv3x3(4, 6), nn.MaxPool2d(2), nn.Dropout(d),
+        ),
+        nn.Sequential(
+            *_conv3x3(6, 8), nn.MaxPool2d(2), nn.Dropout(d),
+        ),
+        nn.Sequential(
+            *_conv3x3(8, 8, padding=0), nn.Dropout(d),
+            *_conv3x3(8, 8, padding=0), nn.Dropout(d),
+        ),
+    ], channels_out=8)
+
+
 class NumberReader(nn.Module):
     """Reads a whole number from a strip of any width: conv blocks that halve the height four
     times and the width once, a convolution over the last 2 rows that collapses the height, a
@@ -187,6 +207,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("medium", "MNIST-Medium", mnist_medium, 3, 99.44),
         ModelSpec("small", "MNIST-Small", mnist_small, 2, 99.25),
         ModelSpec("ultrasmall", "MNIST-UltraSmall", mnist_ultrasmall, 2, 99.00),
+        ModelSpec("nano", "MNIST-Nano", mnist_nano, 3, None),
         ModelSpec("reader", "Number reader", number_reader, 4, None, "number", (1, 32, None), 11),
         ModelSpec("reader-small", "Number reader, small", number_reader_small, 4, None, "number",
                   (1, 32, None), 11),

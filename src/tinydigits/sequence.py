@@ -227,8 +227,12 @@ def train_reader(model_name: str, recipe: Recipe, *, run_dir: Path, resume: bool
     schedule = make_schedule(optimizer, recipe, steps_per_epoch)
     rng = np.random.default_rng(recipe.seed)
     history: list[dict[str, Any]] = []
+    # With strip_reuse > 1, batches are drawn from a pool of recent strips: part of the state a
+    # resumed run needs to give the same weights as an uninterrupted one.
+    pool: deque[tuple[torch.Tensor, str]] = deque(maxlen=POOL_BATCHES * recipe.batch_size)
     if resume:
         state = load_checkpoint(checkpoint_path)
+        pool.extend((strip, number) for strip, number in state.get("strip_pool", []))
         model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -247,8 +251,6 @@ def train_reader(model_name: str, recipe: Recipe, *, run_dir: Path, resume: bool
         (run_dir / "metrics.jsonl").write_text("")
     val_sets = {kind: number_set(kind, "val", val_count, mnist) for kind in ("separate", "touching")}
     val_strips = {kind: picture_strips(pictures) for kind, pictures in val_sets.items()}
-
-    pool: deque[tuple[torch.Tensor, str]] = deque(maxlen=POOL_BATCHES * recipe.batch_size)
 
     def next_batch() -> tuple[list[torch.Tensor], list[str]]:
         """Fresh strips, or with strip_reuse > 1 a draw from the pool of recent ones that a
@@ -297,6 +299,7 @@ def train_reader(model_name: str, recipe: Recipe, *, run_dir: Path, resume: bool
             "model_state": model.state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "numpy_rng": rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(), "history": history, "best_val": -1.0, "cuda_rng": [],
+            "strip_pool": list(pool),
         })
         h = history[-1]
         log(f"epoch {epoch:2d}/{recipe.epochs}  train loss {h['train_loss']:.4f}  val exact: separate "

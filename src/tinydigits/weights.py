@@ -112,6 +112,13 @@ def read_manifest(weights_dir: str | Path = PRETRAINED_DIR) -> dict[str, Any]:
         raise WeightsError(f"{path}: not valid JSON ({err})") from None
 
 
+def shipped_models(task: str | None = None, weights_dir: str | Path = PRETRAINED_DIR) -> list[str]:
+    """The registered models whose weights ship with the package, in registry order (of one
+    ``task`` if given): a model lands in the registry before its weights are trained."""
+    shipped = read_manifest(weights_dir)
+    return [name for name, spec in REGISTRY.items() if name in shipped and task in (None, spec.task)]
+
+
 def get_weights(name: str, weights_dir: str | Path = PRETRAINED_DIR) -> Weights:
     """The shipped weights of model ``name`` and their metadata (the hash is checked on
     loading; see :meth:`Weights.verify`)."""

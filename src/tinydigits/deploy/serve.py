@@ -49,7 +49,7 @@ from ..models import MODELS, READERS, get_spec
 from ..predict import Classifier, predict_image
 from ..preprocess import FORMATS, WORK_SIDE, PreprocessError, load_image
 from ..read import METHODS, Reading, read_number
-from ..weights import load_model, pretrained_path
+from ..weights import load_model, pretrained_path, shipped_models
 from .engines import open_engine
 from .static_site import (
     ICON,
@@ -222,7 +222,7 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
     400, before they are decoded.
     """
     if models is None:
-        models = list(MODELS)
+        models = shipped_models("digit")
     loaded: dict[str, Classifier]
     if isinstance(models, Mapping):
         loaded = {get_spec(name).name: model.eval() for name, model in models.items()}

@@ -16,7 +16,7 @@ from ..errors import TinyDigitsError
 from ..markdown import GeneratedBlock, markdown_table
 from ..models import MODELS, READERS, build_model, count_parameters
 from ..recipes import DEFAULT_RECIPES, Recipe
-from ..weights import PRETRAINED_DIR, get_weights
+from ..weights import PRETRAINED_DIR, get_weights, shipped_models
 from . import DEFAULT_SEEDS
 from .commands import tinydigits_line
 from .reproduce import RESULTS_DIR, load_results
@@ -48,9 +48,10 @@ def _seed_cell(results: dict | None) -> str:
 def models_table(results_root: str | Path = RESULTS_DIR) -> str:
     """The Markdown models table."""
     rows = []
+    shipped = shipped_models("digit")
     for name, spec in MODELS.items():
         summary = summarize(build_model(name), name)
-        weights = get_weights(name)
+        weights = get_weights(name) if name in shipped else None  # a model lands before its weights
         ours = load_results(name, "default", results_root)
         full = load_results(name, "full", results_root)
         reference = load_results(name, "reference", results_root)
@@ -58,16 +59,16 @@ def models_table(results_root: str | Path = RESULTS_DIR) -> str:
         cells = [
             spec.title,
             f"{summary.total_parameters:,}",
-            f"{weights.file_bytes:,} B ({weights.file_bytes / 1024:.1f} KB)",
-            f"{weights.test_accuracy:.2f}% (seed {weights.meta.seed})",
+            f"{weights.file_bytes:,} B ({weights.file_bytes / 1024:.1f} KB)" if weights else "not shipped",
+            f"{weights.test_accuracy:.2f}% (seed {weights.meta.seed})" if weights else "not shipped",
             _seed_cell(ours),
             _seed_cell(full),
             _seed_cell(reference),
-            f"{spec.reference_accuracy:.2f}% (best epoch on test)",
+            f"{spec.reference_accuracy:.2f}% (best epoch on test)" if spec.reference_accuracy else "— (ours)",
             str(spec.conv_blocks),
             f"{summary.max_receptive_field} px",
             f"{summary.total_macs:,}",
-            f"`src/tinydigits/{PRETRAINED_DIR.name}/{weights.path.name}`",
+            f"`src/tinydigits/{PRETRAINED_DIR.name}/{weights.path.name}`" if weights else "not shipped",
             f"`{tinydigits_line('reproduce', {'model': name, 'seeds': seeds})}` (all 60k: `--recipe full`)",
         ]
         rows.append(cells)

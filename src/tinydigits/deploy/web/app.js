@@ -578,12 +578,17 @@
     const radio = document.querySelector(`#inference input[value="${where}"]`);
     if (radio) radio.checked = true;
     if (where === "browser") {
-      // Fetched now, not at the first stroke; the mark times the page's first load.
-      Promise.all([...state.models, state.reader].filter((m) => m?.weights).map((m) => inBrowser.model(m.name)))
+      // The digit models are fetched now, not at the first stroke; the mark times the page's
+      // first load. The number reader (four times their weight) follows in the background:
+      // "A number" mode waits for it if it is asked for first.
+      Promise.all(state.models.filter((m) => m.weights).map((m) => inBrowser.model(m.name)))
         .then(() => {
           performance.mark("tinydigits-models-ready");
           document.body.dataset.modelsReady = "true";
+          if (state.reader?.weights) return inBrowser.model(state.reader.name);
+          return null;
         })
+        .then(() => { document.body.dataset.readerReady = "true"; })
         .catch((error) => showMessage(`Error: ${error.message}`, true));
     }
     state.epoch++;

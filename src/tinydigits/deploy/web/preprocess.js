@@ -65,11 +65,16 @@ window.tinydigitsPreprocess = (() => {
       for (let i = 0; i < n; i++) r = f32(r + a[lo + i]);
       return r;
     }
-    if (n <= 128) {
-      const r = Array.from({ length: 8 }, (_, j) => a[lo + j]);
+    if (n <= 128) { // eight lanes in locals: this runs on every pixel of the picture
+      let r0 = a[lo]; let r1 = a[lo + 1]; let r2 = a[lo + 2]; let r3 = a[lo + 3];
+      let r4 = a[lo + 4]; let r5 = a[lo + 5]; let r6 = a[lo + 6]; let r7 = a[lo + 7];
       let i = 8;
-      for (; i < n - (n % 8); i += 8) for (let j = 0; j < 8; j++) r[j] = f32(r[j] + a[lo + i + j]);
-      let res = f32(f32(f32(r[0] + r[1]) + f32(r[2] + r[3])) + f32(f32(r[4] + r[5]) + f32(r[6] + r[7])));
+      for (; i < n - (n % 8); i += 8) {
+        const j = lo + i;
+        r0 = f32(r0 + a[j]); r1 = f32(r1 + a[j + 1]); r2 = f32(r2 + a[j + 2]); r3 = f32(r3 + a[j + 3]);
+        r4 = f32(r4 + a[j + 4]); r5 = f32(r5 + a[j + 5]); r6 = f32(r6 + a[j + 6]); r7 = f32(r7 + a[j + 7]);
+      }
+      let res = f32(f32(f32(r0 + r1) + f32(r2 + r3)) + f32(f32(r4 + r5) + f32(r6 + r7)));
       for (; i < n; i++) res = f32(res + a[lo + i]);
       return res;
     }
@@ -151,25 +156,45 @@ window.tinydigitsPreprocess = (() => {
     const { data, width, height } = image;
     const ow = Math.ceil(width / factor);
     const oh = Math.ceil(height / factor);
+    const lastWidth = width - (ow - 1) * factor; // the right edge's partial box
     const out = new Uint8ClampedArray(ow * oh * 4);
-    const multipliers = new Map();
-    const multiplier = (n) => {
-      if (!multipliers.has(n)) multipliers.set(n, Math.trunc(f32(4294967296 / (256 * n))));
-      return multipliers.get(n);
-    };
+    const sums = new Uint32Array(ow * 4);
+    // A pixel's four bytes in one read (little-endian, as every browser's typed arrays are).
+    const pixels = data.byteOffset % 4 === 0 ? new Uint32Array(data.buffer, data.byteOffset, width * height)
+      : new Uint32Array(data.slice().buffer);
+    // Row by row through memory (a phone's photo is tens of megabytes): each box's row sums
+    // gathered per output column, then the averages of a finished row of boxes.
     for (let y = 0; y < oh; y++) {
+      sums.fill(0);
       const yEnd = Math.min(height, (y + 1) * factor);
-      for (let x = 0; x < ow; x++) {
-        const xEnd = Math.min(width, (x + 1) * factor);
-        const n = (yEnd - y * factor) * (xEnd - x * factor);
-        const m = multiplier(n);
-        for (let ch = 0; ch < 4; ch++) {
-          let ss = Math.floor(n / 2);
-          for (let yy = y * factor; yy < yEnd; yy++) {
-            for (let xx = x * factor; xx < xEnd; xx++) ss += data[(yy * width + xx) * 4 + ch];
+      for (let yy = y * factor; yy < yEnd; yy++) {
+        let i = yy * width;
+        for (let x = 0; x < ow; x++) {
+          const boxWidth = x === ow - 1 ? lastWidth : factor;
+          let s0 = 0;
+          let s1 = 0;
+          let s2 = 0;
+          let s3 = 0;
+          for (let k = 0; k < boxWidth; k++, i++) {
+            const p = pixels[i];
+            s0 += p & 255;
+            s1 += (p >>> 8) & 255;
+            s2 += (p >>> 16) & 255;
+            s3 += p >>> 24;
           }
-          out[(y * ow + x) * 4 + ch] = Math.floor((ss * m) / 16777216);
+          const o = 4 * x;
+          sums[o] += s0;
+          sums[o + 1] += s1;
+          sums[o + 2] += s2;
+          sums[o + 3] += s3;
         }
+      }
+      const rows = yEnd - y * factor;
+      for (let x = 0; x < ow; x++) {
+        const n = rows * (x === ow - 1 ? lastWidth : factor);
+        const m = Math.trunc(f32(4294967296 / (256 * n)));
+        const half = Math.floor(n / 2);
+        for (let ch = 0; ch < 4; ch++) out[(y * ow + x) * 4 + ch] = Math.floor(((sums[4 * x + ch] + half) * m) / 16777216);
       }
     }
     return { data: out, width: ow, height: oh };
@@ -197,23 +222,20 @@ window.tinydigitsPreprocess = (() => {
     const { data, width, height } = image;
     const count = width * height;
     const out = new Float32Array(count);
-    const g = new Float64Array(count);
+    const g = (i) => (data[4 * i] / 255) * 0.299 + (data[4 * i + 1] / 255) * 0.587 + (data[4 * i + 2] / 255) * 0.114;
     let opaque = true;
     for (let i = 0; i < count; i++) {
-      g[i] = (data[4 * i] / 255) * 0.299 + (data[4 * i + 1] / 255) * 0.587 + (data[4 * i + 2] / 255) * 0.114;
+      out[i] = g(i); // rounded to fp32 once, as Python's float64 luminance cast to fp32
       if (data[4 * i + 3] !== 255) opaque = false;
     }
-    if (opaque) {
-      for (let i = 0; i < count; i++) out[i] = g[i];
-      return out;
-    }
+    if (opaque) return out;
     const visible = [];
-    for (let i = 0; i < count; i++) if (data[4 * i + 3] / 255 > 0.5) visible.push(g[i]);
+    for (let i = 0; i < count; i++) if (data[4 * i + 3] / 255 > 0.5) visible.push(g(i));
     visible.sort((a, b) => a - b);
     const backdrop = visible.length && quantile64(visible, 0.25) > 0.5 ? 0.0 : 1.0;
     for (let i = 0; i < count; i++) {
       const alpha = data[4 * i + 3] / 255;
-      out[i] = g[i] * alpha + backdrop * (1.0 - alpha);
+      out[i] = g(i) * alpha + backdrop * (1.0 - alpha);
     }
     return out;
   }
@@ -370,13 +392,14 @@ window.tinydigitsPreprocess = (() => {
     const { surface, sigma, paper } = known || fitBackground(g, w, h);
     const count = w * h;
     const residual = new Float32Array(count);
-    for (let i = 0; i < count; i++) residual[i] = g[i] - surface[i];
     const margin = f32(Math.max(3 * sigma, 0.02));
     const darkParts = new Float32Array(count);
     const lightParts = new Float32Array(count);
     for (let i = 0; i < count; i++) {
-      darkParts[i] = Math.max(f32(-residual[i] - margin), 0);
-      lightParts[i] = Math.max(f32(residual[i] - margin), 0);
+      const r = f32(g[i] - surface[i]);
+      residual[i] = r;
+      darkParts[i] = Math.max(f32(-r - margin), 0);
+      lightParts[i] = Math.max(f32(r - margin), 0);
     }
     const floor = f32(0.05);
     const ink = new Float32Array(count);
@@ -390,10 +413,11 @@ window.tinydigitsPreprocess = (() => {
     }
     const low = Math.max(3 * noise, 1.5 / 255);
     const low32 = f32(low);
-    let candidates = [];
-    for (let i = 0; i < count; i++) if (ink[i] > low32) candidates.push(ink[i]);
-    if (!candidates.length) throw new PreprocessError("no ink found: the image looks blank");
-    candidates = Float32Array.from(candidates).sort();
+    const above = new Float32Array(count);
+    let n = 0;
+    for (let i = 0; i < count; i++) if (ink[i] > low32) above[n++] = ink[i];
+    if (!n) throw new PreprocessError("no ink found: the image looks blank");
+    const candidates = above.subarray(0, n).sort();
     const top = quantile32(candidates, 0.995);
     if (top < Math.max(6 * noise, 0.1)) {
       throw new PreprocessError("no ink found: the image looks blank (no marks stand out from the paper)");
@@ -660,5 +684,5 @@ window.tinydigitsPreprocess = (() => {
     return fitToMnist(clean, width, height);
   }
 
-  return { toMnist, inkOf, fitToMnist, cropToInk, resize, draftScale, PreprocessError, roundHalfEven, SIZE };
+  return { reduce, toMnist, inkOf, fitToMnist, cropToInk, resize, draftScale, PreprocessError, roundHalfEven, SIZE };
 })();
