@@ -5,6 +5,7 @@ kernels) where Debian's cross tools are installed."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -24,6 +25,7 @@ from tinydigits.deploy import ExportError
 from tinydigits.deploy.c_export import (
     COMPILE_FLAGS,
     CExport,
+    ConvLayer,
     _rings,
     _steps,
     export_c,
@@ -230,8 +232,10 @@ def test_unknown_model_is_aone_line_error(tmp_path):
 def test_cortex_m_footprint_and_qemu_runs_match_the_host(name, exported, mnist, tmp_path):
     """Flash, RAM under 4 KB with a stack bound, and the model on QEMU's Cortex-M3 (portable
     kernels) and Cortex-M4 (DSP kernels): the host's digit on each of the first 300 test images
-    (`tinydigits mcu` runs 1,000), under 3 instructions per multiply-accumulate, the stack used
-    within its bound."""
+    (`tinydigits mcu` runs 1,000), under 3 instructions per multiply-accumulate (2.6 with the DSP
+    kernels) where a convolution takes the kernels' unrolled paths (a first 1-channel layer, or
+    windows 8, 16 or 32 bytes apart), 1.6 times that on the generic path (Nano's 4- and 6-channel
+    inputs), the stack used within its bound."""
     export = exported[name].export
     prefix = f"tinydigits_{name}"
     sizes = {cpu: mcu.footprint(export.source, prefix, cpu, tmp_path) for cpu in (*mcu.CPUS, "cortex-m3")}
@@ -242,15 +246,26 @@ def test_cortex_m_footprint_and_qemu_runs_match_the_host(name, exported, mnist, 
     if name == "medium":
         assert sizes["cortex-m0plus"].table_bytes <= 10 * 1024
         assert all(size.ram_bytes <= 3 * 1024 for size in sizes.values())
-    per_image = macs(lower(int8_onnx_proto(tinydigits.load_model(name, pretrained=True),
-                                           calibration_subset(mnist.train_images))))
+    lowered = lower(int8_onnx_proto(tinydigits.load_model(name, pretrained=True),
+                                    calibration_subset(mnist.train_images)))
+    fast, generic = 0, 0  # multiply-accumulates per image on each path of td_conv_row
+    for layer in lowered.layers:
+        if isinstance(layer, ConvLayer):
+            layer_macs = macs(dataclasses.replace(lowered, layers=[layer]))
+            channels = layer.in_shape[0]
+            if channels == 1 or layer.stride * channels in (8, 16, 32):
+                fast += layer_macs
+            else:
+                generic += layer_macs
     dsp = subprocess.run(["arm-none-eabi-objdump", "-d", str(tmp_path / f"{prefix}-cortex-m4.elf")],
                          capture_output=True, text=True, check=True).stdout
     assert "smlad" in dsp and "uxtb16" in dsp  # the M4 build takes the DSP path
+    assert fast + generic == macs(lowered)
     for cpu, limit in (("cortex-m3", 3.0), ("cortex-m4", 2.6)):
         run = mcu.run_on_qemu(export.source, export.header, prefix, mnist.test_images[:300], tmp_path, cpu)
         assert run.predictions.tolist() == exported[name].host.predictions[:300].tolist(), cpu
-        assert 100_000 < run.instructions_per_image <= limit * per_image, (cpu, run.instructions_per_image)
+        budget = limit * (fast + 1.6 * generic)
+        assert 100_000 < run.instructions_per_image <= budget, (cpu, run.instructions_per_image, budget)
         assert 64 <= run.stack_bytes <= sizes[cpu].stack_bytes, (cpu, run.stack_bytes, sizes[cpu].stack_bytes)
 
 

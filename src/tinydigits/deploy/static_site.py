@@ -1,7 +1,7 @@
 """The web demo as a static site: the page, its scripts and the models' weights, so a
 visitor's browser runs the models and any static file host can serve it.
 
-The models run on a few plain JavaScript kernels (``static/engine.js``: fp32 conv, ReLU,
+The models run on a few plain JavaScript kernels (``engine.js``: fp32 conv, ReLU,
 per-channel affine, max pool, global average pool, log-softmax) from a small JSON file per
 model written here at export time: BatchNorm folded away (:mod:`tinydigits.deploy.fold` for
 the digit models; into the convolution before it for the number reader), each tensor as
@@ -10,7 +10,7 @@ Runtime Web (14 MB of WebAssembly to run models of 23-36 KB) was dropped once th
 gave PyTorch's digit on all 10,000 MNIST test images (tests/test_static_site.py).
 
 "A number" mode runs the number reader (:class:`tinydigits.models.NumberReader`, the shipped
-one unless the export is given another): ``static/read.js`` makes the strip as
+one unless the export is given another): ``read.js`` makes the strip as
 :func:`tinydigits.strips.number_strip` does, the kernels give its per-column
 log-probabilities, and greedy decoding and the digits' boxes follow
 :mod:`tinydigits.sequence`. Its fp32 parameters (75k, 402 KB as base64) are most of the
@@ -49,11 +49,14 @@ from . import ExportError
 from .export import ensure_directory
 from .fold import ChannelAffine, fold_batchnorm
 
-ENGINE = "tinydigits JavaScript kernels (static/engine.js)"
+ENGINE = "tinydigits JavaScript kernels (engine.js)"
 WEIGHTS_FORMAT = "tinydigits-js-1"
 MANIFEST = "tinydigits-site.json"  # what marks a folder as a site export, and lists its files
-PAGE_FILES = {"index.html": "index.html", "static/app.js": "app.js", "static/preprocess.js": "preprocess.js",
-              "static/engine.js": "engine.js", "static/read.js": "read.js", "static/style.css": "style.css"}
+PAGE_FILES = {"index.html": "index.html", "static/style.css": "style.css"}
+# The page's scripts, in its order; a site ships them as one file (a first visit's requests
+# cost more than their bytes), the server as they are.
+SCRIPTS = ("preprocess.js", "engine.js", "read.js", "app.js")
+BUNDLE = "static/tinydigits.js"
 SERVICE_WORKER = "sw.js"
 WEB_MANIFEST = "manifest.webmanifest"
 ICON = "static/icon.svg"
@@ -207,13 +210,16 @@ def browser_model_bytes(model: nn.Module, name: str) -> bytes:
     return (json.dumps(browser_model(model, name), separators=(",", ":")) + "\n").encode()
 
 
-def with_preloads(page: bytes, paths: list[str]) -> bytes:
-    """The page with the files its first read needs asked for at once, beside its scripts,
-    rather than after they run (which took the first load from ~350 to ~150 ms)."""
-    links = "".join(f'<link rel="preload" href="{path}" as="fetch" crossorigin>\n' for path in paths)
+def site_page(page: bytes, preloads: list[str]) -> bytes:
+    """The page as a site serves it: its scripts as the one bundle, and the files its first
+    read needs (``preloads``) asked for at once, beside the scripts, not after they run."""
+    tags = "".join(f'<script src="static/{name}" defer></script>\n' for name in SCRIPTS).encode()
     marker = b'<link rel="stylesheet"'
-    if marker not in page:
-        raise ExportError("the page template has no stylesheet link to put the preloads before")
+    if tags not in page or marker not in page:
+        raise ExportError("the page template has changed: its stylesheet link or script tags are not "
+                          "where the site export expects them")
+    links = "".join(f'<link rel="preload" href="{path}" as="fetch" crossorigin>\n' for path in preloads)
+    page = page.replace(tags, f'<script src="{BUNDLE}" defer></script>\n'.encode())
     return page.replace(marker, links.encode() + marker, 1)
 
 
@@ -292,8 +298,9 @@ def export_site(directory: str | Path, models: Mapping[str, nn.Module], *,
     reader_name = next(iter(readers))
     web = resources.files("tinydigits.deploy").joinpath("web")
     contents: dict[str, bytes] = {path: web.joinpath(name).read_bytes() for path, name in PAGE_FILES.items()}
-    first_read = ["models.json", *(f"models/{name}.json" for name in digits)]
-    contents["index.html"] = with_preloads(contents["index.html"], first_read)
+    contents[BUNDLE] = b"\n".join(web.joinpath(name).read_bytes() for name in SCRIPTS)
+    first_read = ["models.json", f"models/{next(iter(digits))}.json"]  # the default model's weights
+    contents["index.html"] = site_page(contents["index.html"], first_read)
     contents[WEB_MANIFEST] = web_manifest()
     contents[ICON] = ICON_SVG.encode()
     for name, model in {**digits, **readers}.items():

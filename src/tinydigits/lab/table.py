@@ -15,7 +15,7 @@ from ..analysis import summarize
 from ..errors import TinyDigitsError
 from ..markdown import GeneratedBlock, markdown_table
 from ..models import MODELS, READERS, build_model, count_parameters
-from ..recipes import DEFAULT_RECIPES, Recipe
+from ..recipes import DEFAULT_RECIPES, REFERENCE_RECIPES, Recipe
 from ..weights import PRETRAINED_DIR, get_weights, shipped_models
 from . import DEFAULT_SEEDS
 from .commands import tinydigits_line
@@ -63,7 +63,7 @@ def models_table(results_root: str | Path = RESULTS_DIR) -> str:
             f"{weights.test_accuracy:.2f}% (seed {weights.meta.seed})" if weights else "not shipped",
             _seed_cell(ours),
             _seed_cell(full),
-            _seed_cell(reference),
+            _seed_cell(reference) if name in REFERENCE_RECIPES else "— (ours)",
             f"{spec.reference_accuracy:.2f}% (best epoch on test)" if spec.reference_accuracy else "— (ours)",
             str(spec.conv_blocks),
             f"{summary.max_receptive_field} px",

@@ -578,17 +578,25 @@
     const radio = document.querySelector(`#inference input[value="${where}"]`);
     if (radio) radio.checked = true;
     if (where === "browser") {
-      // The digit models are fetched now, not at the first stroke; the mark times the page's
-      // first load. The number reader (four times their weight) follows in the background:
-      // "A number" mode waits for it if it is asked for first.
-      Promise.all(state.models.filter((m) => m.weights).map((m) => inBrowser.model(m.name)))
+      // The chosen models are fetched now, not at the first stroke: the mark times the page's
+      // first load, a digit can be read from then on. The other digit models and the number
+      // reader (four times their weight) follow in the background, and the service worker
+      // after them; whatever is asked for before it has arrived is waited for.
+      const withWeights = state.models.filter((m) => m.weights).map((m) => m.name);
+      const chosen = selectedModels().filter((name) => withWeights.includes(name));
+      const rest = [...withWeights.filter((name) => !chosen.includes(name)),
+        ...(state.reader?.weights ? [state.reader.name] : [])];
+      Promise.all(chosen.map((name) => inBrowser.model(name)))
         .then(() => {
           performance.mark("tinydigits-models-ready");
           document.body.dataset.modelsReady = "true";
-          if (state.reader?.weights) return inBrowser.model(state.reader.name);
-          return null;
+          return Promise.all(rest.map((name) => inBrowser.model(name)));
         })
-        .then(() => { document.body.dataset.readerReady = "true"; })
+        .then(() => {
+          performance.mark("tinydigits-reader-ready");
+          document.body.dataset.readerReady = "true";
+          if (!state.offered.includes("server")) offline();
+        })
         .catch((error) => showMessage(`Error: ${error.message}`, true));
     }
     state.epoch++;
@@ -673,7 +681,6 @@
       if (restored && restored.value !== state.mode) modeChosen(restored.value);
       document.body.dataset.ready = "true";
       showEmpty();
-      if (!state.offered.includes("server")) offline();
     } catch (error) {
       showMessage(`Cannot load the page's models.json: ${error.message}`, true);
     }

@@ -16,11 +16,11 @@ window.tinydigitsEngine = (() => {
 
   function floats(text) {
     if (text === null || text === undefined) return null;
-    const bytes = Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
-    const view = new DataView(bytes.buffer);
-    const out = new Float32Array(bytes.length / 4);
-    for (let i = 0; i < out.length; i++) out[i] = view.getFloat32(4 * i, true);
-    return out;
+    const binary = atob(text);
+    const bytes = new Uint8Array(binary.length);
+    for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+    // The file's floats are little-endian, as the typed arrays of every browser's platform.
+    return new Float32Array(bytes.buffer);
   }
 
   const pair = (v) => (Array.isArray(v) ? v : [v, v]);

@@ -388,8 +388,10 @@ window.tinydigitsPreprocess = (() => {
 
   // preprocess._ink_map: ink strength in [0, 1] (fp32), polarity detected; throws
   // PreprocessError when no ink stands out.
-  function inkMap(g, w, h, known = null) {
-    const { surface, sigma, paper } = known || fitBackground(g, w, h);
+  // The raw ink and the paper's noise level, for any picture: dark marks on light paper or
+  // light marks on dark, whichever stands out more from the fitted surface.
+  function rawInk(g, w, h) {
+    const { surface, sigma, paper } = fitBackground(g, w, h);
     const count = w * h;
     const residual = new Float32Array(count);
     const margin = f32(Math.max(3 * sigma, 0.02));
@@ -403,14 +405,32 @@ window.tinydigitsPreprocess = (() => {
     }
     const floor = f32(0.05);
     const ink = new Float32Array(count);
-    let noise;
     if (sum32(darkParts) > sum32(lightParts)) { // dark ink on light paper
       for (let i = 0; i < count; i++) ink[i] = Math.max(-residual[i] / Math.max(surface[i], floor), 0);
-      noise = sigma / Math.max(paper, 0.05);
-    } else { // light ink on dark (MNIST itself)
-      for (let i = 0; i < count; i++) ink[i] = Math.max(residual[i] / Math.max(f32(1 - surface[i]), floor), 0);
-      noise = sigma / Math.max(1.0 - paper, 0.05);
+      return { ink, noise: sigma / Math.max(paper, 0.05) };
+    } // light ink on dark (MNIST itself)
+    for (let i = 0; i < count; i++) ink[i] = Math.max(residual[i] / Math.max(f32(1 - surface[i]), floor), 0);
+    return { ink, noise: sigma / Math.max(1.0 - paper, 0.05) };
+  }
+
+  // The same for paper known to be pure white (the page's pad), in one pass: what rawInk gives
+  // for a surface of exactly 1 and no noise (the fit finds just that, as Python's does). With
+  // no mark darker than the margin it reads light ink on dark, of which there is none.
+  function rawInkOnWhite(g, count) {
+    const margin = f32(0.02);
+    const ink = new Float32Array(count);
+    let dark = false;
+    for (let i = 0; i < count; i++) {
+      const r = f32(g[i] - 1);
+      if (r < 0) ink[i] = -r;
+      if (f32(-r - margin) > 0) dark = true;
     }
+    return { ink: dark ? ink : new Float32Array(count), noise: 0 };
+  }
+
+  function inkMap(g, w, h, white = false) {
+    const count = w * h;
+    const { ink, noise } = white ? rawInkOnWhite(g, count) : rawInk(g, w, h);
     const low = Math.max(3 * noise, 1.5 / 255);
     const low32 = f32(low);
     const above = new Float32Array(count);
@@ -426,7 +446,9 @@ window.tinydigitsPreprocess = (() => {
     const strong = candidates.filter((v) => v > half);
     const high = Math.max(median32(strong), low + 1e-3);
     const span = f32(high - low);
-    for (let i = 0; i < count; i++) ink[i] = Math.min(1, Math.max(0, f32(f32(ink[i] - low32) / span)));
+    for (let i = 0; i < count; i++) {
+      if (ink[i] !== 0) ink[i] = Math.min(1, Math.max(0, f32(f32(ink[i] - low32) / span))); // 0 stays 0
+    }
     return ink;
   }
 
@@ -445,23 +467,28 @@ window.tinydigitsPreprocess = (() => {
     const f = Math.max(1, Math.ceil(Math.max(width, height) / 100));
     const gw = Math.ceil(width / f);
     const gh = Math.ceil(height / f);
+    const cellOfColumn = new Int32Array(width); // per pixel column, its grid column (no division per pixel)
+    for (let x = 0; x < width; x++) cellOfColumn[x] = Math.floor(x / f);
     const peak = new Float32Array(gw * gh);
     const mass = new Float64Array(gw * gh);
     for (let y = 0; y < height; y++) {
-      for (let x = 0; x < width; x++) {
-        const v = ink[y * width + x];
-        const cell = Math.floor(y / f) * gw + Math.floor(x / f);
+      const row = Math.floor(y / f) * gw;
+      for (let x = 0, i = y * width; x < width; x++, i++) {
+        const v = ink[i];
+        if (v === 0) continue; // most of a picture: adds nothing to either
+        const cell = row + cellOfColumn[x];
         if (v > peak[cell]) peak[cell] = v;
         mass[cell] += v;
       }
     }
     const label = new Int32Array(gw * gh);
     const totals = [0];
+    const stack = [];
     for (let start = 0; start < gw * gh; start++) {
       if (label[start] || !(peak[start] > 0.35)) continue;
       const id = totals.length;
       let total = 0;
-      const stack = [start];
+      stack.push(start);
       label[start] = id;
       while (stack.length) {
         const cell = stack.pop();
@@ -483,8 +510,9 @@ window.tinydigitsPreprocess = (() => {
     }
     const out = new Float32Array(width * height);
     for (let y = 0; y < height; y++) {
-      for (let x = 0; x < width; x++) {
-        if (keep[Math.floor(y / f) * gw + Math.floor(x / f)]) out[y * width + x] = ink[y * width + x];
+      const row = Math.floor(y / f) * gw;
+      for (let x = 0, i = y * width; x < width; x++, i++) {
+        if (ink[i] !== 0 && keep[row + cellOfColumn[x]]) out[i] = ink[i];
       }
     }
     return out;
@@ -669,8 +697,7 @@ window.tinydigitsPreprocess = (() => {
   // fit would find a surface of exactly 1 and no noise, as Python does): not fitted again.
   function inkOf(image, draft = 1, white = false) {
     const picture = workImage(image, draft);
-    const paper = white ? { surface: new Float32Array(picture.width * picture.height).fill(1), sigma: 0, paper: 1 } : null;
-    const ink = inkMap(gray(picture), picture.width, picture.height, paper);
+    const ink = inkMap(gray(picture), picture.width, picture.height, white);
     const side = Math.max(Math.ceil(image.width / draft), Math.ceil(image.height / draft));
     const reduced = Math.ceil(side / WORK_SIDE);
     return { ink, width: picture.width, height: picture.height, factor: draft * Math.max(1, reduced) };
