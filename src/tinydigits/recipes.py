@@ -130,12 +130,11 @@ _TUNED = Recipe(
 # images, an Optuna screening study's best trial. UltraSmall: Small's distillation recipe
 # (19 epochs, elastic, three Mediums on each augmented batch) gave 99.04 ± 0.05, and the three
 # Mediums alone on its own recipe 99.05 ± 0.02 (2.2x the time), against its 99.04 ± 0.04: not
-# kept. Nano (designed here, under 2,000 parameters; its layout beat a wider
-# two-block one by 0.5 point and a one-conv-at-28x28 one by 0.1 on seed 0's validation): it
-# underfits (train accuracy below validation), so 19 epochs, the reference's budget: 98.87
-# ± 0.06 against 98.73 ± 0.15 over 3 seeds, kept;
-# distillation from the three Mediums on the augmented batch was lower on seed 0 (98.56
-# against 98.62) and not run further.
+# kept. Nano (designed here, under 2,000 parameters; its layout beat a wider two-block one by
+# 0.5 point and a one-conv-at-28x28 one by 0.1 on seed 0's validation) underfits (train
+# accuracy below validation), so 19 epochs, the reference's budget: 98.87 ± 0.06 against
+# 98.73 ± 0.15 over 3 seeds, kept; distillation from the three Mediums on the augmented batch
+# was lower on seed 0 (98.56 against 98.62) and not run further.
 DEFAULT_RECIPES: dict[str, Recipe] = {
     "medium": _TUNED,
     "small": _TUNED.replace(epochs=19, elastic=20.0, distill=0.5, teacher="results/teachers/medium-e19",

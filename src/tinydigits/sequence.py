@@ -232,7 +232,7 @@ def train_reader(model_name: str, recipe: Recipe, *, run_dir: Path, resume: bool
     pool: deque[tuple[torch.Tensor, str]] = deque(maxlen=POOL_BATCHES * recipe.batch_size)
     if resume:
         state = load_checkpoint(checkpoint_path)
-        pool.extend((strip, number) for strip, number in state.get("strip_pool", []))
+        pool.extend(state.get("strip_pool", []))
         model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
