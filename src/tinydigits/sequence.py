@@ -9,7 +9,6 @@ takes the best class per column, merges runs of one class and drops blanks (Grav
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,12 +23,12 @@ from PIL import Image
 
 from . import data
 from .errors import ConfigError
-from .io import load_checkpoint, save_checkpoint, save_weights
 from .models import build_model, count_parameters
 from .optim import make_optimizer, make_schedule
 from .preprocess import PreprocessError, Source
 from .recipes import Recipe
-from .runtime import provenance, set_threads
+from .run import Run, RunResult
+from .runtime import set_threads
 from .strips import (
     COLUMN,
     PAD,
@@ -207,10 +206,15 @@ def _ctc_loss(model: torch.nn.Module, strips: list[torch.Tensor], numbers: list[
 
 def train_reader(model_name: str, recipe: Recipe, *, run_dir: Path, resume: bool = False,
                  threads: int | None = None, data_dir: str | Path | None = None, evaluate_test: bool = True,
-                 log: Callable[[str], None] = print, val_count: int = 300) -> dict[str, Any]:
+                 log: Callable[[str], None] = print, val_count: int = 300) -> RunResult:
     """Train a number reader on strips made on the fly from the 55,000 MNIST training digits;
     validate each epoch on the seeded validation sets (made of the 5,000 held-out digits);
-    at the end, score the frozen test sets. Writes the run directory as ``train`` does."""
+    at the end, score the frozen test sets. The run directory is kept as ``train`` keeps it
+    (:class:`tinydigits.run.Run`); with ``resume`` the saved recipe wins over ``recipe``."""
+    state: dict[str, Any] = {}
+    if resume:
+        run, state = Run.resume(run_dir, log=log, needs=("numpy_rng",))
+        recipe = run.recipe
     if recipe.val_size != 5000:
         raise ConfigError("the number reader holds out the 5,000 validation digits its sets are made of "
                           "(recipe val_size=5000)")
@@ -219,36 +223,25 @@ def train_reader(model_name: str, recipe: Recipe, *, run_dir: Path, resume: bool
     threads = set_threads(threads)
     mnist = data.load_mnist(data_dir)
     train_x, train_y, _, _ = data.split_train_val(mnist.train_images, mnist.train_labels, 5000, seed=0)
-    checkpoint_path = run_dir / "checkpoint.pt"
     torch.manual_seed(recipe.seed)
     model = build_model(model_name)
     steps_per_epoch = recipe.epoch_size // recipe.batch_size
     optimizer = make_optimizer(model.parameters(), recipe)
     schedule = make_schedule(optimizer, recipe, steps_per_epoch)
     rng = np.random.default_rng(recipe.seed)
-    history: list[dict[str, Any]] = []
     # With strip_reuse > 1, batches are drawn from a pool of recent strips: part of the state a
     # resumed run needs to give the same weights as an uninterrupted one.
     pool: deque[tuple[torch.Tensor, str]] = deque(maxlen=POOL_BATCHES * recipe.batch_size)
     if resume:
-        state = load_checkpoint(checkpoint_path)
+        Run.restore(state, model, optimizer, schedule)
         pool.extend(state.get("strip_pool", []))
-        model.load_state_dict(state["model_state"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
         rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        history = state["history"]
-        log(f"resuming {run_dir} after epoch {len(history)} of {recipe.epochs}")
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run = Run.start(run_dir, model_name, recipe, config={
+            "threads": threads, "torch": torch.__version__, "parameters": count_parameters(model),
+            "teacher_sha256": {}})
         log(f"training {model_name} (seed {recipe.seed}), {threads} thread{'' if threads == 1 else 's'}; "
             f"run directory: {run_dir}")
-        config = {"model": model_name, "recipe": recipe.to_dict(), "subset": None, "device": "cpu",
-                  "threads": threads, "torch": torch.__version__, "parameters": count_parameters(model),
-                  "teacher_sha256": {}, **provenance()}
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (run_dir / "metrics.jsonl").write_text("")
     val_sets = {kind: number_set(kind, "val", val_count, mnist) for kind in ("separate", "touching")}
     val_strips = {kind: picture_strips(pictures) for kind, pictures in val_sets.items()}
 
@@ -265,12 +258,7 @@ def train_reader(model_name: str, recipe: Recipe, *, run_dir: Path, resume: bool
         picks = [pool[int(i)] for i in rng.choice(len(pool), recipe.batch_size, replace=False)]
         return [strip for strip, _ in picks], [number for _, number in picks]
 
-    def metadata(epoch: int) -> dict[str, Any]:
-        return {"model": model_name, "recipe": recipe.to_dict(), "seed": recipe.seed, "epoch": epoch,
-                "metrics": history[-1] if history else {}, **provenance()}
-
-    started = time.perf_counter() - sum(h["seconds"] for h in history)
-    for epoch in range(len(history) + 1, recipe.epochs + 1):
+    for epoch in run.epochs_left:
         epoch_start = time.perf_counter()
         model.train()
         loss_sum = 0.0
@@ -285,34 +273,22 @@ def train_reader(model_name: str, recipe: Recipe, *, run_dir: Path, resume: bool
         model.eval()
         scores = {kind: score_readings([p.number for p in pictures], read_strips(model, val_strips[kind]))
                   for kind, pictures in val_sets.items()}
-        history.append({
+        h = {
             "epoch": epoch, "train_loss": round(loss_sum / steps_per_epoch, 6),
             "val_separate_exact": round(scores["separate"].exact_rate, 4),
             "val_touching_exact": round(scores["touching"].exact_rate, 4),
             "val_accuracy": round((scores["separate"].exact_rate + scores["touching"].exact_rate) / 2, 4),
             "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - epoch_start, 3),
-        })
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(history[-1]) + "\n")
-        save_checkpoint(checkpoint_path, {
-            "model": model_name, "recipe": recipe.to_dict(), "subset": None, "device": "cpu",
-            "model_state": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(), "numpy_rng": rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(), "history": history, "best_val": -1.0, "cuda_rng": [],
-            "strip_pool": list(pool),
-        })
-        h = history[-1]
+        }
+        run.record(h)
+        run.checkpoint(model, optimizer, schedule, numpy_rng=rng.bit_generator.state, strip_pool=list(pool))
         log(f"epoch {epoch:2d}/{recipe.epochs}  train loss {h['train_loss']:.4f}  val exact: separate "
             f"{h['val_separate_exact']:.2f}% touching {h['val_touching_exact']:.2f}%  lr {h['lr']:.5f}  "
             f"{h['seconds']:.1f}s")
-    seconds = time.perf_counter() - started
-    save_weights(model, run_dir / "final.safetensors", metadata(recipe.epochs))
-    result: dict[str, Any] = {"run_dir": run_dir, "history": history, "seconds": seconds, "test": None}
-    if evaluate_test:
-        test = {"train_seconds": round(seconds, 2), "epochs": recipe.epochs, **test_figures(model, mnist)}
-        (run_dir / "test.json").write_text(json.dumps(test, indent=2) + "\n")
+    done = run.finish(model, (lambda: test_figures(model, mnist)) if evaluate_test else None)
+    if done.test is not None:
+        test = done.test
         log(f"final test: separate {test['separate']['exact']:.2f}% exact, touching "
-            f"{test['touching']['exact']:.2f}% exact, after {recipe.epochs} epochs, {seconds:.0f}s; "
+            f"{test['touching']['exact']:.2f}% exact, after {recipe.epochs} epochs, {done.seconds:.0f}s; "
             f"run saved in {run_dir}")
-        result["test"] = test
-    return result
+    return done

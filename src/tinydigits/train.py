@@ -1,20 +1,11 @@
-"""The training loop: one function, data already in memory, batched augmentation.
-
-A run directory holds everything a run produced:
-    config.json         the model, resolved recipe, device, thread count and code version
-    metrics.jsonl       one JSON line per epoch
-    checkpoint.pt       written atomically after every epoch; ``resume`` continues from it
-    best.safetensors    the weights with the best validation accuracy so far
-    final.safetensors   the weights after the last epoch
-    test.json           the final weights' test-set figures
-"""
+"""The digit models' training loop: one function, data already in memory, batched
+augmentation. What a run writes in its directory, and how it resumes: :mod:`tinydigits.run`."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,26 +18,15 @@ from . import data
 from .augment import random_affine
 from .errors import ConfigError
 from .evaluate import evaluate
-from .io import WeightsError, file_sha256, load_checkpoint, read_metadata, save_checkpoint, save_weights
+from .io import WeightsError, file_sha256, read_metadata
 from .models import build_model, count_parameters, get_spec
 from .optim import make_optimizer, make_schedule
 from .recipes import Recipe
-from .runtime import env_threads, provenance, select_device, set_threads
+from .run import Run, RunResult
+from .runtime import env_threads, select_device, set_threads
 from .weights import load_model
 
 BACKGROUND = (0.0 - data.MEAN) / data.STD  # an empty pixel after normalization
-
-
-@dataclass(frozen=True)
-class RunResult:
-    run_dir: Path
-    history: list[dict[str, Any]]
-    test: dict[str, Any] | None
-    seconds: float
-
-    @property
-    def final(self) -> dict[str, Any]:
-        return self.history[-1]
 
 
 # Teacher ensembles for distillation that ship with the package, so that a recipe can name one.
@@ -159,27 +139,6 @@ def _recorded_threads(run_dir: Path) -> int | None:
     return threads if isinstance(threads, int) and threads >= 1 else None
 
 
-def _train_number_reader(model_name: str, recipe: Recipe, *, run_dir: Path, resume: bool, device: str | None,
-                         threads: int | None, data_dir: str | Path | None, evaluate_test: bool,
-                         log: Callable[[str], None], subset: int | None) -> RunResult:
-    """A number reader's run (tinydigits.sequence.train_reader) in the same run directory."""
-    from .sequence import train_reader
-
-    if subset is not None:
-        raise ConfigError("--subset is for the digit models; a number reader's strips are made on the fly")
-    if select_device(device).type != "cpu":
-        raise ConfigError("the number reader trains on the CPU (its strips are made there, one at a time)")
-    if resume:
-        state = load_checkpoint(run_dir / "checkpoint.pt")
-        recipe = Recipe.from_dict(state["recipe"])
-    elif (run_dir / "checkpoint.pt").exists() or (run_dir.exists() and any(run_dir.iterdir())):
-        raise WeightsError(f"{run_dir}: already holds files; pick another run directory")
-    result = train_reader(model_name, recipe, run_dir=run_dir, resume=resume, threads=threads,
-                          data_dir=data_dir, evaluate_test=evaluate_test, log=log)
-    return RunResult(run_dir=run_dir, history=result["history"], test=result["test"],
-                     seconds=result["seconds"])
-
-
 def train(
     model_name: str,
     recipe: Recipe,
@@ -205,26 +164,29 @@ def train(
         # how busy the machine is: a resumed run keeps the count it started with.
         threads = _recorded_threads(run_dir)
     if spec.task == "number":
-        return _train_number_reader(spec.name, recipe, run_dir=run_dir, resume=resume, device=device,
-                                    threads=threads, data_dir=data_dir, evaluate_test=evaluate_test,
-                                    log=log, subset=subset)
+        from .sequence import train_reader
+
+        if subset is not None:
+            raise ConfigError("--subset is for the digit models; a number reader's strips are made "
+                              "on the fly")
+        if select_device(device).type != "cpu":
+            raise ConfigError("the number reader trains on the CPU (its strips are made there, one at "
+                              "a time)")
+        return train_reader(spec.name, recipe, run_dir=run_dir, resume=resume, threads=threads,
+                            data_dir=data_dir, evaluate_test=evaluate_test, log=log)
     threads = set_threads(threads)
-    checkpoint_path = run_dir / "checkpoint.pt"
     dev = select_device(device)
+    state: dict[str, Any] = {}
     if resume:
-        state = load_checkpoint(checkpoint_path)
-        try:
-            recipe = Recipe.from_dict(state["recipe"])
-            model_name, saved_device = state["model"], torch.device(state["device"])
-            subset = state.get("subset")  # checkpoints from before subsets were recorded had none
-        except (KeyError, TypeError, ValueError) as err:
-            raise WeightsError(f"{checkpoint_path}: corrupt checkpoint ({err})") from None
+        run, state = Run.resume(run_dir, log=log, needs=("shuffle_rng", "best_val", "cuda_rng"))
+        recipe, model_name, subset = run.recipe, run.model_name, run.subset
+        saved_device = torch.device(run.device)
         # The shuffling generator's state only fits a generator on the same kind of device.
         dev = select_device(device) if device else saved_device
         if dev.type != saved_device.type:
             raise WeightsError(f"{run_dir}: this run trained on {saved_device}; resume it there "
                                f"(--device {saved_device})")
-    elif checkpoint_path.exists():
+    elif (run_dir / "checkpoint.pt").exists():
         raise WeightsError(f"{run_dir}: already holds a run; resume it or pick another directory")
 
     if subset is not None and not recipe.val_size < subset:
@@ -260,43 +222,24 @@ def train(
     optimizer = make_optimizer(model.parameters(), recipe)
     schedule = make_schedule(optimizer, recipe, steps_per_epoch)
     shuffle = torch.Generator(device=dev).manual_seed(recipe.seed)
-    history: list[dict[str, Any]] = []
     best_val = -1.0
 
     if resume:
-        model.load_state_dict(state["model_state"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+        Run.restore(state, model, optimizer, schedule)
         shuffle.set_state(state["shuffle_rng"])
-        torch.set_rng_state(state["torch_rng"])
         if dev.type == "cuda" and state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        history, best_val = state["history"], state["best_val"]
-        # Epochs logged after the last checkpoint (a kill mid-write) are redone, so drop them.
-        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-        log(f"resuming {run_dir} after epoch {len(history)} of {recipe.epochs}")
+        best_val = state["best_val"]
     else:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise WeightsError(f"{run_dir}: already holds files; pick another run directory")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run = Run.start(run_dir, model_name, recipe, subset=subset, device=str(dev), config={
+            "threads": threads, "torch": torch.__version__, "parameters": count_parameters(model),
+            "teacher_sha256": teacher_files})
         on = f", first {subset:,} training images" if subset is not None else ""
         log(f"training {model_name} (seed {recipe.seed}{on}) on {dev}, "
             f"{threads} thread{'' if threads == 1 else 's'}; "
             f"run directory: {run_dir}")
-        config = {
-            "model": model_name, "recipe": recipe.to_dict(), "subset": subset, "device": str(dev),
-            "threads": threads, "torch": torch.__version__,
-            "parameters": count_parameters(model), "teacher_sha256": teacher_files, **provenance(),
-        }
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (run_dir / "metrics.jsonl").write_text("")
 
-    def weights_metadata(epoch: int) -> dict[str, Any]:
-        return {"model": model_name, "recipe": recipe.to_dict(), "seed": recipe.seed,
-                "epoch": epoch, "metrics": history[-1] if history else {}, **provenance()}
-
-    started = time.perf_counter() - sum(h["seconds"] for h in history)
-    for epoch in range(len(history) + 1, recipe.epochs + 1):
+    for epoch in run.epochs_left:
         epoch_start = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{recipe.epochs}",
                    # None: shown on a terminal only, so logs get one line per epoch, not a bar's redraws
@@ -308,7 +251,7 @@ def train(
         bar.close()
 
         val = evaluate(model, val_x, val_y) if len(val_x) else None
-        history.append({
+        h = {
             "epoch": epoch,
             "train_loss": round(train_loss, 6),
             "train_accuracy": round(train_accuracy, 4),
@@ -316,35 +259,26 @@ def train(
             "val_accuracy": round(val.accuracy, 4) if val else None,
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - epoch_start, 3),
-        })
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(history[-1]) + "\n")
+        }
+        run.record(h)
         if val and val.accuracy > best_val:
             best_val = val.accuracy
-            save_weights(model, run_dir / "best.safetensors", weights_metadata(epoch))
-        save_checkpoint(checkpoint_path, {
-            "model": model_name, "recipe": recipe.to_dict(), "subset": subset, "device": str(dev),
-            "model_state": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(), "shuffle_rng": shuffle.get_state(),
-            "torch_rng": torch.get_rng_state(), "history": history, "best_val": best_val,
-            "cuda_rng": torch.cuda.get_rng_state_all() if dev.type == "cuda" else [],
-        })
+            run.save_weights(model, "best.safetensors", epoch)
+        run.checkpoint(model, optimizer, schedule, shuffle_rng=shuffle.get_state(), best_val=best_val,
+                       cuda_rng=torch.cuda.get_rng_state_all() if dev.type == "cuda" else [])
         # Logged only once the epoch is safely on disk: Ctrl-C from here on loses nothing.
-        h = history[-1]
         val_text = f"val loss {h['val_loss']:.4f} acc {h['val_accuracy']:.2f}%" if val else "no val"
         log(f"epoch {epoch:2d}/{recipe.epochs}  train loss {h['train_loss']:.4f} "
             f"acc {h['train_accuracy']:.2f}%  {val_text}  lr {h['lr']:.5f}  {h['seconds']:.1f}s")
 
-    seconds = time.perf_counter() - started
-    save_weights(model, run_dir / "final.safetensors", weights_metadata(recipe.epochs))
-    test = None
-    if evaluate_test:
+    def test_figures() -> dict[str, Any]:
         result = evaluate(model, data.normalize(mnist.test_images), mnist.test_labels)
-        test = {"accuracy": result.accuracy, "loss": result.loss,
-                "per_class_accuracy": result.per_class_accuracy,
-                "train_seconds": round(seconds, 2), "epochs": recipe.epochs}
-        (run_dir / "test.json").write_text(json.dumps(test, indent=2) + "\n")
-        log(f"final test accuracy {result.accuracy:.2f}% (loss {result.loss:.4f}) "
-            f"after {recipe.epochs} epoch{'' if recipe.epochs == 1 else 's'}, {seconds:.0f}s; "
+        return {"accuracy": result.accuracy, "loss": result.loss,
+                "per_class_accuracy": result.per_class_accuracy}
+
+    done = run.finish(model, test_figures if evaluate_test else None)
+    if done.test is not None:
+        log(f"final test accuracy {done.test['accuracy']:.2f}% (loss {done.test['loss']:.4f}) "
+            f"after {recipe.epochs} epoch{'' if recipe.epochs == 1 else 's'}, {done.seconds:.0f}s; "
             f"run saved in {run_dir}")
-    return RunResult(run_dir=run_dir, history=history, test=test, seconds=seconds)
+    return done
