@@ -5,22 +5,26 @@ the `tinydigits loadtest` command writes its report."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import re
 import sys
 import time
 
 import pytest
 from click.testing import CliRunner
-from web_helpers import shipped_models
+from PIL import Image
+from web_helpers import shipped_models, shipped_reader
 
 from tinydigits import TinyDigitsError
 from tinydigits.cli import main
 from tinydigits.lab.loadtest import (
     LoadResult,
     LoadTestError,
+    NumberPhoto,
     Sample,
     ServerProcess,
     drawn_samples,
+    number_photos,
     parse_url,
     run_load,
 )
@@ -76,17 +80,44 @@ def test_the_checker_counts_wrong_answers_and_errors(server, samples):
     assert other_model.errors > 0 and "HTTP 404" in other_model.examples[0]  # not served
 
 
+@pytest.fixture(scope="module")
+def photos(mnist):
+    return number_photos(shipped_reader(), mnist, count=2)
+
+
+def test_readers_post_phone_photos_of_numbers_beside_the_drawings(server, samples, photos):
+    assert len(photos) == 2 and all(p.jpeg.startswith(b"\xff\xd8") and len(p.number) >= 2 for p in photos)
+    assert Image.open(io.BytesIO(photos[0].jpeg)).size == (4032, 3024)
+    result = run_load(server.url, samples, clients=2, duration=2.0, readers=2, photos=photos)
+    assert result.ok and result.errors == 0 and result.wrong == 0, result.examples
+    assert result.read_latencies_ms and result.latencies_ms  # both kinds answered, and right
+    result.alone_median_ms = 10.0
+    report = result.to_markdown()
+    assert "| more clients reading 12 MP photos of numbers (`/api/read`) | 2 |" in report
+    assert re.search(r"\| drawings' median beside the readers / without \| [\d.]+x \|", report)
+    misread = run_load(server.url, samples[:2], clients=1, duration=1.0, readers=1,
+                       photos=[NumberPhoto(photos[0].number + "1", photos[0].jpeg)])
+    assert misread.wrong == len(misread.read_latencies_ms) > 0 and not misread.ok
+    assert any("read " + photos[0].number in e for e in misread.examples)
+
+
 def test_loadtest_command_writes_the_report(tmp_path):
     report = tmp_path / "LOADTEST.md"
     result = CliRunner().invoke(main, ["loadtest", "--clients", "3", "--duration", "1", "--samples", "20",
-                                       "--server-threads", "2", "--threads", "1", "-o", str(report)])
+                                       "--readers", "1", "--server-threads", "2", "--threads", "1",
+                                       "-o", str(report)])
     assert result.exit_code == 0, result.output + result.stderr
-    assert re.search(r"0 errors, 0 wrong answers; latency median [\d.]+ ms, p99 [\d.]+ ms; server peak RSS "
-                     r"\d+ MiB", result.output)
+    assert re.search(r"0 errors, 0 wrong answers; latency median [\d.]+ ms, p99 [\d.]+ ms; \d+ numbers "
+                     r"read by 1 more client, median [\d.]+ ms; drawings without them: median [\d.]+ ms; "
+                     r"server peak RSS \d+ MiB", result.output)
     text = report.read_text()
     assert text.startswith("# Load test of `tinydigits serve`")
-    assert f"tinydigits loadtest --clients 3 --duration 1 --model medium --samples 20 --server-threads 2 " \
-           f"--threads 1 --output {report}" in text
+    assert f"tinydigits loadtest --clients 3 --duration 1 --model medium --samples 20 --readers 1 " \
+           f"--server-threads 2 --threads 1 --output {report}" in text
+    # A round of the drawings alone, then one beside a client reading phone photos of numbers.
+    alone = r"\| drawings' latency, median, in the round before without the readers \| [\d.]+ ms"
+    assert re.search(alone, text)
+    assert re.search(r"\| `/api/read` latency, median \| [\d.]+ ms \|", text)
     # The threads the server really ran with, as it announced them.
     engine = "onnxruntime" if importlib.util.find_spec("onnxruntime") else "torch"
     assert f"server with 2 waitress threads and 1 torch thread (--threads), models on {engine};" in text

@@ -770,6 +770,9 @@ def serve_command(host: str, port: int, model_names: tuple[str, ...], server_thr
 @click.option("--model", "model_name", type=MODEL_CHOICE, default="medium", show_default=True)
 @click.option("--samples", type=click.IntRange(min=1), default=200, show_default=True,
               help="How many different drawn test digits to send.")
+@click.option("--readers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="More clients posting 12 MP phone photos of numbers to /api/read during the load "
+                   "(after a round of the drawings alone, to compare).")
 @click.option("--server-threads", type=click.IntRange(min=1), default=4, show_default=True,
               help="waitress worker threads of the server started for the test.")
 @click.option("--url", default=None, help="Load this running server instead of starting one "
@@ -779,8 +782,8 @@ def serve_command(host: str, port: int, model_names: tuple[str, ...], server_thr
 @data_dir_option
 @threads_option
 @friendly_errors
-def loadtest_command(clients: int, duration: float, model_name: str, samples: int, server_threads: int,
-                     url: str | None, output: Path | None, data_dir: Path | None,
+def loadtest_command(clients: int, duration: float, model_name: str, samples: int, readers: int,
+                     server_threads: int, url: str | None, output: Path | None, data_dir: Path | None,
                      threads: int | None) -> None:
     """Load-test the web demo: concurrent clients post drawn MNIST digits, every answer is checked.
 
@@ -792,7 +795,8 @@ def loadtest_command(clients: int, duration: float, model_name: str, samples: in
 
     set_threads(threads)  # for choosing the samples here; the server gets --threads too
     result = load_test(clients=clients, duration=duration, model=model_name, count=samples,
-                       server_threads=server_threads, torch_threads=threads, url=url, data_dir=data_dir)
+                       server_threads=server_threads, torch_threads=threads, url=url, data_dir=data_dir,
+                       readers=readers)
     click.echo(result.summary())
     if output is not None:
         write_text(output, result.to_markdown(output))

@@ -7,6 +7,10 @@ against its input: an answer is right only if it is the digit drawn. The server 
 a subprocess (``python -m tinydigits serve``) so its peak memory can be read from
 ``/proc/<pid>/status`` (``VmHWM``) and nothing in the load generator inflates it.
 
+With ``readers``, more clients post 12-megapixel phone photos of numbers to ``/api/read``
+meanwhile (the heaviest request the server takes), after a first round of the same drawn
+digits alone: the report says how much slower a drawing is answered beside photos of numbers.
+
     tinydigits loadtest --clients 20 --duration 20 -o docs/LOADTEST.md
 """
 
@@ -27,7 +31,7 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, NoReturn
@@ -37,17 +41,20 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..data import load_mnist
+from ..data import MNIST, load_mnist
 from ..errors import TinyDigitsError
 from ..markdown import markdown_table
 from ..runtime import load_average, peak_rss_kib
 from ..weights import load_model
 from .commands import python_module_argv, tinydigits_line
 
-__all__ = ["LoadResult", "LoadTestError", "Sample", "ServerProcess", "drawn_samples", "encode_multipart",
-           "load_test", "parse_url", "run_load"]
+__all__ = ["LoadResult", "LoadTestError", "NumberPhoto", "Sample", "ServerProcess", "drawn_samples",
+           "encode_multipart", "load_test", "number_photos", "parse_url", "run_load"]
 
 BOUNDARY = "tinydigits-load-test-boundary"
+# A client's n-th request: the path, body, content type, and a check of the JSON answer that
+# says what is wrong with it (None: right).
+Request = tuple[str, bytes, str, Callable[[dict[str, Any]], str | None]]
 
 
 class LoadTestError(TinyDigitsError):
@@ -142,6 +149,34 @@ def phone_photo_jpeg(digit: torch.Tensor | Image.Image, size: tuple[int, int] = 
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class NumberPhoto:
+    """A 12-megapixel phone JPEG of a number, and the number."""
+
+    number: str
+    jpeg: bytes
+
+    def multipart(self) -> tuple[bytes, str]:
+        return encode_multipart({"image": ("number.jpg", self.jpeg, "image/jpeg")})
+
+
+def number_photos(reader: nn.Module, mnist: MNIST, count: int = 8) -> list[NumberPhoto]:
+    """``count`` phone photos of 2-6 digit numbers of MNIST test digits, separate and touching
+    in turn, that ``reader`` reads right in-process (so each answer can be checked)."""
+    from ..read import read_number
+    from .numbers import number_pictures
+
+    photos: list[NumberPhoto] = []
+    kinds = [number_pictures(mnist, 4 * count, seed=12, touching=touching) for touching in (False, True)]
+    for picture in (p for pair in zip(*kinds, strict=True) for p in pair):
+        jpeg = phone_photo_jpeg(Image.open(io.BytesIO(picture.data)))
+        if read_number(jpeg, reader, "sequence").number == picture.number:
+            photos.append(NumberPhoto(picture.number, jpeg))
+            if len(photos) == count:
+                break
+    return photos
+
+
 def single_client_latency(url: str, digit: torch.Tensor, label: int, model: str = "medium",
                           repeats: int = 30, timeout: float = 30.0) -> dict[str, float]:
     """Median milliseconds per request, one client on one keep-alive connection, for a
@@ -205,14 +240,24 @@ class LoadResult:
     single_client_ms: dict[str, float] = field(default_factory=dict)  # see single_client_latency
     engine: str = ""  # what the server said its models run on
     options: dict[str, Any] = field(default_factory=dict)  # of load_test(), as command-line options
+    # Clients posting phone photos of numbers to /api/read beside the drawings, their latencies,
+    # and the drawings' median in a round just before without them (load_test's readers).
+    readers: int = 0
+    read_latencies_ms: list[float] = field(default_factory=list)
+    alone_median_ms: float | None = None
 
     @property
     def requests(self) -> int:
-        return len(self.latencies_ms) + self.errors
+        return len(self.latencies_ms) + len(self.read_latencies_ms) + self.errors
 
     @property
     def ok(self) -> bool:
-        return self.errors == 0 and self.wrong == 0 and bool(self.latencies_ms)
+        return (self.errors == 0 and self.wrong == 0 and bool(self.latencies_ms)
+                and (self.readers == 0 or bool(self.read_latencies_ms)))
+
+    @property
+    def read_median_ms(self) -> float:
+        return statistics.median(self.read_latencies_ms) if self.read_latencies_ms else float("nan")
 
     @property
     def median_ms(self) -> float:
@@ -228,9 +273,15 @@ class LoadResult:
 
     def summary(self) -> str:
         rss = f"{self.peak_rss_kib / 1024:.0f} MiB" if self.peak_rss_kib else "unknown"
+        readers = ""
+        if self.readers:
+            alone = f"{self.alone_median_ms:.1f} ms" if self.alone_median_ms is not None else "not measured"
+            more = f"{self.readers} more client{'' if self.readers == 1 else 's'}"
+            readers = (f"; {len(self.read_latencies_ms)} numbers read by {more}, median "
+                       f"{self.read_median_ms:.1f} ms; drawings without them: median {alone}")
         return (f"{self.requests} requests from {self.clients} clients in {self.duration_s:.1f} s "
                 f"({self.throughput:.1f}/s): {self.errors} errors, {self.wrong} wrong answers; latency "
-                f"median {self.median_ms:.1f} ms, p99 {self.p99_ms:.1f} ms; server peak RSS {rss}")
+                f"median {self.median_ms:.1f} ms, p99 {self.p99_ms:.1f} ms{readers}; server peak RSS {rss}")
 
     def command_line(self, output: str | os.PathLike | None = None) -> str:
         """The test as one canonical ``tinydigits loadtest`` line, whichever entry point ran it."""
@@ -265,6 +316,17 @@ class LoadResult:
             *[(f"one client alone, {_SINGLE_NAMES[name]}: latency, median", f"{ms:.1f} ms")
               for name, ms in self.single_client_ms.items()],
         ]
+        if self.readers:
+            alone = self.alone_median_ms
+            rows += [
+                ("more clients reading 12 MP photos of numbers (`/api/read`)", str(self.readers)),
+                ("numbers read right", f"{len(self.read_latencies_ms):,}"),
+                ("`/api/read` latency, median", f"{self.read_median_ms:.1f} ms"),
+                ("drawings' latency, median, in the round before without the readers",
+                 f"{alone:.1f} ms" if alone is not None else "not measured"),
+                ("drawings' median beside the readers / without",
+                 f"{self.median_ms / alone:.2f}x" if alone else "not measured"),
+            ]
         lines = ["# Load test of `tinydigits serve`", ""]
         if command:
             lines += ["Produced by:", "", "```bash", command, "```", ""]
@@ -276,6 +338,11 @@ class LoadResult:
             f"client, from sending the request to the end of the answer. Before the load, one client "
             f"alone sends a 560x560 canvas PNG and a 12-megapixel phone JPEG of a digit (multipart, "
             f"keep-alive) 30 times each.",
+            *([f"Then the same clients post drawings again for as long while {self.readers} more post "
+               f"12-megapixel phone JPEGs of 2-6 digit numbers (MNIST test digits, separate and touching "
+               f"in turn, each one the reader reads right in-process) to `POST /api/read`, each answer "
+               f"checked against the number; the load figures below are of that round."]
+              if self.readers else []),
             "",
             *markdown_table(("measure", "value"), rows, left=1),
             "",
@@ -290,15 +357,19 @@ class LoadResult:
 
 
 def run_load(url: str, samples: Sequence[Sample], *, clients: int = 20, duration: float = 20.0,
-             model: str = "medium", timeout: float = 30.0) -> LoadResult:
+             model: str = "medium", timeout: float = 30.0, readers: int = 0,
+             photos: Sequence[NumberPhoto] = ()) -> LoadResult:
     """``clients`` threads, each with its own keep-alive connection, post samples to
-    ``url``/api/predict back to back for ``duration`` seconds; every answer is checked."""
+    ``url``/api/predict back to back for ``duration`` seconds, and ``readers`` more post
+    ``photos`` to ``url``/api/read meanwhile; every answer is checked."""
     if not samples:
         raise LoadTestError("no samples to send")
+    if readers and not photos:
+        raise LoadTestError("no photos of numbers for the readers to send")
     host, port = parse_url(url)
-    result = LoadResult(url, model, clients, duration, load_before=load_average() or ())
+    result = LoadResult(url, model, clients, duration, load_before=load_average() or (), readers=readers)
     lock = threading.Lock()
-    start = threading.Barrier(clients + 1)
+    start = threading.Barrier(clients + readers + 1)
     deadline = 0.0
 
     def problem(text: str, wrong: bool = False) -> None:
@@ -310,19 +381,40 @@ def run_load(url: str, samples: Sequence[Sample], *, clients: int = 20, duration
             if len(result.examples) < 5:
                 result.examples.append(text)
 
-    def client(index: int) -> None:
+    def drawing(n: int) -> Request:
+        sample = samples[n % len(samples)]
+        # Both request forms, so both parsing paths are under load.
+        body, kind = sample.multipart(model) if n % 2 == 0 else sample.json(model)
+
+        def check(answer: dict[str, Any]) -> str | None:
+            digit, answered_model = answer["digit"], answer["model"]
+            if digit != sample.label or answered_model != model:
+                return f"sent a {sample.label}, got {digit} from {answered_model}"
+            return None
+
+        return "/api/predict", body, kind, check
+
+    def number(n: int) -> Request:
+        photo = photos[n % len(photos)]
+        body, kind = photo.multipart()
+
+        def check(answer: dict[str, Any]) -> str | None:
+            read = answer["number"]
+            return None if read == photo.number else f"sent {photo.number}, read {read}"
+
+        return "/api/read", body, kind, check
+
+    def client(index: int, request: Callable[[int], Request], stride: int, record: list[float]) -> None:
         connection = http.client.HTTPConnection(host, port, timeout=timeout)
         latencies: list[float] = []
         start.wait()
         n = index
         while time.perf_counter() < deadline:
-            sample = samples[n % len(samples)]
-            # Both request forms, so both parsing paths are under load.
-            body, kind = sample.multipart(model) if n % 2 == 0 else sample.json(model)
-            n += clients
+            path, body, kind, check = request(n)
+            n += stride
             sent = time.perf_counter()
             try:
-                connection.request("POST", "/api/predict", body=body, headers={"Content-Type": kind})
+                connection.request("POST", path, body=body, headers={"Content-Type": kind})
                 response = connection.getresponse()
                 payload = response.read()
             except (OSError, http.client.HTTPException) as err:
@@ -335,19 +427,20 @@ def run_load(url: str, samples: Sequence[Sample], *, clients: int = 20, duration
                 continue
             latencies.append(elapsed)
             try:
-                answer = json.loads(payload)
-                digit, answered_model = answer["digit"], answer["model"]
+                wrong = check(json.loads(payload))
             except (ValueError, KeyError, TypeError):
                 problem(f"client {index}: not the documented JSON: {payload[:200]!r}", wrong=True)
                 continue
-            if digit != sample.label or answered_model != model:
-                problem(f"client {index}: sent a {sample.label}, got {digit} from {answered_model}",
-                        wrong=True)
+            if wrong:
+                problem(f"client {index}: {wrong}", wrong=True)
         connection.close()
         with lock:
-            result.latencies_ms.extend(latencies)
+            record.extend(latencies)
 
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    threads = [threading.Thread(target=client, args=(i, drawing, clients, result.latencies_ms), daemon=True)
+               for i in range(clients)]
+    threads += [threading.Thread(target=client, args=(clients + i, number, readers, result.read_latencies_ms),
+                                 daemon=True) for i in range(readers)]
     for thread in threads:
         thread.start()
     deadline = time.perf_counter() + duration
@@ -447,20 +540,29 @@ class ServerProcess:
 
 def load_test(*, clients: int = 20, duration: float = 20.0, model: str = "medium", count: int = 200,
               server_threads: int = 4, torch_threads: int | None = None, url: str | None = None,
-              data_dir: str | os.PathLike | None = None) -> LoadResult:
+              data_dir: str | os.PathLike | None = None, readers: int = 0) -> LoadResult:
     """The whole test: pick samples, start a server (unless ``url`` is given), load it, read its
-    peak memory, stop it."""
+    peak memory, stop it. With ``readers``, a first round of the drawings alone, then one with
+    that many more clients reading phone photos of numbers."""
     if url is not None:
         parse_url(url)  # a bad URL fails before the samples are made
     mnist = load_mnist(data_dir)
     samples = drawn_samples(load_model(model, pretrained=True), mnist.test_images, mnist.test_labels, count)
+    photos = number_photos(load_model("reader", pretrained=True), mnist) if readers else []
     server = ServerProcess([model], server_threads=server_threads, torch_threads=torch_threads) \
         if url is None else None
     with server or contextlib.nullcontext():
         target = url or server.url
         single = single_client_latency(target, mnist.test_images[0], int(mnist.test_labels[0]), model)
-        result = run_load(target, samples, clients=clients, duration=duration, model=model)
+        alone = (run_load(target, samples, clients=clients, duration=duration, model=model)
+                 if readers else None)
+        result = run_load(target, samples, clients=clients, duration=duration, model=model, readers=readers,
+                          photos=photos)
         result.single_client_ms = single
+        if alone is not None:  # its problems count too
+            result.alone_median_ms = alone.median_ms
+            result.errors, result.wrong = result.errors + alone.errors, result.wrong + alone.wrong
+            result.examples = (alone.examples + result.examples)[:5]
         if server is not None:
             result.peak_rss_kib = server.peak_rss_kib()
             result.server_threads = server_threads
@@ -470,5 +572,6 @@ def load_test(*, clients: int = 20, duration: float = 20.0, model: str = "medium
                 "--threads" if torch_threads is not None
                 else "$TINYDIGITS_THREADS" if os.environ.get("TINYDIGITS_THREADS") else "torch's default")
     result.options = {"clients": clients, "duration": f"{duration:g}", "model": model, "samples": count,
-                      "server_threads": server_threads, "url": url, "threads": torch_threads}
+                      "readers": readers or None, "server_threads": server_threads, "url": url,
+                      "threads": torch_threads}
     return result
