@@ -177,8 +177,20 @@ def test_read_command_uses_the_reader_and_names_methods(mnist: data.MNIST, tmp_p
     assert wrong.exit_code == 2 and "number reader" in wrong.output
 
 
+@pytest.fixture
+def small_number_sets(monkeypatch):
+    """Training tests validate on 30 pictures of each kind and score the first 50 of each
+    frozen test set: the plumbing is what they test (the shipped reader's full figures are
+    re-measured below), and making 2,600 pictures per run took most of their time."""
+    from tinydigits import sequence
+
+    monkeypatch.setattr(sequence, "VAL_COUNT", 30)
+    real = sequence.test_figures
+    monkeypatch.setattr(sequence, "test_figures", lambda model, mnist: real(model, mnist, count=50))
+
+
 @pytest.mark.slow
-def test_train_a_reader_through_the_cli(tmp_path):
+def test_train_a_reader_through_the_cli(tmp_path, small_number_sets):
     run = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "--model", "reader-small", "--epochs", "1",
                                        "--epoch-size", "96", "--batch-size", "16", "--run-dir", str(run),
@@ -195,7 +207,7 @@ def test_train_a_reader_through_the_cli(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_interrupted_reader_run_resumes_to_the_same_weights(tmp_path):
+def test_an_interrupted_reader_run_resumes_to_the_same_weights(tmp_path, small_number_sets):
     """Strips reused from a pool (strip_reuse 2) are checkpointed with the run."""
     recipe = get_recipe("reader-small").replace(epochs=2, epoch_size=64, batch_size=16, strip_reuse=2)
     whole = train("reader-small", recipe, run_dir=tmp_path / "whole", threads=1, progress=False,

@@ -32,6 +32,7 @@ from .runtime import set_threads
 from .strips import (
     COLUMN,
     PAD,
+    SET_SIZE,
     NumberPicture,
     Strip,
     batch_strips,
@@ -41,6 +42,7 @@ from .strips import (
 )
 
 BLANK = 10
+VAL_COUNT = 300  # pictures of each kind the reader is validated on after every epoch
 POOL_BATCHES = 64  # with strip_reuse > 1, batches are drawn from the last 64 batches' worth of strips
 
 
@@ -180,12 +182,13 @@ def read_strips(model: Any, strips: list[torch.Tensor | None], batch: int = 64) 
     return readings
 
 
-def test_figures(model: Any, mnist: data.MNIST) -> dict[str, Any]:
-    """A reader's figures on the frozen test sets: per set exact-number %, right-count % and
-    character error rate %, and as ``accuracy`` the mean of the two exact-number rates."""
+def test_figures(model: Any, mnist: data.MNIST, count: int = SET_SIZE) -> dict[str, Any]:
+    """A reader's figures on the frozen test sets (their first ``count`` pictures): per set
+    exact-number %, right-count % and character error rate %, and as ``accuracy`` the mean of
+    the two exact-number rates."""
     figures: dict[str, Any] = {}
     for kind in ("separate", "touching"):
-        pictures = number_set(kind, "test", mnist=mnist)
+        pictures = number_set(kind, "test", count, mnist=mnist)
         score = score_readings([p.number for p in pictures], read_strips(model, picture_strips(pictures)))
         figures[kind] = {"exact": round(score.exact_rate, 4), "right_count": round(score.count_rate, 4),
                          "cer": round(score.cer, 4)}
@@ -206,10 +209,11 @@ def _ctc_loss(model: torch.nn.Module, strips: list[torch.Tensor], numbers: list[
 
 def train_reader(model_name: str, recipe: Recipe, *, run_dir: Path, resume: bool = False,
                  threads: int | None = None, data_dir: str | Path | None = None, evaluate_test: bool = True,
-                 log: Callable[[str], None] = print, val_count: int = 300) -> RunResult:
+                 log: Callable[[str], None] = print, val_count: int | None = None) -> RunResult:
     """Train a number reader on strips made on the fly from the 55,000 MNIST training digits;
     validate each epoch on the seeded validation sets (made of the 5,000 held-out digits);
-    at the end, score the frozen test sets. The run directory is kept as ``train`` keeps it
+    at the end, score the frozen test sets. ``val_count``: pictures of each kind to validate on
+    (default :data:`VAL_COUNT`). The run directory is kept as ``train`` keeps it
     (:class:`tinydigits.run.Run`); with ``resume`` the saved recipe wins over ``recipe``."""
     state: dict[str, Any] = {}
     if resume:
@@ -242,7 +246,8 @@ def train_reader(model_name: str, recipe: Recipe, *, run_dir: Path, resume: bool
             "teacher_sha256": {}})
         log(f"training {model_name} (seed {recipe.seed}), {threads} thread{'' if threads == 1 else 's'}; "
             f"run directory: {run_dir}")
-    val_sets = {kind: number_set(kind, "val", val_count, mnist) for kind in ("separate", "touching")}
+    val_sets = {kind: number_set(kind, "val", val_count or VAL_COUNT, mnist)
+                for kind in ("separate", "touching")}
     val_strips = {kind: picture_strips(pictures) for kind, pictures in val_sets.items()}
 
     def next_batch() -> tuple[list[torch.Tensor], list[str]]:
