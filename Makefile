@@ -13,13 +13,17 @@ train: setup
 lint: setup
 	$(BIN)/ruff check src tests hubconf.py
 
-# Everything, then the numerics-sensitive tests again under other CPU kernels and thread counts.
+# Two pytest processes side by side (pytest-xdist), each test module whole in one of them, so
+# a module's browser, server or compiled model is made once; then the numerics-sensitive
+# tests again under other CPU kernels and thread counts.
+PYTEST_PARALLEL := -n 2 --dist loadfile
+
 test: setup
 	$(BIN)/ruff check src tests hubconf.py
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PYTEST_PARALLEL)
 	scripts/test-kernels.sh
 
 # A couple of minutes: leaves out the tests marked slow (browser, compiler and emulator, training).
 test-quick: setup
 	$(BIN)/ruff check src tests hubconf.py
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q $(PYTEST_PARALLEL) -m "not slow"

@@ -1,8 +1,15 @@
 import os
+import signal
 
 import pytest
 
 from tinydigits import data
+
+# A suite started in the background by a non-interactive shell (`pytest ... &`) inherits SIGINT
+# ignored, and an ignored signal survives exec: every server and training run it starts would
+# ignore the Ctrl-C that tests stop them with. Python's own handler here makes them start
+# with the default, as from a terminal.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)

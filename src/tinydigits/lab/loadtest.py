@@ -531,8 +531,8 @@ class ServerProcess:
             return
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
-            try:  # a clean stop takes a second or two; far longer on a machine busy training
-                self.process.wait(timeout=60)
+            try:
+                self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
