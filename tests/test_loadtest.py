@@ -118,6 +118,8 @@ def test_loadtest_command_writes_the_report(tmp_path):
     alone = r"\| drawings' latency, median, in the round before without the readers \| [\d.]+ ms"
     assert re.search(alone, text)
     assert re.search(r"\| `/api/read` latency, median \| [\d.]+ ms \|", text)
+    assert re.search(r"\| one client alone, 12 MP phone JPEG of a number to `/api/read`: latency, median \| "
+                     r"[\d.]+ ms \|", text)
     # The threads the server really ran with, as it announced them.
     engine = "onnxruntime" if importlib.util.find_spec("onnxruntime") else "torch"
     assert f"server with 2 waitress threads and 1 torch thread (--threads), models on {engine};" in text

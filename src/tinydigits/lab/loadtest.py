@@ -49,7 +49,7 @@ from ..weights import load_model
 from .commands import python_module_argv, tinydigits_line
 
 __all__ = ["LoadResult", "LoadTestError", "NumberPhoto", "Sample", "ServerProcess", "drawn_samples",
-           "encode_multipart", "load_test", "number_photos", "parse_url", "run_load"]
+           "encode_multipart", "load_test", "number_photos", "parse_url", "run_load", "single_client_read_ms"]
 
 BOUNDARY = "tinydigits-load-test-boundary"
 # A client's n-th request: the path, body, content type, and a check of the JSON answer that
@@ -206,6 +206,29 @@ def single_client_latency(url: str, digit: torch.Tensor, label: int, model: str 
     return medians
 
 
+def single_client_read_ms(url: str, photo: NumberPhoto, repeats: int = 30, timeout: float = 30.0) -> float:
+    """Median milliseconds for one client alone to have a phone photo of a number read at
+    ``/api/read`` (multipart, keep-alive); every answer checked."""
+    host, port = parse_url(url)
+    body, content_type = photo.multipart()
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    times = []
+    try:
+        for _ in range(repeats + 2):  # the first two warm up
+            start = time.perf_counter()
+            connection.request("POST", "/api/read", body=body, headers={"Content-Type": content_type})
+            response = connection.getresponse()
+            answer = response.read()
+            times.append((time.perf_counter() - start) * 1000)
+            if response.status != 200 or json.loads(answer).get("number") != photo.number:
+                raise LoadTestError(f"/api/read: the server answered {response.status} {answer[:120]!r}")
+    except (OSError, http.client.HTTPException, ValueError) as err:
+        raise LoadTestError(f"single-client requests to {url} failed: {err}") from None
+    finally:
+        connection.close()
+    return statistics.median(times[2:])
+
+
 def _percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (the value below which q% of the observations fall)."""
     ordered = sorted(values)
@@ -215,7 +238,8 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[int(rank) - 1]
 
 
-_SINGLE_NAMES = {"canvas_png_560": "560x560 canvas PNG", "phone_jpeg_12mp": "12 MP phone JPEG"}
+_SINGLE_NAMES = {"canvas_png_560": "560x560 canvas PNG", "phone_jpeg_12mp": "12 MP phone JPEG",
+                 "number_jpeg_12mp": "12 MP phone JPEG of a number to `/api/read`"}
 
 
 @dataclass
@@ -337,7 +361,7 @@ class LoadResult:
             f"used, and every answer is checked against the digit sent. Latency is measured by the "
             f"client, from sending the request to the end of the answer. Before the load, one client "
             f"alone sends a 560x560 canvas PNG and a 12-megapixel phone JPEG of a digit (multipart, "
-            f"keep-alive) 30 times each.",
+            f"keep-alive) 30 times each{', and one of a number to `/api/read`' if self.readers else ''}.",
             *([f"Then the same clients post drawings again for as long while {self.readers} more post "
                f"12-megapixel phone JPEGs of 2-6 digit numbers (MNIST test digits, separate and touching "
                f"in turn, each one the reader reads right in-process) to `POST /api/read`, each answer "
@@ -554,6 +578,8 @@ def load_test(*, clients: int = 20, duration: float = 20.0, model: str = "medium
     with server or contextlib.nullcontext():
         target = url or server.url
         single = single_client_latency(target, mnist.test_images[0], int(mnist.test_labels[0]), model)
+        if readers:
+            single["number_jpeg_12mp"] = single_client_read_ms(target, photos[0])
         alone = (run_load(target, samples, clients=clients, duration=duration, model=model)
                  if readers else None)
         result = run_load(target, samples, clients=clients, duration=duration, model=model, readers=readers,
