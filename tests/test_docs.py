@@ -22,7 +22,19 @@ PACKAGE = Path(tinydigits.__file__).parent
 
 
 def _blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```$", README, flags=re.DOTALL | re.MULTILINE)
+    """The README's fenced code blocks tagged ``language`` ("": untagged), fence by fence."""
+    blocks, lines, tag = [], None, ""
+    for line in README.splitlines(keepends=True):
+        if not line.startswith("```"):
+            if lines is not None:
+                lines.append(line)
+        elif lines is None:
+            lines, tag = [], line[3:].strip()
+        else:
+            if tag == language:
+                blocks.append("".join(lines))
+            lines = None
+    return blocks
 
 
 def test_the_readmes_python_imports_work():

@@ -84,12 +84,14 @@ def test_this_processs_own_running_threads_are_not_counted_as_other_work():
         while not stop.is_set():
             torch.conv2d(x, w, padding=1)
 
-    quiet = busy_cores()
+    # Other processes (another pytest worker, say) come and go: the most they kept busy before
+    # against the least while our thread runs.
+    quiet = max(busy_cores() for _ in range(5))
     worker = threading.Thread(target=work)
     worker.start()
     try:
         time.sleep(0.2)
-        assert busy_cores() <= quiet
+        assert min(busy_cores() for _ in range(5)) <= quiet
     finally:
         stop.set()
         worker.join()

@@ -177,6 +177,13 @@ def test_the_export_is_a_self_contained_site_under_700_kb(site):
     html = (site / "index.html").read_text()
     head = html.split("<body")[0]
     assert 'src="static/tinydigits.js"' in html  # the page's scripts as one file
+    # ... which carries the files the first read needs, so the page reads before any fetch.
+    bundle = (site / "static" / "tinydigits.js").read_text()
+    first, _ = bundle.split("\n", 1)
+    assert first.startswith("window.tinydigitsFirstRead = ") and first.endswith(";")
+    carried = json.loads(first.removeprefix("window.tinydigitsFirstRead = ").removesuffix(";"))
+    default_weights = json.loads((site / "models" / "medium.json").read_text())
+    assert carried == {"models.json": document, "models/medium.json": default_weights}
     assert "http:" not in head and "https:" not in head  # all from here
     assert html.count("<script") == 1
     assert "unsafe-eval" not in html and "wasm" not in html and 'rel="manifest"' in html

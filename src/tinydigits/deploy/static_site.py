@@ -210,17 +210,22 @@ def browser_model_bytes(model: nn.Module, name: str) -> bytes:
     return (json.dumps(browser_model(model, name), separators=(",", ":")) + "\n").encode()
 
 
-def site_page(page: bytes, preloads: list[str]) -> bytes:
-    """The page as a site serves it: its scripts as the one bundle, and the files its first
-    read needs (``preloads``) asked for at once, beside the scripts, not after they run."""
+def site_page(page: bytes) -> bytes:
+    """The page as a site serves it: its scripts as the one bundle."""
     tags = "".join(f'<script src="static/{name}" defer></script>\n' for name in SCRIPTS).encode()
-    marker = b'<link rel="stylesheet"'
-    if tags not in page or marker not in page:
-        raise ExportError("the page template has changed: its stylesheet link or script tags are not "
-                          "where the site export expects them")
-    links = "".join(f'<link rel="preload" href="{path}" as="fetch" crossorigin>\n' for path in preloads)
-    page = page.replace(tags, f'<script src="{BUNDLE}" defer></script>\n'.encode())
-    return page.replace(marker, links.encode() + marker, 1)
+    if tags not in page:
+        raise ExportError("the page template has changed: its script tags are not where the site export "
+                          "expects them")
+    return page.replace(tags, f'<script src="{BUNDLE}" defer></script>\n'.encode())
+
+
+def site_bundle(scripts: list[bytes], first_read: Mapping[str, bytes]) -> bytes:
+    """The page's scripts as one file, after a line that hands app.js the JSON files of
+    ``first_read`` (path -> contents): what the page reads before anything else (models.json
+    and the default model's weights), so that it reads without waiting for a fetch."""
+    documents = {path: json.loads(payload) for path, payload in first_read.items()}
+    line = "window.tinydigitsFirstRead = " + json.dumps(documents, separators=(",", ":")) + ";\n"
+    return line.encode() + b"\n".join(scripts)
 
 
 def service_worker(files: Mapping[str, bytes]) -> bytes:
@@ -298,9 +303,7 @@ def export_site(directory: str | Path, models: Mapping[str, nn.Module], *,
     reader_name = next(iter(readers))
     web = resources.files("tinydigits.deploy").joinpath("web")
     contents: dict[str, bytes] = {path: web.joinpath(name).read_bytes() for path, name in PAGE_FILES.items()}
-    contents[BUNDLE] = b"\n".join(web.joinpath(name).read_bytes() for name in SCRIPTS)
-    first_read = ["models.json", f"models/{next(iter(digits))}.json"]  # the default model's weights
-    contents["index.html"] = site_page(contents["index.html"], first_read)
+    contents["index.html"] = site_page(contents["index.html"])
     contents[WEB_MANIFEST] = web_manifest()
     contents[ICON] = ICON_SVG.encode()
     for name, model in {**digits, **readers}.items():
@@ -310,6 +313,9 @@ def export_site(directory: str | Path, models: Mapping[str, nn.Module], *,
     document = models_document(infos, next(iter(digits)), ["browser"], sizes,
                                reader=model_info(reader_name, reader_pretrained))
     contents["models.json"] = (json.dumps(document, indent=2) + "\n").encode()
+    first_read = ["models.json", f"models/{next(iter(digits))}.json"]  # the default model's weights
+    contents[BUNDLE] = site_bundle([web.joinpath(name).read_bytes() for name in SCRIPTS],
+                                   {path: contents[path] for path in first_read})
     contents[SERVICE_WORKER] = service_worker(contents)
     files = {path: len(payload) for path, payload in sorted(contents.items())}
     try:

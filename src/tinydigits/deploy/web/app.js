@@ -19,6 +19,18 @@
   const LINE_WIDTH = 18;
   const THROTTLE_MS = 120; // at most one request per model this often while drawing
   const ALL = "all";
+  // A static site's script carries the files its first read needs (models.json and the
+  // default model's weights; static_site.py), so the page can read as soon as it has run,
+  // before a fetch or a first render; the page `tinydigits serve` sends fetches them.
+  const firstRead = window.tinydigitsFirstRead || {};
+
+  function getJson(path) {
+    if (Object.hasOwn(firstRead, path)) return Promise.resolve(firstRead[path]);
+    return fetch(path).then((response) => {
+      if (!response.ok) throw new Error(`cannot load ${path} (HTTP ${response.status})`);
+      return response.json();
+    });
+  }
 
   const state = {
     strokes: [], // each a list of [x, y] points in canvas pixels
@@ -449,12 +461,7 @@
     model(name) {
       if (!this.models.has(name)) {
         const info = infoOf(name);
-        const loading = fetch(info.weights)
-          .then((response) => {
-            if (!response.ok) throw new Error(`cannot load ${info.weights} (HTTP ${response.status})`);
-            return response.json();
-          })
-          .then((document) => window.tinydigitsEngine.load(document));
+        const loading = getJson(info.weights).then((document) => window.tinydigitsEngine.load(document));
         loading.catch(() => this.models.delete(name)); // tried again next time
         this.models.set(name, loading);
       }
@@ -666,8 +673,7 @@
     resetCanvas();
     setBusy();
     try {
-      const response = await fetch("models.json");
-      const answer = await response.json();
+      const answer = await getJson("models.json");
       state.models = answer.models;
       state.reader = answer.reader || null;
       state.choice = answer.default;
