@@ -186,8 +186,6 @@ def train(
         if dev.type != saved_device.type:
             raise WeightsError(f"{run_dir}: this run trained on {saved_device}; resume it there "
                                f"(--device {saved_device})")
-    elif (run_dir / "checkpoint.pt").exists():
-        raise WeightsError(f"{run_dir}: already holds a run; resume it or pick another directory")
 
     if subset is not None and not recipe.val_size < subset:
         raise ConfigError(f"subset {subset} leaves nothing to train on after the {recipe.val_size}-image "

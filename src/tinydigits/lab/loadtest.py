@@ -177,56 +177,51 @@ def number_photos(reader: nn.Module, mnist: MNIST, count: int = 8) -> list[Numbe
     return photos
 
 
-def single_client_latency(url: str, digit: torch.Tensor, label: int, model: str = "medium",
-                          repeats: int = 30, timeout: float = 30.0) -> dict[str, float]:
-    """Median milliseconds per request, one client on one keep-alive connection, for a
-    560x560 canvas PNG and for a 12-megapixel phone JPEG of the same digit (multipart)."""
+def _single_client_ms(url: str, path: str, body: bytes, content_type: str,
+                      right: Callable[[dict[str, Any]], bool], name: str, repeats: int = 30,
+                      timeout: float = 30.0) -> float:
+    """Median milliseconds per request, one client posting ``body`` to ``path`` on one
+    keep-alive connection ``repeats`` times (after two to warm up); every answer checked."""
     host, port = parse_url(url)
-    pictures = {"canvas_png_560": (draw_like_canvas(digit, 560), "image/png"),
-                "phone_jpeg_12mp": (phone_photo_jpeg(digit), "image/jpeg")}
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
-    medians = {}
+    times = []
     try:
-        for name, (picture, mimetype) in pictures.items():
-            body, content_type = encode_multipart({"model": model, "image": (name, picture, mimetype)})
-            times = []
-            for _ in range(repeats + 2):  # the first two warm up
-                start = time.perf_counter()
-                connection.request("POST", "/api/predict", body=body, headers={"Content-Type": content_type})
-                response = connection.getresponse()
-                answer = response.read()
-                times.append((time.perf_counter() - start) * 1000)
-                if response.status != 200 or json.loads(answer).get("digit") != label:
-                    raise LoadTestError(f"{name}: the server answered {response.status} {answer[:120]!r}")
-            medians[name] = statistics.median(times[2:])
+        for _ in range(repeats + 2):
+            start = time.perf_counter()
+            connection.request("POST", path, body=body, headers={"Content-Type": content_type})
+            response = connection.getresponse()
+            answer = response.read()
+            times.append((time.perf_counter() - start) * 1000)
+            if response.status != 200 or not right(json.loads(answer)):
+                raise LoadTestError(f"{name}: the server answered {response.status} {answer[:120]!r}")
     except (OSError, http.client.HTTPException, ValueError) as err:  # ValueError: an answer not JSON
         raise LoadTestError(f"single-client requests to {url} failed: {err}") from None
     finally:
         connection.close()
+    return statistics.median(times[2:])
+
+
+def single_client_latency(url: str, digit: torch.Tensor, label: int, model: str = "medium",
+                          repeats: int = 30, timeout: float = 30.0) -> dict[str, float]:
+    """Median milliseconds per request, one client on one keep-alive connection, for a
+    560x560 canvas PNG and for a 12-megapixel phone JPEG of the same digit (multipart)."""
+    pictures = {"canvas_png_560": (draw_like_canvas(digit, 560), "image/png"),
+                "phone_jpeg_12mp": (phone_photo_jpeg(digit), "image/jpeg")}
+    medians = {}
+    for name, (picture, mimetype) in pictures.items():
+        body, content_type = encode_multipart({"model": model, "image": (name, picture, mimetype)})
+        medians[name] = _single_client_ms(url, "/api/predict", body, content_type,
+                                          lambda answer: answer.get("digit") == label, name, repeats, timeout)
     return medians
 
 
 def single_client_read_ms(url: str, photo: NumberPhoto, repeats: int = 30, timeout: float = 30.0) -> float:
     """Median milliseconds for one client alone to have a phone photo of a number read at
     ``/api/read`` (multipart, keep-alive); every answer checked."""
-    host, port = parse_url(url)
     body, content_type = photo.multipart()
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
-    times = []
-    try:
-        for _ in range(repeats + 2):  # the first two warm up
-            start = time.perf_counter()
-            connection.request("POST", "/api/read", body=body, headers={"Content-Type": content_type})
-            response = connection.getresponse()
-            answer = response.read()
-            times.append((time.perf_counter() - start) * 1000)
-            if response.status != 200 or json.loads(answer).get("number") != photo.number:
-                raise LoadTestError(f"/api/read: the server answered {response.status} {answer[:120]!r}")
-    except (OSError, http.client.HTTPException, ValueError) as err:
-        raise LoadTestError(f"single-client requests to {url} failed: {err}") from None
-    finally:
-        connection.close()
-    return statistics.median(times[2:])
+    return _single_client_ms(url, "/api/read", body, content_type,
+                             lambda answer: answer.get("number") == photo.number, "/api/read",
+                             repeats, timeout)
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
