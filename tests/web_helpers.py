@@ -140,11 +140,15 @@ def _noisy_blank() -> bytes:
 
 class Page:
     """A page of the demo, recording every request it makes and every script error. ``where``
-    is where the models run: "server" (``tinydigits serve``) or "browser" (a static site)."""
+    is where the models run: "server" (``tinydigits serve``) or "browser" (a static site);
+    ``init_script`` runs before the page's own (e.g. to take a browser feature away)."""
 
-    def __init__(self, browser, live, where: str = "server", **context_options) -> None:
+    def __init__(self, browser, live, where: str = "server", init_script: str = "",
+                 **context_options) -> None:
         self.where = where
         self.context = browser.new_context(**context_options)
+        if init_script:  # run in the page before its own scripts
+            self.context.add_init_script(init_script)
         self.page = self.context.new_page()
         self.origin = urlsplit(live.url)
         self.requests: list[str] = []

@@ -8,8 +8,9 @@
 // into 20x20, centre of mass at the centre of 28x28 by whole pixels, rounded to bytes.
 // NumPy's fp32 arithmetic is mirrored with Math.fround where it decides a pixel; Python's
 // round() and NumPy's round half to even, so this does too. Not mirrored: a JPEG that Python
-// decodes in draft mode (1/2, 1/4, 1/8 scale in the decoder) is decoded here at full size and
-// box-averaged by the same factor first (close, not bit-exact); 16-bit and palette pictures
+// decodes in draft mode (1/2, 1/4, 1/8 scale in the decoder) is decoded the same way by the page
+// where the browser has WebCodecs' ImageDecoder (the same pixels), else at full size and
+// box-averaged by the same factor here (close, not bit-exact); 16-bit and palette pictures
 // arrive here as the browser's 8-bit RGBA.
 "use strict";
 
@@ -214,6 +215,35 @@ window.tinydigitsPreprocess = (() => {
   function draftScale(width, height) {
     const scale = Math.min(Math.floor(width / WORK_SIDE), Math.floor(height / WORK_SIDE));
     return [8, 4, 2, 1].find((s) => scale >= s);
+  }
+
+  // A JPEG's stored width and height from its frame header (SOFn), read before any decoding;
+  // null for anything else or a header cut short.
+  function jpegSize(bytes) {
+    if (bytes.length < 4 || bytes[0] !== 0xff || bytes[1] !== 0xd8) return null;
+    let i = 2;
+    while (i + 3 < bytes.length) {
+      if (bytes[i] !== 0xff) return null;
+      const marker = bytes[i + 1];
+      if (marker === 0xff) { // fill byte
+        i += 1;
+        continue;
+      }
+      if (marker === 0x01 || (marker >= 0xd0 && marker <= 0xd7)) { // markers without a length
+        i += 2;
+        continue;
+      }
+      const frame = marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc;
+      if (frame) {
+        if (i + 8 >= bytes.length) return null;
+        const height = (bytes[i + 5] << 8) | bytes[i + 6];
+        const width = (bytes[i + 7] << 8) | bytes[i + 8];
+        return width > 0 && height > 0 ? { width, height } : null;
+      }
+      if (marker === 0xd9 || marker === 0xda) return null; // image data before any frame header
+      i += 2 + ((bytes[i + 2] << 8) | bytes[i + 3]);
+    }
+    return null;
   }
 
   // Luminance in [0, 1] as fp32, from float64 weights (preprocess._to_gray); transparency
@@ -711,5 +741,5 @@ window.tinydigitsPreprocess = (() => {
     return fitToMnist(clean, width, height);
   }
 
-  return { reduce, toMnist, inkOf, fitToMnist, cropToInk, resize, draftScale, PreprocessError, roundHalfEven, SIZE };
+  return { reduce, toMnist, inkOf, fitToMnist, cropToInk, resize, draftScale, jpegSize, PreprocessError, roundHalfEven, SIZE };
 })();
