@@ -41,6 +41,8 @@ def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     (["train", "--model", "large"], 2, "Invalid value for '--model'"),
     (["train", "--optimizer", "rmsprop"], 1, "invalid recipe value(s): optimizer='rmsprop'"),
     (["train", "--epochs", "0"], 1, "invalid recipe value(s): epochs=0"),
+    (["train", "--model", "reader-small", "--batch-by-width", "--strip-reuse", "1"], 1,
+     "invalid recipe value(s): batch_by_width=True"),
     (["train", "--lr", "fast"], 2, "'fast' is not a valid float"),
     (["train", "--threads", "0"], 2, "Invalid value for '--threads'"),
     (["train", "--resume", "somewhere", "--lr", "0.1"], 2, "cannot be combined"),

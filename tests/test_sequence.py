@@ -21,7 +21,14 @@ from tinydigits.models import READERS, build_model, count_parameters
 from tinydigits.preprocess import PreprocessError
 from tinydigits.read import read_number
 from tinydigits.recipes import get_recipe
-from tinydigits.sequence import BLANK, edit_distance, greedy_decode, read_strips, score_readings
+from tinydigits.sequence import (
+    BLANK,
+    batch_from_pool,
+    edit_distance,
+    greedy_decode,
+    read_strips,
+    score_readings,
+)
 from tinydigits.strips import INK_HEIGHT, STRIP_HEIGHT, ink_groups, number_set, number_strip, training_strips
 from tinydigits.train import train
 
@@ -73,6 +80,21 @@ def test_training_strips_are_fresh_numbers_of_one_to_eight_digits(mnist: data.MN
     assert len(strips) == len(numbers) == 24 and all(s.shape[1] == STRIP_HEIGHT for s in strips)
     assert all(1 <= len(n) <= 8 and n.isdigit() for n in numbers) and len(set(numbers)) > 20
     assert {len(n) for n in numbers} >= {1, 8} or len({len(n) for n in numbers}) >= 6
+
+
+def test_batches_by_width_are_padded_little_and_still_draw_the_whole_pool():
+    rng = np.random.default_rng(0)
+    widths = [int(w) for w in rng.integers(20, 200, 2048)]
+
+    def padding(by_width: bool) -> tuple[float, np.ndarray]:
+        batches = [batch_from_pool(widths, 32, rng, by_width) for _ in range(2000)]
+        assert all(len(set(batch.tolist())) == 32 for batch in batches)
+        spread = np.mean([max(widths[i] for i in b) - min(widths[i] for i in b) for b in batches])
+        return float(spread), np.bincount(np.concatenate(batches), minlength=len(widths))
+
+    (random_spread, _), (by_width_spread, drawn) = padding(False), padding(True)
+    assert random_spread > 150 and by_width_spread <= 4
+    assert (drawn > 0).mean() > 0.95  # not only the common widths: the narrowest and widest too
 
 
 def test_greedy_decoding_merges_repeats_and_drops_blanks():
@@ -193,11 +215,13 @@ def small_number_sets(monkeypatch):
 def test_train_a_reader_through_the_cli(tmp_path, small_number_sets):
     run = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "--model", "reader-small", "--epochs", "1",
-                                       "--epoch-size", "96", "--batch-size", "16", "--run-dir", str(run),
-                                       "--threads", "1", "--no-progress"])
+                                       "--epoch-size", "96", "--batch-size", "16", "--strip-reuse", "2",
+                                       "--batch-by-width", "--run-dir", str(run), "--threads", "1",
+                                       "--no-progress"])
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == "reader-small" and config["recipe"]["epoch_size"] == 96
+    assert config["recipe"]["batch_by_width"] is True
     test = json.loads((run / "test.json").read_text())
     assert set(test) >= {"separate", "touching", "accuracy"} and 0 <= test["touching"]["cer"] <= 100
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -54,6 +54,9 @@ class Recipe:
     # ones): making a strip costs about 6x a training step on it.
     strip_reuse: int = 1
     strip_paper: float = 0.5  # the share of fresh strips drawn on scan-like paper (the rest: clean ink)
+    # Batches of strips of about the same width (the pool's nearest to a random one's), so few
+    # blank columns pad them out to the widest: with strip_reuse > 1 only.
+    batch_by_width: bool = False
 
     def __post_init__(self) -> None:
         # Catch a bad value here, in one line, not as a crash deep in the training loop.
@@ -81,6 +84,7 @@ class Recipe:
             "epoch_size": self.epoch_size >= 0,
             "strip_reuse": 1 <= self.strip_reuse <= self.batch_size,
             "strip_paper": 0 <= self.strip_paper <= 1,
+            "batch_by_width": not self.batch_by_width or self.strip_reuse > 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -157,11 +157,17 @@ def number_picture(digits: list[np.ndarray], rng: np.random.Generator,
     return image, float(overlap), groups
 
 
+def _file_format(rng: np.random.Generator) -> tuple[str, dict[str, int]]:
+    """JPEG (quality 75-95) or PNG, half and half, and the options to save it with."""
+    fmt = "JPEG" if rng.random() < 0.5 else "PNG"
+    return fmt, ({"quality": int(rng.integers(75, 96))} if fmt == "JPEG" else {})
+
+
 def encode(image: Image.Image, rng: np.random.Generator) -> tuple[bytes, str]:
     """The picture saved as JPEG (quality 75-95) or PNG, half and half."""
-    fmt = "JPEG" if rng.random() < 0.5 else "PNG"
+    fmt, options = _file_format(rng)
     buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **({"quality": int(rng.integers(75, 96))} if fmt == "JPEG" else {}))
+    image.save(buffer, format=fmt, **options)
     return buffer.getvalue(), fmt
 
 
@@ -265,8 +271,12 @@ def training_strips(images: torch.Tensor, labels: torch.Tensor, count: int, rng:
                                      heights=(28, 64), pad_strokes=0.0 if on_paper else 1.0)
         try:
             if on_paper:
-                if rng.random() < 0.3:
-                    image = Image.open(io.BytesIO(encode(image, rng)[0]))
+                if rng.random() < 0.3:  # saved as a file (encode); a PNG reads back the same pixels
+                    fmt, options = _file_format(rng)
+                    if fmt == "JPEG":
+                        buffer = io.BytesIO()
+                        image.save(buffer, format=fmt, **options)
+                        image = Image.open(buffer)
                 strip = number_strip(image)
             else:  # the pad's strokes as ink (what ink_map makes of them), with a little noise
                 ink = 1 - np.asarray(image.convert("L"), dtype=np.float32) / 255
