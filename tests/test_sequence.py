@@ -94,7 +94,11 @@ def test_batches_by_width_are_padded_little_and_still_draw_the_whole_pool():
 
     (random_spread, _), (by_width_spread, drawn) = padding(False), padding(True)
     assert random_spread > 150 and by_width_spread <= 4
-    assert (drawn > 0).mean() > 0.95  # not only the common widths: the narrowest and widest too
+    # Not only the common widths: the narrowest and widest strips are drawn about as often
+    # (~20% less: fewer neighbours pick them).
+    order = np.argsort(widths, kind="stable")
+    edges, middle = drawn[np.r_[order[:16], order[-16:]]].mean(), drawn[order[512:-512]].mean()
+    assert edges >= 0.6 * middle, (edges, middle)
 
 
 def test_greedy_decoding_merges_repeats_and_drops_blanks():
@@ -231,9 +235,11 @@ def test_train_a_reader_through_the_cli(tmp_path, small_number_sets):
 
 
 @pytest.mark.slow
-def test_an_interrupted_reader_run_resumes_to_the_same_weights(tmp_path, small_number_sets):
+@pytest.mark.parametrize("by_width", [False, True])
+def test_an_interrupted_reader_run_resumes_to_the_same_weights(tmp_path, small_number_sets, by_width):
     """Strips reused from a pool (strip_reuse 2) are checkpointed with the run."""
-    recipe = get_recipe("reader-small").replace(epochs=2, epoch_size=64, batch_size=16, strip_reuse=2)
+    recipe = get_recipe("reader-small").replace(epochs=2, epoch_size=64, batch_size=16, strip_reuse=2,
+                                                batch_by_width=by_width)
     whole = train("reader-small", recipe, run_dir=tmp_path / "whole", threads=1, progress=False,
                   evaluate_test=False, log=lambda line: None)
 

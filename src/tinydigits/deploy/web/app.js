@@ -37,7 +37,7 @@
     drawing: null, // {id, points} while a pointer is down
     photo: null, // the uploaded File, when a photo is the input instead of the drawing
     photoUrl: null,
-    photoPixels: null, // its decoded pixels, for the browser (a promise for each mode)
+    photoPixels: null, // its decoded pixels, for the browser (a promise)
     models: [], // the digit models, from models.json
     reader: null, // the number reader's info from models.json (null: none offered)
     inference: "server", // or "browser"
@@ -469,31 +469,34 @@
     },
 
     // The photo's pixels, upright per EXIF, as Pillow decodes them (no colour management, alpha
-    // not premultiplied), and the JPEG draft scale (1, 2, 4 or 8) they still need reducing by.
-    // With `draft`, a large JPEG is decoded at 1/2-1/8 scale as Python's JPEG draft mode does:
-    // ImageDecoder asks the browser's libjpeg for the same scaled decode (the same pixels, a few
-    // ms where a full decode of a phone photo and its box average took 100+).
+    // not premultiplied), the JPEG draft scale (1, 2, 4 or 8) they still need reducing by, and
+    // the decoder that gave them. With `draft`, a large JPEG is decoded at 1/2-1/8 scale as
+    // Python's JPEG draft mode does: ImageDecoder asks the browser's libjpeg for the same
+    // scaled decode (in Chromium the very same pixels, in a few ms where a whole decode of a
+    // phone photo and its box average took 100+); elsewhere the page box-averages a whole one.
     async photoPixels(file, draft) {
-      const bytes = new Uint8Array(await file.arrayBuffer());
-      const size = window.tinydigitsPreprocess.jpegSize(bytes);
-      if (size) checkPixels(size.width, size.height); // before decoding, where the header says
-      const scale = size && draft ? window.tinydigitsPreprocess.draftScale(size.width, size.height) : 1;
+      const P = window.tinydigitsPreprocess;
+      const head = await bytesOf(file.slice(0, 262144)); // markers, EXIF, colour profile: the header
+      const header = P.jpegHeader(head);
+      if (header) checkPixels(header.width, header.height); // before decoding, where a header says
+      const scale = header && draft ? P.draftScale(header.width, header.height) : 1;
       if (scale > 1 && typeof ImageDecoder === "function") {
-        const image = await draftDecoded(bytes, size, scale);
-        if (image) return { image, jpeg: true, draft: 1 };
+        const image = await draftDecoded(await bytesOf(file), header, scale);
+        if (image) return { image, draft: 1, decoder: "ImageDecoder" };
       }
       let bitmap;
       try {
         bitmap = await createImageBitmap(file, { imageOrientation: "from-image", premultiplyAlpha: "none",
           colorSpaceConversion: "none" });
       } catch {
-        const error = new Error("not an image, or not a format this browser decodes");
-        error.status = 400;
-        throw error;
+        throw badInput("not an image, or not a format this browser decodes");
       }
       try {
-        checkPixels(bitmap.width, bitmap.height);
-        return { image: pixelsOf(bitmap, bitmap.width, bitmap.height), jpeg: size !== null, draft: scale };
+        const { width, height } = bitmap;
+        checkPixels(width, height);
+        const jpeg = head[0] === 0xff && head[1] === 0xd8 && head[2] === 0xff;
+        return { image: pixelsOf(bitmap, width, height), draft: jpeg && draft ? P.draftScale(width, height) : 1,
+          decoder: "whole" };
       } finally {
         bitmap.close();
       }
@@ -505,16 +508,16 @@
       let image;
       let draft = 1;
       let decoded = 0;
+      let decoder = null;
       const white = !state.photo; // the pad's own paper
       if (state.photo) {
         // Python decodes a JPEG at 1/2-1/8 scale when it is read as one digit (to_mnist).
-        const mode = state.mode === "digit" ? "digit" : "number";
-        state.photoPixels ??= {};
-        state.photoPixels[mode] ??= this.photoPixels(state.photo, mode === "digit");
-        const photo = await state.photoPixels[mode];
+        state.photoPixels ??= this.photoPixels(state.photo, state.mode === "digit");
+        const photo = await state.photoPixels;
         decoded = performance.now() - started;
         image = photo.image;
         draft = photo.draft;
+        decoder = photo.decoder;
       } else {
         image = ctx.getImageData(0, 0, pad.width, pad.height);
       }
@@ -547,7 +550,7 @@
         const inference = performance.now() - t0;
         const probabilities = Array.from(logProbabilities, Math.exp);
         const best = probabilities.indexOf(Math.max(...probabilities));
-        record({ decode: decoded, prepare: prepared, inference, total: decoded + prepared + inference });
+        record({ decode: decoded, prepare: prepared, inference, total: decoded + prepared + inference, decoder });
         return {
           model: name, digit: best, probability: probabilities[best], probabilities, image: seen, where,
           milliseconds: decoded + prepared + inference, inference_milliseconds: inference,
@@ -556,11 +559,21 @@
     },
   };
 
+  function badInput(message) {
+    const error = new Error(message);
+    error.status = 400;
+    return error;
+  }
+
   function checkPixels(width, height) {
-    if (width * height > 40000000) {
-      const error = new Error(`image too large: ${width}x${height}, the limit is 40 megapixels`);
-      error.status = 400;
-      throw error;
+    if (width * height > 40000000) throw badInput(`image too large: ${width}x${height}, the limit is 40 megapixels`);
+  }
+
+  async function bytesOf(blob) {
+    try {
+      return new Uint8Array(await blob.arrayBuffer());
+    } catch {
+      throw badInput("cannot read the file");
     }
   }
 
@@ -574,22 +587,30 @@
     return context.getImageData(0, 0, width, height);
   }
 
-  // A JPEG decoded at 1/scale by the browser's decoder, upright; null where the browser
-  // cannot or gives another size than libjpeg's (then the page decodes it whole).
-  async function draftDecoded(bytes, size, scale) {
+  // EXIF orientations without a mirror image, and the rotation a decoded frame then carries.
+  const ROTATION = { 1: 0, 3: 180, 6: 90, 8: 270 };
+
+  // A JPEG decoded at 1/scale by the browser's decoder, upright; null where the browser cannot,
+  // or gives another size than libjpeg's, or may not turn it upright (a mirrored orientation,
+  // a frame without its rotation): then the page decodes it whole.
+  async function draftDecoded(bytes, header, scale) {
+    const rotation = ROTATION[header.orientation];
+    if (rotation === undefined) return null;
     let decoder;
     let frame;
     try {
-      const width = Math.ceil(size.width / scale);
-      const height = Math.ceil(size.height / scale);
+      const width = Math.ceil(header.width / scale);
+      const height = Math.ceil(header.height / scale);
       decoder = new ImageDecoder({ data: bytes, type: "image/jpeg", desiredWidth: width, desiredHeight: height,
         colorSpaceConversion: "none" });
       frame = (await decoder.decode()).image;
+      if ((frame.rotation ?? 0) !== rotation || frame.flip) return null;
+      const turned = rotation % 180 !== 0;
       const { displayWidth: w, displayHeight: h } = frame;
-      const upright = (w === width && h === height) || (w === height && h === width);
-      return upright ? pixelsOf(frame, w, h) : null;
-    } catch {
-      return null;
+      return w === (turned ? height : width) && h === (turned ? width : height) ? pixelsOf(frame, w, h) : null;
+    } catch (error) {
+      if (error instanceof DOMException || error instanceof TypeError) return null; // not decoded here
+      throw error;
     } finally {
       frame?.close();
       decoder?.close();

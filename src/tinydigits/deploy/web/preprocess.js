@@ -217,20 +217,21 @@ window.tinydigitsPreprocess = (() => {
     return [8, 4, 2, 1].find((s) => scale >= s);
   }
 
-  // A JPEG's stored width and height from its frame header (SOFn), read before any decoding;
-  // null for anything else or a header cut short.
-  function jpegSize(bytes) {
+  // A JPEG's stored width and height from its frame header (SOFn) and its EXIF orientation
+  // (1-8; 1 where there is none), read before any decoding; null for anything else or where
+  // the header lies beyond `bytes`. Stray bytes between segments are skipped, as libjpeg does.
+  function jpegHeader(bytes) {
     if (bytes.length < 4 || bytes[0] !== 0xff || bytes[1] !== 0xd8) return null;
+    let orientation = 1;
     let i = 2;
     while (i + 3 < bytes.length) {
-      if (bytes[i] !== 0xff) return null;
-      const marker = bytes[i + 1];
-      if (marker === 0xff) { // fill byte
+      if (bytes[i] !== 0xff || bytes[i + 1] === 0xff) { // junk, or a fill byte before a marker
         i += 1;
         continue;
       }
-      if (marker === 0x01 || (marker >= 0xd0 && marker <= 0xd7)) { // markers without a length
-        i += 2;
+      const marker = bytes[i + 1];
+      if (marker === 0x00 || marker === 0x01 || marker === 0xd8 || (marker >= 0xd0 && marker <= 0xd7)) {
+        i += 2; // no length follows
         continue;
       }
       const frame = marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc;
@@ -238,10 +239,31 @@ window.tinydigitsPreprocess = (() => {
         if (i + 8 >= bytes.length) return null;
         const height = (bytes[i + 5] << 8) | bytes[i + 6];
         const width = (bytes[i + 7] << 8) | bytes[i + 8];
-        return width > 0 && height > 0 ? { width, height } : null;
+        return width > 0 && height > 0 ? { width, height, orientation } : null;
       }
       if (marker === 0xd9 || marker === 0xda) return null; // image data before any frame header
-      i += 2 + ((bytes[i + 2] << 8) | bytes[i + 3]);
+      const length = (bytes[i + 2] << 8) | bytes[i + 3];
+      if (marker === 0xe1) orientation = exifOrientation(bytes, i + 4, i + 2 + length) ?? orientation;
+      i += 2 + length;
+    }
+    return null;
+  }
+
+  // The orientation tag (0x0112) of an APP1 segment's EXIF block in bytes[start, end), if any.
+  function exifOrientation(bytes, start, end) {
+    end = Math.min(end, bytes.length);
+    const tiff = start + 6;
+    if (tiff + 8 > end || String.fromCharCode(...bytes.subarray(start, start + 4)) !== "Exif") return null;
+    const little = bytes[tiff] === 0x49; // "II": Intel byte order; "MM": Motorola
+    const u16 = (at) => (little ? bytes[at] | (bytes[at + 1] << 8) : (bytes[at] << 8) | bytes[at + 1]);
+    const u32 = (at) => (little ? u16(at) + u16(at + 2) * 65536 : u16(at) * 65536 + u16(at + 2));
+    const ifd = tiff + u32(tiff + 4);
+    if (ifd + 2 > end) return null;
+    for (let k = 0, entry = ifd + 2; k < u16(ifd) && entry + 12 <= end; k++, entry += 12) {
+      if (u16(entry) === 0x0112) {
+        const value = u16(entry + 8);
+        return value >= 1 && value <= 8 ? value : null;
+      }
     }
     return null;
   }
@@ -741,5 +763,5 @@ window.tinydigitsPreprocess = (() => {
     return fitToMnist(clean, width, height);
   }
 
-  return { reduce, toMnist, inkOf, fitToMnist, cropToInk, resize, draftScale, jpegSize, PreprocessError, roundHalfEven, SIZE };
+  return { reduce, toMnist, inkOf, fitToMnist, cropToInk, resize, draftScale, jpegHeader, PreprocessError, roundHalfEven, SIZE };
 })();
