@@ -163,12 +163,16 @@ def _file_format(rng: np.random.Generator) -> tuple[str, dict[str, int]]:
     return fmt, ({"quality": int(rng.integers(75, 96))} if fmt == "JPEG" else {})
 
 
+def _saved(image: Image.Image, fmt: str, options: dict[str, int]) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
 def encode(image: Image.Image, rng: np.random.Generator) -> tuple[bytes, str]:
     """The picture saved as JPEG (quality 75-95) or PNG, half and half."""
     fmt, options = _file_format(rng)
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue(), fmt
+    return _saved(image, fmt, options), fmt
 
 
 # The frozen sets: seeds and sizes fixed here, so a figure names its set by kind alone.
@@ -274,9 +278,7 @@ def training_strips(images: torch.Tensor, labels: torch.Tensor, count: int, rng:
                 if rng.random() < 0.3:  # saved as a file (encode); a PNG reads back the same pixels
                     fmt, options = _file_format(rng)
                     if fmt == "JPEG":
-                        buffer = io.BytesIO()
-                        image.save(buffer, format=fmt, **options)
-                        image = Image.open(buffer)
+                        image = Image.open(io.BytesIO(_saved(image, fmt, options)))
                 strip = number_strip(image)
             else:  # the pad's strokes as ink (what ink_map makes of them), with a little noise
                 ink = 1 - np.asarray(image.convert("L"), dtype=np.float32) / 255
