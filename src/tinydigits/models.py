@@ -131,14 +131,16 @@ def mnist_nano(dropout: float = 0.0) -> TinyDigitNet:
 
 class NumberReader(nn.Module):
     """Reads a whole number from a strip of any width: conv blocks that halve the height four
-    times and the width once, a convolution over the last 2 rows that collapses the height, a
-    1-D convolution along the width, and per-column log-probabilities of the 10 digits and the
-    blank (index 10) for CTC. Input [N, 1, 32, W]; output [N, 11, W // 2]. A column every 2
-    pixels leaves two touching 1s room for the blank that CTC needs between repeats (at every
-    4 pixels the first reader dropped them)."""
+    times and the width once, a convolution over the last 2 rows that collapses the height,
+    ``context`` 1-D convolutions along the width, and per-column log-probabilities of the 10
+    digits and the blank (index 10) for CTC. A column sees 28 pixels of the strip's width with
+    one such convolution of 7 and 12 more with each further one (a digit is ~21 pixels apart).
+    Input [N, 1, 32, W]; output [N, 11, W // 2]. A column every 2 pixels leaves two touching 1s
+    room for the blank that CTC needs between repeats (at every 4 pixels the first reader
+    dropped them)."""
 
     def __init__(self, widths: tuple[int, int, int] = (16, 32, 48), hidden: int = 64,
-                 kernel: int = 7) -> None:
+                 kernel: int = 7, context: int = 1) -> None:
         super().__init__()
         a, b, c = widths
         self.features = nn.Sequential(
@@ -153,8 +155,9 @@ class NumberReader(nn.Module):
         )
         self.columns = nn.Sequential(
             nn.Conv2d(c, hidden, (2, 1), bias=False), nn.BatchNorm2d(hidden), nn.ReLU(),  # 1 x W/2
-            nn.Conv2d(hidden, hidden, (1, kernel), padding=(0, kernel // 2), bias=False),
-            nn.BatchNorm2d(hidden), nn.ReLU(),
+            *(layer for _ in range(context) for layer in (
+                nn.Conv2d(hidden, hidden, (1, kernel), padding=(0, kernel // 2), bias=False),
+                nn.BatchNorm2d(hidden), nn.ReLU())),
             nn.Conv2d(hidden, 11, 1),
         )
 
