@@ -20,7 +20,7 @@ from .deploy.engines import BACKENDS
 from .deploy.export import FORMATS
 from .errors import TinyDigitsError, require
 from .lab import DEFAULT_SEEDS
-from .models import MODELS, READERS, REGISTRY, get_spec
+from .models import DEFAULT_READER, MODELS, READERS, REGISTRY, get_spec
 from .read import METHODS
 from .runtime import package_version, set_threads
 from .weights import load_model, pretrained_path, shipped_models
@@ -420,7 +420,7 @@ def read_command(sources: tuple[Path, ...], method: str, model_name: str | None,
     set_threads(None)
     method = method.lower()
     if model_name is None:
-        model_name = "medium" if method == "segment" else "reader"
+        model_name = "medium" if method == "segment" else DEFAULT_READER
     if method == "auto":
         method = "sequence" if get_spec(model_name).task == "number" else "segment"
     if (get_spec(model_name).task == "number") != (method == "sequence"):
@@ -475,7 +475,7 @@ def read_command(sources: tuple[Path, ...], method: str, model_name: str | None,
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
               help="The frozen sets of MNIST test digits, or those of the validation digits (for choices).")
 @click.option("--reader", "reader_name", type=click.Choice(list(READERS), case_sensitive=False),
-              default="reader", show_default=True, help="The number reader (--method sequence).")
+              default=DEFAULT_READER, show_default=True, help="The number reader (--method sequence).")
 @click.option("--model", "model_name", type=MODEL_CHOICE, default="medium", show_default=True,
               help="The digit model the segmenter classifies with (--method segment).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),

@@ -220,6 +220,8 @@ REGISTRY: dict[str, ModelSpec] = {
 MODELS: dict[str, ModelSpec] = {name: spec for name, spec in REGISTRY.items() if spec.task == "digit"}
 # The number readers: what `read` runs.
 READERS: dict[str, ModelSpec] = {name: spec for name, spec in REGISTRY.items() if spec.task == "number"}
+# The shipped reader that `read`, /api/read and the web page run when none is named.
+DEFAULT_READER = "reader"
 
 
 def get_spec(name: str) -> ModelSpec:

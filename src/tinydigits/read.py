@@ -33,7 +33,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .errors import ConfigError
-from .models import NumberReader
+from .models import DEFAULT_READER, NumberReader
 from .predict import Classifier, classify
 from .preprocess import WORK_SIDE, PreprocessError, Source, fit_to_mnist, ink_map, load_image
 from .segment import MAX_DIGITS, Piece, digit_groups
@@ -152,7 +152,7 @@ def read_number(image: Image.Image | Source, model: Classifier | None = None,
     if not isinstance(image, Image.Image):
         image = load_image(image)
     if method == "sequence":
-        return _read_sequence(image, model if model is not None else _shipped("reader"))
+        return _read_sequence(image, model if model is not None else _shipped(DEFAULT_READER))
     model = model if model is not None else _shipped("medium")
     factor = max(1, math.ceil(max(image.size) / WORK_SIDE))  # what ink_map reduced the picture by
     groups = digit_groups(ink_map(image))

@@ -45,7 +45,7 @@ from torch import nn
 from werkzeug.exceptions import HTTPException
 
 from ..errors import ConfigError, TinyDigitsError, first_line
-from ..models import MODELS, READERS, get_spec
+from ..models import DEFAULT_READER, MODELS, READERS, get_spec
 from ..predict import Classifier, predict_image
 from ..preprocess import FORMATS, WORK_SIDE, PreprocessError, load_image
 from ..read import METHODS, Reading, read_number
@@ -64,7 +64,6 @@ from .static_site import (
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_READER", "DEFAULT_SERVER_THREADS", "MAX_IMAGE_PIXELS",
            "MAX_UPLOAD_BYTES", "ApiError", "BackgroundServer", "check_host", "create_app", "serve"]
 
-DEFAULT_READER = "reader"  # served beside digit models given by name: /api/read's default
 DEFAULT_HOST = "127.0.0.1"  # loopback: the demo is for this machine unless asked otherwise
 DEFAULT_PORT = 8000
 # waitress worker threads. Numbers are read one at a time and each request waiting its turn holds

@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 
 from ..io import WeightsError, atomic_write, write_text
-from ..models import NumberReader, get_spec
+from ..models import DEFAULT_READER, NumberReader, get_spec
 from ..runtime import package_version
 from ..weights import get_weights, load_model
 from . import ExportError
@@ -299,7 +299,7 @@ def export_site(directory: str | Path, models: Mapping[str, nn.Module], *,
     previous = previous_files(directory)
     reader_pretrained = pretrained if readers else True
     if not readers:
-        readers = {"reader": load_model("reader", pretrained=True)}
+        readers = {DEFAULT_READER: load_model(DEFAULT_READER, pretrained=True)}
     reader_name = next(iter(readers))
     web = resources.files("tinydigits.deploy").joinpath("web")
     contents: dict[str, bytes] = {path: web.joinpath(name).read_bytes() for path, name in PAGE_FILES.items()}

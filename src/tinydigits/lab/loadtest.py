@@ -44,6 +44,7 @@ from torch import nn
 from ..data import MNIST, load_mnist
 from ..errors import TinyDigitsError
 from ..markdown import markdown_table
+from ..models import DEFAULT_READER
 from ..runtime import load_average, peak_rss_kib
 from ..weights import load_model
 from .commands import python_module_argv, tinydigits_line
@@ -567,7 +568,7 @@ def load_test(*, clients: int = 20, duration: float = 20.0, model: str = "medium
         parse_url(url)  # a bad URL fails before the samples are made
     mnist = load_mnist(data_dir)
     samples = drawn_samples(load_model(model, pretrained=True), mnist.test_images, mnist.test_labels, count)
-    photos = number_photos(load_model("reader", pretrained=True), mnist) if readers else []
+    photos = number_photos(load_model(DEFAULT_READER, pretrained=True), mnist) if readers else []
     server = ServerProcess([model], server_threads=server_threads, torch_threads=torch_threads) \
         if url is None else None
     with server or contextlib.nullcontext():
