@@ -42,7 +42,10 @@ def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     (["train", "--optimizer", "rmsprop"], 1, "invalid recipe value(s): optimizer='rmsprop'"),
     (["train", "--epochs", "0"], 1, "invalid recipe value(s): epochs=0"),
     (["train", "--model", "reader-small", "--batch-by-width", "--strip-reuse", "1"], 1,
-     "invalid recipe value(s): batch_by_width=True"),
+     "invalid recipe value(s): batch_by_width=True (batches of one width are drawn from a pool of reused "
+     "strips: give --strip-reuse 2 or more, or --no-batch-by-width)"),
+    (["train", "--model", "small", "--distill", "0.5", "--teacher", ""], 1,
+     "invalid recipe value(s): teacher='' (--distill needs --teacher)"),
     (["train", "--lr", "fast"], 2, "'fast' is not a valid float"),
     (["train", "--threads", "0"], 2, "Invalid value for '--threads'"),
     (["train", "--resume", "somewhere", "--lr", "0.1"], 2, "cannot be combined"),

@@ -13,6 +13,14 @@ from typing import Any
 
 from .errors import ConfigError
 
+# What to do about a value that is wrong only beside another one.
+_FIXES = {
+    "batch_by_width": "batches of one width are drawn from a pool of reused strips: give --strip-reuse 2 "
+                      "or more, or --no-batch-by-width",
+    "teacher": "--distill needs --teacher",
+    "clean_epochs": "--clean-epochs is at most --epochs",
+}
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -89,7 +97,8 @@ class Recipe:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
-            raise ConfigError(f"invalid recipe value(s): {values} (see `tinydigits train --help`)")
+            fixes = [_FIXES[name] for name in bad if name in _FIXES] or ["see `tinydigits train --help`"]
+            raise ConfigError(f"invalid recipe value(s): {values} ({'; '.join(fixes)})")
 
     def replace(self, **changes: Any) -> Recipe:
         """A copy with some fields changed; unknown names raise a clear error."""
