@@ -16,7 +16,7 @@ from tinydigits.evaluate import predict_log_probs
 from tinydigits.io import WeightsError, read_metadata, save_weights
 from tinydigits.lab.publish import pick_seed, publish
 from tinydigits.lab.reproduce import load_results
-from tinydigits.models import REGISTRY, build_model, count_parameters
+from tinydigits.models import DEFAULT_READER, REGISTRY, build_model, count_parameters
 from tinydigits.recipes import Recipe, get_recipe
 from tinydigits.weights import PRETRAINED_DIR, WeightsMeta, get_weights, load_model, shipped_models
 
@@ -106,8 +106,8 @@ def test_pick_seed_uses_validation_only_and_breaks_ties_by_lowest_seed():
 
 def test_manifest_matches_the_files():
     manifest = json.loads((PRETRAINED_DIR / "manifest.json").read_text())
-    # Every digit model and the default number reader ship; a smaller reader may not.
-    assert {"medium", "small", "ultrasmall", "reader"} <= set(manifest) <= set(REGISTRY)
+    # Every digit model and the default number reader ship; another reader may not.
+    assert {"medium", "small", "ultrasmall", "nano", DEFAULT_READER} <= set(manifest) <= set(REGISTRY)
     for name, entry in manifest.items():
         size = (PRETRAINED_DIR / entry["file"]).stat().st_size
         assert size == entry["bytes"] == get_weights(name).file_bytes

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import tinydigits
 from tinydigits import data
 from tinydigits.cli import main
-from tinydigits.models import READERS, build_model, count_parameters
+from tinydigits.models import DEFAULT_READER, READERS, build_model, count_parameters
 from tinydigits.preprocess import PreprocessError
 from tinydigits.read import read_number
 from tinydigits.recipes import get_recipe
@@ -48,7 +48,7 @@ def _summary(pictures) -> str:
 
 @pytest.fixture(scope="module")
 def reader():
-    return tinydigits.load_model("reader", pretrained=True)
+    return tinydigits.load_model(DEFAULT_READER, pretrained=True)
 
 
 @pytest.mark.parametrize("kind", ["separate", "touching"])
@@ -259,14 +259,15 @@ def test_an_interrupted_reader_run_resumes_to_the_same_weights(tmp_path, small_n
 
 
 @pytest.mark.slow
-def test_the_shipped_reader_scores_what_its_metadata_says(mnist: data.MNIST):
+@pytest.mark.parametrize("name", tinydigits.weights.shipped_models("number"))
+def test_the_shipped_readers_score_what_their_metadata_says(mnist: data.MNIST, name: str):
     from tinydigits.sequence import test_figures
 
-    weights = tinydigits.get_weights("reader")
-    measured = test_figures(tinydigits.load_model("reader", pretrained=True), mnist)
+    weights = tinydigits.get_weights(name)
+    measured = test_figures(tinydigits.load_model(name, pretrained=True), mnist)
     recorded = weights.meta.test_metrics
     for kind in ("separate", "touching"):
         # Within 2 pictures of 1,000: another CPU's float kernels may tip a close call.
         assert abs(measured[kind]["exact"] - recorded[kind]["exact"]) <= 0.2, (kind, measured, recorded)
     assert abs(measured["accuracy"] - weights.test_accuracy) <= 0.2
-    assert weights.meta.parameters == count_parameters(build_model("reader"))
+    assert weights.meta.parameters == count_parameters(build_model(name))

@@ -26,7 +26,7 @@ from tinydigits import data, evaluate, normalize
 from tinydigits.cli import main
 from tinydigits.deploy.serve import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES, BackgroundServer, create_app
 from tinydigits.lab.loadtest import Sample, ServerProcess, encode_multipart, phone_photo_jpeg
-from tinydigits.models import MODELS
+from tinydigits.models import DEFAULT_READER, MODELS
 from tinydigits.predict import predict_image
 from tinydigits.preprocess import MAX_PIXELS, load_image
 from tinydigits.read import read_number
@@ -76,7 +76,7 @@ def reading(named_app):
 @pytest.fixture(scope="module")
 def reader() -> nn.Module:
     """The shipped number reader, run by PyTorch: what the server's engine must agree with."""
-    return tinydigits.load_model("reader", pretrained=True)
+    return tinydigits.load_model(DEFAULT_READER, pretrained=True)
 
 
 def request(url: str, method: str, path: str, body: bytes | None = None,
@@ -474,8 +474,9 @@ def test_the_models_list_names_the_reader_apart_from_the_digit_models(named_app)
     client = named_app.test_client()
     body = client.get("/api/models").get_json()
     assert [m["name"] for m in body["models"]] == ["medium", "small"] and body["default"] == "medium"
-    assert [m["name"] for m in body["readers"]] == ["reader"] and body["default_reader"] == "reader"
-    assert body["readers"][0]["parameters"] == tinydigits.models.get_spec("reader").parameters
+    assert [m["name"] for m in body["readers"]] == [DEFAULT_READER]
+    assert body["default_reader"] == DEFAULT_READER
+    assert body["readers"][0]["parameters"] == tinydigits.models.get_spec(DEFAULT_READER).parameters
     # The page builds its cards from models.json: digit models only.
     assert [m["name"] for m in client.get("/models.json").get_json()["models"]] == ["medium", "small"]
 
@@ -488,7 +489,7 @@ def test_read_uses_the_number_reader_by_default_and_reads_as_pytorch(reading, re
         status, answer = post_read(reading.url, read_form(picture.data))
         assert status == 200, answer
         assert list(answer) == ["number", "digits", "model", "method", "milliseconds"]
-        assert answer["model"] == "reader" and answer["method"] == "sequence"
+        assert answer["model"] == DEFAULT_READER and answer["method"] == "sequence"
         expected = read_number(picture.data, reader)
         assert answer["number"] == expected.number and len(answer["digits"]) == len(expected.digits)
         assert boxes(answer) == [(d.x, d.y, d.width, d.height) for d in expected.digits]
@@ -503,8 +504,8 @@ def test_read_method_and_model_choose_the_reader_or_the_segmenter(reading, numbe
     cases = [  # (fields, model and method answered, in-process reading)
         ({"method": "segment"}, ("medium", "segment"), read_number(picture.data, medium, "segment")),
         ({"model": "small"}, ("small", "segment"), read_number(picture.data, small)),  # as the page asks
-        ({"model": "Reader", "method": "AUTO"}, ("reader", "sequence"), None),
-        ({"method": "sequence"}, ("reader", "sequence"), None),
+        ({"model": DEFAULT_READER.upper(), "method": "AUTO"}, (DEFAULT_READER, "sequence"), None),
+        ({"method": "sequence"}, (DEFAULT_READER, "sequence"), None),
     ]
     for fields, (model, method), expected in cases:
         status, answer = post_read(reading.url, read_form(picture.data, **fields))

@@ -49,6 +49,7 @@ from tinydigits import data
 from tinydigits.cli import main
 from tinydigits.deploy.static_site import MANIFEST
 from tinydigits.markdown import GeneratedBlock
+from tinydigits.models import DEFAULT_READER
 from tinydigits.preprocess import WORK_SIDE, ink_map, load_image, to_mnist
 from tinydigits.read import read_number
 from tinydigits.segment import digit_groups
@@ -169,7 +170,7 @@ def test_the_export_is_a_self_contained_site_under_700_kb(site):
         assert weights.stat().st_size == info["weights_bytes"] < 45_000
         assert json.loads(weights.read_text())["format"] == "tinydigits-js-1"
     reader = document["reader"]  # what "A number" mode runs
-    assert reader["name"] == "reader" and reader["weights"] == "models/reader.json"
+    assert reader["name"] == DEFAULT_READER and reader["weights"] == f"models/{DEFAULT_READER}.json"
     weights = json.loads((site / reader["weights"]).read_text())
     assert (site / reader["weights"]).stat().st_size == reader["weights_bytes"] < 450_000
     assert weights["task"] == "number" and weights["input"] == [1, 32, None]

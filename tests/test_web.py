@@ -26,7 +26,7 @@ from web_helpers import (
     shipped_reader,
 )
 
-from tinydigits.models import get_spec
+from tinydigits.models import DEFAULT_READER, get_spec
 from tinydigits.predict import predict_image
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")
@@ -39,7 +39,7 @@ def live():
     from tinydigits.deploy.serve import BackgroundServer, create_app
 
     # As `tinydigits serve` serves them: the digit models and the number reader.
-    server = BackgroundServer(create_app({**shipped_models(), "reader": shipped_reader()}))
+    server = BackgroundServer(create_app({**shipped_models(), DEFAULT_READER: shipped_reader()}))
     yield server
     server.close()
 
@@ -88,7 +88,8 @@ def test_a_number_written_on_the_wide_pad_is_read_with_a_box_per_digit(page):
         page.draw([[(offset + x / 2, y) for x, y in stroke] for stroke in DIGITS[digit]])
     page.idle()
     card = p.locator("#results .card")
-    assert card.count() == 1 and card.get_attribute("data-model") == "reader"  # one reading, the server's
+    # One reading, the server's.
+    assert card.count() == 1 and card.get_attribute("data-model") == DEFAULT_READER
     assert card.locator(".digit").inner_text() == "17"
     rows = card.locator(".number-digits li")
     assert rows.count() == 2 and [rows.nth(i).get_attribute("data-digit") for i in range(2)] == ["1", "7"]

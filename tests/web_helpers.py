@@ -57,7 +57,7 @@ def shipped_models() -> dict[str, tinydigits.models.TinyDigitNet]:
 def shipped_reader() -> tinydigits.models.NumberReader:
     """The shipped number reader, which the static site's "A number" mode runs."""
     set_threads()
-    return tinydigits.load_model("reader", pretrained=True)
+    return tinydigits.load_model(tinydigits.models.DEFAULT_READER, pretrained=True)
 
 
 def draw_png(strokes: list[Stroke], size: int = PAD, width: int = LINE_WIDTH) -> bytes:
