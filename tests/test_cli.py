@@ -46,6 +46,11 @@ def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
      "strips: give --strip-reuse 2 or more, or --no-batch-by-width)"),
     (["train", "--model", "small", "--distill", "0.5", "--teacher", ""], 1,
      "invalid recipe value(s): teacher='' (--distill needs --teacher)"),
+    (["train", "--epochs", "3", "--clean-epochs", "5"], 1,
+     "invalid recipe value(s): clean_epochs=5 (--clean-epochs is from 0 to --epochs)"),
+    (["train", "--model", "reader-small", "--batch-size", "1", "--lr", "-1"], 1,  # a hint, and the help
+     "invalid recipe value(s): lr=-1.0, strip_reuse=2 (--strip-reuse is from 1 to --batch-size; see "
+     "`tinydigits train --help`)"),
     (["train", "--lr", "fast"], 2, "'fast' is not a valid float"),
     (["train", "--threads", "0"], 2, "Invalid value for '--threads'"),
     (["train", "--resume", "somewhere", "--lr", "0.1"], 2, "cannot be combined"),

@@ -27,6 +27,7 @@ from tinydigits.deploy.engines import (
 from tinydigits.deploy.export import MODEL_KEY, export_onnx, export_torchscript
 from tinydigits.evaluate import predict_log_probs
 from tinydigits.io import save_weights
+from tinydigits.models import DEFAULT_READER
 from tinydigits.read import read_number
 from tinydigits.strips import COLUMN, number_set
 from tinydigits.weights import pretrained_path, shipped_models
@@ -193,8 +194,8 @@ def reader_strips() -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
 def test_reader_engines_read_as_pytorch_at_any_width(backend, reader_strips, mnist):
-    model = tinydigits.load_model("reader", pretrained=True)
-    engine = open_engine("reader", pretrained_path("reader"), backend, batch=False)
+    model = tinydigits.load_model(DEFAULT_READER, pretrained=True)  # the one `read` and the server run
+    engine = open_engine(DEFAULT_READER, pretrained_path(DEFAULT_READER), backend, batch=False)
     assert engine.backend == backend and engine.task == "number"
     assert len({strip.shape[-1] for strip in reader_strips}) > 20  # widths vary from call to call
     # Each strip alone at its own width, then all 50 in one padded batch.

@@ -15,10 +15,12 @@ import tinydigits
 from tinydigits import data
 from tinydigits.cli import main
 from tinydigits.lab.numbers import number_pictures, score
+from tinydigits.models import DEFAULT_READER
 from tinydigits.preprocess import PreprocessError
 from tinydigits.read import read_number
 from tinydigits.segment import MAX_DIGITS
 from tinydigits.strips import encode, number_picture
+from tinydigits.weights import get_weights
 
 N_NUMBERS = 100  # per set; the README's figures come from `tinydigits read-eval` (1,000 per set)
 
@@ -152,3 +154,9 @@ def test_readme_and_docs_show_the_committed_reading_figures():
     assert README_BLOCK.read((root / "README.md").read_text()) == readme_table(report), (
         "README's reading table is stale: run `tinydigits read-eval --update-readme README.md`")
     assert (root / "docs" / "READING.md").read_text() == render_markdown(report, "docs/READING.md")
+    # Measured with the default reader's and Medium's files as shipped now, not weights since replaced.
+    assert report["options"]["reader"] == DEFAULT_READER
+    shipped = {name: get_weights(name).sha256 for name in (DEFAULT_READER, report["options"]["model"])}
+    assert report.get("weights_sha256") == shipped, (
+        "docs/READING.md measured other weights than those shipped: run `tinydigits read-eval "
+        "--save-boxes docs/reading --update-readme README.md`")

@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 import tinydigits
 from tinydigits import data
 from tinydigits.cli import main
-from tinydigits.models import DEFAULT_READER, READERS, build_model, count_parameters
+from tinydigits.errors import ConfigError
+from tinydigits.models import DEFAULT_READER, READERS, NumberReader, build_model, count_parameters
 from tinydigits.preprocess import PreprocessError
 from tinydigits.read import read_number
 from tinydigits.recipes import get_recipe
@@ -127,6 +128,9 @@ def test_reader_sizes_and_any_width():
     for width in (20, 64, 333):
         out = model(torch.zeros(2, 1, STRIP_HEIGHT, width))
         assert out.shape == (2, 11, width // 2)  # one 2x2 max-pool, the others 2x1
+    assert DEFAULT_READER in READERS
+    with pytest.raises(ConfigError, match="context=0"):
+        NumberReader(context=0)
 
 
 def test_the_shipped_reader_reads_touching_and_separate_numbers(mnist: data.MNIST, reader):

@@ -520,18 +520,18 @@ def test_read_method_and_model_choose_the_reader_or_the_segmenter(reading, numbe
 
 READ_ERRORS = {  # (path, fields, status, the error message)
     "sequence_with_a_digit_model": ("/api/read", {"model": "medium", "method": "sequence"}, 400,
-                                    "method 'sequence' reads with a number reader: send model 'reader' "
-                                    "or none"),
-    "segment_with_the_reader": ("/api/read", {"model": "reader", "method": "segment"}, 400,
+                                    f"method 'sequence' reads with a number reader: send model "
+                                    f"'{DEFAULT_READER}' or none"),
+    "segment_with_the_reader": ("/api/read", {"model": DEFAULT_READER, "method": "segment"}, 400,
                                 "method 'segment' reads with a digit model (medium, small), not the number "
-                                "reader 'reader'"),
+                                f"reader '{DEFAULT_READER}'"),
     "unknown_method": ("/api/read", {"method": "sideways"}, 400,
                        "unknown method 'sideways'; choose one of: auto, sequence, segment"),
     "unknown_model": ("/api/read", {"model": "huge"}, 404,
-                      "unknown model 'huge'; this server has: medium, small, reader"),
-    "reader_on_predict": ("/api/predict", {"model": "reader"}, 400,
-                          "'reader' is a number reader: post to /api/read, or choose a digit model: "
-                          "medium, small"),
+                      f"unknown model 'huge'; this server has: medium, small, {DEFAULT_READER}"),
+    "reader_on_predict": ("/api/predict", {"model": DEFAULT_READER}, 400,
+                          f"'{DEFAULT_READER}' is a number reader: post to /api/read, or choose a digit "
+                          "model: medium, small"),
 }
 
 

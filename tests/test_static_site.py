@@ -54,6 +54,7 @@ from tinydigits.preprocess import WORK_SIDE, ink_map, load_image, to_mnist
 from tinydigits.read import read_number
 from tinydigits.segment import digit_groups
 from tinydigits.strips import batch_strips, ink_strip, number_set
+from tinydigits.weights import get_weights
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")
 pytest.importorskip("playwright.sync_api")
@@ -103,6 +104,14 @@ def test_the_readme_quotes_the_measured_figures():
     assert README_BLOCK.read(README.read_text()) == summary(figures), (
         "README's static-site figures are stale: run TINYDIGITS_SCREENSHOT=1 pytest "
         "tests/test_static_site.py")
+    assert figures.get("weights_sha256") == site_weights(), (
+        "docs/static-site.json was measured with other weights than those shipped: run "
+        "TINYDIGITS_SCREENSHOT=1 pytest tests/test_static_site.py")
+
+
+def site_weights() -> dict[str, str]:
+    """The shipped files a site carries: its figures hold for these only."""
+    return {name: get_weights(name).sha256 for name in [*PAGE_MODELS, DEFAULT_READER]}
 
 
 class StaticServer:
@@ -152,7 +161,7 @@ def _png_pixels(data_url: str) -> np.ndarray:
 
 SITE_FILES = [MANIFEST, "index.html", "manifest.webmanifest", "models.json", "sw.js", "static/tinydigits.js",
               "static/icon.svg", "static/style.css", *(f"models/{name}.json" for name in PAGE_MODELS),
-              "models/reader.json"]
+              f"models/{DEFAULT_READER}.json"]
 
 
 def test_the_export_is_a_self_contained_site_under_700_kb(site):
@@ -252,7 +261,7 @@ def test_digits_drawn_with_the_mouse_are_read_in_the_browser(browser, static, si
             files = [f for f in site.rglob("*") if f.is_file()]
             weights = sum(f.stat().st_size for f in (site / "models").iterdir())
             _record(site_bytes=sum(f.stat().st_size for f in files), weights_bytes=weights,
-                    reader_weights_bytes=(site / "models" / "reader.json").stat().st_size,
+                    reader_weights_bytes=(site / "models" / f"{DEFAULT_READER}.json").stat().st_size,
                     site_gzip_bytes=sum(len(gzip.compress(f.read_bytes(), 9)) for f in files),
                     **first_loads(browser, static), load_average=round(os.getloadavg()[0], 1),
                     cpus=os.cpu_count())
@@ -283,6 +292,9 @@ REQUIRED = ("site_bytes", "engine_images", "parity_drawings", "photos", "numbers
 
 def _record(**figures: object) -> None:
     previous = json.loads(FIGURES.read_text()) if FIGURES.is_file() else {}
+    if previous.get("weights_sha256") != site_weights():  # figures of other weights: all measured again
+        previous = {}
+    figures["weights_sha256"] = site_weights()
     FIGURES.write_text(json.dumps({**previous, **figures}, indent=2) + "\n")
     if all(key in previous or key in figures for key in REQUIRED):
         README_BLOCK.update(README, summary({**previous, **figures}))
@@ -603,9 +615,9 @@ def test_the_page_makes_pythons_strips_and_pytorchs_log_probabilities(browser, s
             batch, _ = batch_strips([strip.pixels])
             with torch.no_grad():
                 expected = reader(batch)[0].numpy()
-            ours = page.page.evaluate("""async ([encoded, width, height, factor]) => {
+            ours = page.page.evaluate("""async ([encoded, width, height, factor, weights]) => {
                 const R = window.tinydigitsRead;
-                const response = window.testReader ? null : await fetch("models/reader.json");
+                const response = window.testReader ? null : await fetch(weights);
                 window.testReader ??= window.tinydigitsEngine.load(await response.json());
                 const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
                 const strip = R.inkStrip(new Float32Array(bytes.buffer), width, height, factor);
@@ -613,7 +625,7 @@ def test_the_page_makes_pythons_strips_and_pytorchs_log_probabilities(browser, s
                 const origin = [strip.left, strip.top, strip.scale];
                 return { pixels: Array.from(strip.pixels), width: strip.width, columns, origin,
                          logProbs: Array.from(logProbs) };
-            }""", [_floats(ink), ink.shape[1], ink.shape[0], factor])
+            }""", [_floats(ink), ink.shape[1], ink.shape[0], factor, f"models/{DEFAULT_READER}.json"])
             assert ours["width"] == strip.pixels.shape[-1] and ours["columns"] == expected.shape[1]
             assert ours["origin"] == [strip.left, strip.top, strip.scale]
             pixels = np.array(ours["pixels"], dtype=np.float32).reshape(strip.pixels.shape)
@@ -805,7 +817,8 @@ def test_exporting_again_replaces_only_the_previous_export(tmp_path):
     folder = tmp_path / "site"
     assert export("-o", str(folder)).exit_code == 0
     assert export("--model", "small", "-o", str(folder)).exit_code == 0  # a previous export: replaced
-    assert sorted(p.name for p in (folder / "models").iterdir()) == ["reader.json", "small.json"]
+    models = sorted(p.name for p in (folder / "models").iterdir())
+    assert models == sorted([f"{DEFAULT_READER}.json", "small.json"])
     assert [m["name"] for m in json.loads((folder / "models.json").read_text())["models"]] == ["small"]
     (folder / "extra.html").write_text("a user's page")  # now it holds something else
     line = one_line_error(export("--model", "small", "-o", str(folder)))

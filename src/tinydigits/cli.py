@@ -23,7 +23,7 @@ from .lab import DEFAULT_SEEDS
 from .models import DEFAULT_READER, MODELS, READERS, REGISTRY, get_spec
 from .read import METHODS
 from .runtime import package_version, set_threads
-from .weights import load_model, pretrained_path, shipped_models
+from .weights import get_weights, load_model, pretrained_path, shipped_models
 
 MODEL_CHOICE = click.Choice(list(MODELS), case_sensitive=False)  # the digit models
 ANY_MODEL_CHOICE = click.Choice(list(REGISTRY), case_sensitive=False)  # and the number readers
@@ -396,7 +396,8 @@ def predict(sources: tuple[Path, ...], model_name: str, weights: Path | None, to
                    "the ink is cut into digits, each classified by a digit model; auto: sequence, or "
                    "segment when --model is a digit model.")
 @click.option("--model", "model_name", type=ANY_MODEL_CHOICE, default=None,
-              help="A number reader (sequence; default reader) or a digit model (segment; default medium).")
+              help=f"A number reader (sequence; default {DEFAULT_READER}) or a digit model (segment; default "
+                   "medium).")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Weights file to load (default: the pretrained weights shipped for --model).")
 @click.option("--json", "as_json", is_flag=True,
@@ -510,6 +511,8 @@ def read_eval_command(count: int, split: str, reader_name: str, model_name: str,
         raise click.UsageError("--split val measures for choices: give it its own --output, "
                                "and no --update-readme")
     report = measure(readers, count, data_dir, options, split)
+    # Which shipped files were measured, so a test can tell figures of weights since replaced.
+    report["weights_sha256"] = {name: get_weights(name).sha256 for name in (reader_name, model_name)}
     click.echo(f"wrote {write_report(report, output)} and {output.with_name('reading.json')}")
     for kind, figures_by_reader in report["sets"].items():
         for label, f in figures_by_reader.items():

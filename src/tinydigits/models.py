@@ -142,6 +142,8 @@ class NumberReader(nn.Module):
     def __init__(self, widths: tuple[int, int, int] = (16, 32, 48), hidden: int = 64,
                  kernel: int = 7, context: int = 1) -> None:
         super().__init__()
+        if context < 1:
+            raise ConfigError(f"a number reader needs a convolution along the width; got context={context}")
         a, b, c = widths
         self.features = nn.Sequential(
             nn.Conv2d(1, a, 3, padding=1, bias=False), nn.BatchNorm2d(a), nn.ReLU(),

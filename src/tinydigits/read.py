@@ -134,7 +134,7 @@ def resolve_method(method: str, model: object | None) -> str:
     if method == "auto":
         return "segment" if model is not None and not is_reader(model) else "sequence"
     if model is not None and is_reader(model) != (method == "sequence"):
-        wanted = "a number reader (--model reader)" if method == "sequence" else "a digit model"
+        wanted = f"a number reader (such as {DEFAULT_READER})" if method == "sequence" else "a digit model"
         raise ConfigError(f"method {method!r} needs {wanted}")
     return method
 

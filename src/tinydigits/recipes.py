@@ -18,7 +18,8 @@ _FIXES = {
     "batch_by_width": "batches of one width are drawn from a pool of reused strips: give --strip-reuse 2 "
                       "or more, or --no-batch-by-width",
     "teacher": "--distill needs --teacher",
-    "clean_epochs": "--clean-epochs is at most --epochs",
+    "clean_epochs": "--clean-epochs is from 0 to --epochs",
+    "strip_reuse": "--strip-reuse is from 1 to --batch-size",
 }
 
 
@@ -97,7 +98,9 @@ class Recipe:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
-            fixes = [_FIXES[name] for name in bad if name in _FIXES] or ["see `tinydigits train --help`"]
+            fixes = [_FIXES[name] for name in bad if name in _FIXES]
+            if not all(name in _FIXES for name in bad):
+                fixes.append("see `tinydigits train --help`")
             raise ConfigError(f"invalid recipe value(s): {values} ({'; '.join(fixes)})")
 
     def replace(self, **changes: Any) -> Recipe:

@@ -212,11 +212,12 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
 
     ``models`` are digit models and number readers: model names (their shipped weights run on
     ``backend``, by default the fastest engine installed for single pictures: see
-    :mod:`tinydigits.deploy.engines`; the shipped ``reader`` joins names that include no
-    reader), or loaded modules by name, served as given, run by PyTorch and taken to hold the
-    shipped weights unless ``pretrained`` is False (then no accuracy is reported); by default
-    the three digit models and the reader. ``medium`` is the default digit model when a
-    request names none, else the first one; ``reader`` the default reader, else the first.
+    :mod:`tinydigits.deploy.engines`; the shipped ``DEFAULT_READER`` joins names that include
+    no reader), or loaded modules by name, served as given, run by PyTorch and taken to hold
+    the shipped weights unless ``pretrained`` is False (then no accuracy is reported); by
+    default the digit models and that reader. ``medium`` is the default digit model when a
+    request names none, else the first one; ``DEFAULT_READER`` the default reader, else the
+    first.
     Uploads over ``max_upload_bytes`` get a 413, images of more than ``max_image_pixels`` a
     400, before they are decoded.
     """

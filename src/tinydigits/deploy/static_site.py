@@ -287,7 +287,7 @@ def export_site(directory: str | Path, models: Mapping[str, nn.Module], *,
                 pretrained: bool = True) -> SiteExport:
     """Write the static site of ``models`` (name -> module; the first digit model is the
     default) into ``directory`` (created; a previous export is replaced). A number reader among
-    them is the one "A number" mode runs; without one, the shipped ``reader`` is added.
+    them is the one "A number" mode runs; without one, the shipped default reader is added.
     ``pretrained``: the modules hold the shipped weights, whose accuracy the page shows."""
     directory = Path(directory)
     digits = {name: model for name, model in models.items() if get_spec(name).task == "digit"}
