@@ -81,6 +81,15 @@ def _own_running_threads() -> int:
     return max(1, running)
 
 
+def _machine_running_tasks() -> int | None:
+    """The tasks the kernel counts as runnable machine-wide (4th field of /proc/loadavg), or
+    None where the system does not tell."""
+    try:
+        return int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def busy_cores(samples: int = 3, interval: float = 0.01) -> int:
     """How many of this process's usable CPUs other work keeps busy now: the tasks the kernel
     counts as runnable (the 4th field of /proc/loadavg, machine-wide) less this process's own,
@@ -91,9 +100,8 @@ def busy_cores(samples: int = 3, interval: float = 0.01) -> int:
     for n in range(samples):
         if n:
             time.sleep(interval)
-        try:
-            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-        except (OSError, ValueError, IndexError):
+        running = _machine_running_tasks()
+        if running is None:
             return 0
         others = running - _own_running_threads()
         lowest = others if lowest is None else min(lowest, others)
