@@ -123,3 +123,22 @@ def test_readme_speed_table_is_the_committed_benchmark():
     results = json.loads((root / "docs" / "benchmarks.json").read_text())
     assert README_BLOCK.read((root / "README.md").read_text()) == readme_table(results), (
         "README's speed table is stale: run `tinydigits bench --update-readme README.md`")
+
+
+def test_bench_measures_what_distillation_on_each_batch_costs(mnist):
+    """Small's recipe runs three Medium teachers at every step: the bench times the trainer with
+    them in NCHW and in channels_last (as train loads them), and the report says the epoch's cost."""
+    from dataclasses import asdict
+
+    from tinydigits.lab.bench.measure import QUICK, training_throughput
+    from tinydigits.lab.bench.report import _training_section
+
+    small = training_throughput("small", mnist, torch.device("cpu"), QUICK, log=lambda line: None)
+    assert small["teachers"] == 3 and small["epoch_images"] == 55_000
+    for rung in ("trainer", "distill_nchw", "distill"):
+        assert small[rung]["images_per_s"] > 0
+    text = "\n".join(_training_section({"settings": asdict(QUICK), "training": {"small": small},
+                                        "machine": {"device": "cpu", "threads": 1}}))
+    assert "Distillation's cost" in text and "| MNIST-Small (`small`), 3 teachers |" in text
+    assert "distill" not in training_throughput("ultrasmall", mnist, torch.device("cpu"), QUICK,
+                                                log=lambda line: None)

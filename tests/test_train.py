@@ -211,3 +211,21 @@ def test_shipped_teachers_are_the_repository_copies(tmp_path, monkeypatch):
         monkeypatch.chdir(tmp_path)
         models, hashes = load_teachers(f"results/teachers/{shipped.name}")
         assert len(models) == len(files) and sorted(hashes) == [f.name for f in files]
+
+
+def test_teachers_run_in_channels_last_and_answer_as_in_nchw(mnist):
+    """The layout the student trains in (a teacher pass per step costs less so); the answers
+    differ from NCHW's by float rounding only, whichever kernels ran."""
+    import copy
+
+    from tinydigits import data
+    from tinydigits.train import ensemble_log_probs, load_teachers
+
+    teachers, _ = load_teachers("results/teachers/medium-e19")
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for t in teachers for p in t.parameters()
+               if p.dim() == 4)
+    images = data.normalize(mnist.test_images[:256])
+    nchw = [copy.deepcopy(t).to(memory_format=torch.contiguous_format) for t in teachers]
+    fast, plain = ensemble_log_probs(teachers, images), ensemble_log_probs(nchw, images)
+    assert torch.allclose(fast, plain, atol=1e-4)
+    assert torch.equal(fast.argmax(dim=1), plain.argmax(dim=1))

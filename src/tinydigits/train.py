@@ -45,7 +45,10 @@ def load_teachers(
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
         raise ConfigError(f"{folder}: no .safetensors teacher weights there (recipe field teacher)")
-    models = [load_model(read_metadata(path).get("model", path.stem), path, device=device) for path in files]
+    # In channels_last, as the student trains (see train): docs/BENCHMARKS.md times the trainer
+    # with its teachers in either layout ("Distillation's cost").
+    models = [load_model(read_metadata(path).get("model", path.stem), path, device=device)
+              .to(memory_format=torch.channels_last) for path in files]
     return models, {path.name: file_sha256(path) for path in files}
 
 

@@ -16,6 +16,7 @@ train|infer``) so that no measurement inherits another's peak.
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import json
 import os
@@ -50,7 +51,7 @@ from ...models import MODELS, build_model, get_spec
 from ...optim import make_optimizer, make_schedule
 from ...recipes import Recipe, get_recipe
 from ...runtime import cpu_name, load_average, peak_rss_kib, resolve_threads, select_device, set_threads
-from ...train import BACKGROUND, train, train_one_epoch
+from ...train import BACKGROUND, ensemble_log_probs, load_teachers, train, train_one_epoch
 from ...weights import load_model
 from ..commands import python_module_argv
 
@@ -236,8 +237,9 @@ def _reference_window(name: str, images: torch.Tensor, labels: torch.Tensor, dev
 
 
 def _trainer_window(name: str, images: torch.Tensor, labels: torch.Tensor, settings: Settings,
-                    channels_last: bool = True) -> Callable[[], int]:
-    """One window = one ``train_one_epoch`` over ``images`` (already normalized, on the device)."""
+                    channels_last: bool = True, teachers: list[nn.Module] | None = None) -> Callable[[], int]:
+    """One window = one ``train_one_epoch`` over ``images`` (already normalized, on the device);
+    with ``teachers``, distilling their ensemble on each augmented batch as the recipe says."""
     recipe = get_recipe(name).replace(batch_size=BATCH, epochs=settings.warmup_windows + settings.windows)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     # For 1-channel input the batch's channels_last conversion in train_one_epoch changes nothing,
@@ -247,8 +249,12 @@ def _trainer_window(name: str, images: torch.Tensor, labels: torch.Tensor, setti
     schedule = make_schedule(optimizer, recipe, steps_per_epoch=-(-len(images) // BATCH))
     generator = torch.Generator(device=images.device).manual_seed(0)
 
+    def teacher(batch: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return ensemble_log_probs(teachers, batch)
+
     def run() -> int:
-        train_one_epoch(model, optimizer, schedule, images, labels, recipe, generator)
+        train_one_epoch(model, optimizer, schedule, images, labels, recipe, generator,
+                        teacher=teacher if teachers else None)
         return len(images)
 
     return run
@@ -282,10 +288,19 @@ def training_throughput(name: str, mnist: data.MNIST, device: torch.device, sett
                                                              pipeline_only=True),
         "augmentation_only": lambda: _augment_window(name, images, settings),
     }
+    recipe = get_recipe(name)
+    if recipe.distill and recipe.teacher_augmented:  # a teacher pass per step: what it costs
+        teachers, _ = load_teachers(recipe.teacher, device)  # in channels_last, as train loads them
+        nchw = [copy.deepcopy(t).to(memory_format=torch.contiguous_format) for t in teachers]
+        rungs["distill_nchw"] = lambda: _trainer_window(name, images, labels, settings, teachers=nchw)
+        rungs["distill"] = lambda: _trainer_window(name, images, labels, settings, teachers=teachers)
     result: dict[str, Any] = {
         "rotation_reference": get_recipe(name, "reference").rotation or REFERENCE_ROTATION,
         "images_per_window": count,
     }
+    if "distill" in rungs:
+        result["teachers"] = len(teachers)
+        result["epoch_images"] = len(mnist.train_images) - recipe.val_size
     for key, make in rungs.items():
         log(f"training throughput: {name} {key}")
         result[key] = time_windows(make(), device, settings)

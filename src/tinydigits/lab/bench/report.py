@@ -115,6 +115,20 @@ def _training_section(results: dict[str, Any]) -> list[str]:
             for name, t in training.items()]
     lines += _table(["model", "PIL + DataLoader alone (images/s)", "share",
                      "`random_affine` alone (images/s)", "share"], rows)
+    distilled = {name: t for name, t in training.items() if "distill" in t}
+    if distilled:
+        lines += ["Distillation's cost: a recipe that distils its teachers on each augmented batch runs "
+                  "their ensemble's forward pass at every step. The trainer (c) without the teachers, with "
+                  "them in NCHW, and with them in channels_last as `tinydigits train` loads them; the epoch "
+                  "is the recipe's training images at that rate.", ""]
+        rows = [[f"{_title(name)}, {t['teachers']} teachers", _rate(t["trainer"]["images_per_s"]),
+                 _rate(t["distill_nchw"]["images_per_s"]), _rate(t["distill"]["images_per_s"]),
+                 f"{t['epoch_images'] / t['distill_nchw']['images_per_s']:.0f} s → "
+                 f"{t['epoch_images'] / t['distill']['images_per_s']:.0f} s",
+                 _ratio(t["distill"]["images_per_s"], t["distill_nchw"]["images_per_s"])]
+                for name, t in distilled.items()]
+        lines += _table(["model", "(c) no teachers", "teachers NCHW", "teachers channels_last (trainer)",
+                         "epoch", "speed-up"], rows)
     threads = results.get("threads")
     if threads:
         counts = list(threads["by_threads"])
