@@ -28,7 +28,9 @@ from tinydigits.lab.loadtest import (
     parse_url,
     run_load,
 )
+from tinydigits.models import DEFAULT_READER
 from tinydigits.predict import predict_image
+from tinydigits.weights import get_weights
 
 pytest.importorskip("flask")
 pytest.importorskip("waitress")
@@ -126,6 +128,10 @@ def test_loadtest_command_writes_the_report(tmp_path):
     # Before the load, one client alone: a canvas-sized PNG and a phone photo, both read right.
     assert re.search(r"\| one client alone, 560x560 canvas PNG: latency, median \| [\d.]+ ms \|", text)
     assert re.search(r"\| one client alone, 12 MP phone JPEG: latency, median \| [\d.]+ ms \|", text)
+    # The weights the server ran, so a report measured before a publish shows as stale.
+    shipped = {name: get_weights(name).sha256 for name in ("medium", DEFAULT_READER)}
+    assert f"Weights (SHA-256): `medium` {shipped['medium']}, `{DEFAULT_READER}` {shipped[DEFAULT_READER]}." \
+        in text
 
 
 def test_the_report_names_the_servers_real_threads():

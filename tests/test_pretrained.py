@@ -181,3 +181,40 @@ def test_torch_hub_loads_from_the_local_checkout():
     assert {entry for entry in entries if entry.startswith("mnist_")} == expected_entries
     reader = torch.hub.load(str(ROOT), "mnist_reader", source="local", pretrained=True)
     assert reader(torch.zeros(1, 1, 32, 40)).shape == (1, 11, 20)
+
+
+
+def _json_weights(path: str, section: str) -> dict[str, str | None]:
+    entries = json.loads((ROOT / path).read_text())[section]
+    return {name: entry.get("weights_sha256") for name, entry in entries.items()}
+
+
+def _loadtest_weights(path: str) -> dict[str, str]:
+    lines = (ROOT / path).read_text().splitlines()
+    line = next((x for x in lines if x.startswith("Weights (SHA-256): ")), "")
+    items = line.partition(": ")[2].rstrip(".").split(", ") if line else []
+    return dict(item.replace("`", "").split() for item in items)
+
+
+@pytest.mark.parametrize("document, recorded, command", [
+    ("docs/BENCHMARKS.md", lambda: _json_weights("docs/benchmarks.json", "inference"),
+     "tinydigits bench --threads 2 --output docs/BENCHMARKS.md --update-readme README.md"),
+    ("docs/MCU.md", lambda: _json_weights("docs/mcu.json", "models"),
+     "tinydigits mcu --models medium --models small --models ultrasmall --models nano --qemu-images 1000 "
+     "--output docs/MCU.md --update-readme README.md"),
+    ("docs/LOADTEST.md", lambda: _loadtest_weights("docs/LOADTEST.md"),
+     "tinydigits loadtest --clients 20 --duration 20 --model medium --samples 200 --server-threads 4 "
+     "--output docs/LOADTEST.md"),
+    ("docs/LOADTEST-READ.md", lambda: _loadtest_weights("docs/LOADTEST-READ.md"),
+     "tinydigits loadtest --clients 4 --duration 20 --model medium --samples 200 --readers 4 "
+     "--server-threads 8 --output docs/LOADTEST-READ.md"),
+])
+def test_committed_reports_measured_the_weights_shipped_now(document, recorded, command):
+    """Every figure that depends on the shipped weights was measured with these files, not ones
+    since replaced: each report records the SHA-256 of the weights it ran."""
+    figures = recorded()
+    assert figures, f"{document} records no weights: run `{command}`"
+    assert figures == {name: get_weights(name).sha256 for name in figures}, (
+        f"{document} measured other weights than those shipped: run `{command}`")
+    if document in ("docs/BENCHMARKS.md", "docs/MCU.md"):
+        assert set(figures) == set(shipped_models("digit")), f"{document} misses a model: run `{command}`"

@@ -46,7 +46,7 @@ from ..errors import TinyDigitsError
 from ..markdown import markdown_table
 from ..models import DEFAULT_READER
 from ..runtime import load_average, peak_rss_kib
-from ..weights import load_model
+from ..weights import get_weights, load_model
 from .commands import python_module_argv, tinydigits_line
 
 __all__ = ["LoadResult", "LoadTestError", "NumberPhoto", "Sample", "ServerProcess", "drawn_samples",
@@ -265,6 +265,8 @@ class LoadResult:
     readers: int = 0
     read_latencies_ms: list[float] = field(default_factory=list)
     alone_median_ms: float | None = None
+    # The shipped weights files a server the test started ran (model name -> SHA-256).
+    weights_sha256: dict[str, str] = field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -370,6 +372,9 @@ class LoadResult:
             f"torch {torch.__version__}), shared by the server, the clients and whatever else runs "
             f"(load average before the run {before}, after it {after}); {server}; "
             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+            *(["", "Weights (SHA-256): " + ", ".join(f"`{name}` {digest}"
+                                                      for name, digest in self.weights_sha256.items()) + "."]
+              if self.weights_sha256 else []),
         ]
         if self.examples:
             lines += ["", "First problems:", "", *[f"- {e}" for e in self.examples]]
@@ -590,6 +595,8 @@ def load_test(*, clients: int = 20, duration: float = 20.0, model: str = "medium
             result.server_threads = server_threads
             result.torch_threads = server.torch_threads
             result.engine = server.engine
+            result.weights_sha256 = {name: get_weights(name).sha256
+                                     for name in (model, *([DEFAULT_READER] if readers else []))}
             result.torch_threads_from = (
                 "--threads" if torch_threads is not None
                 else "$TINYDIGITS_THREADS" if os.environ.get("TINYDIGITS_THREADS") else "torch's default")

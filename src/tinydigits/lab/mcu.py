@@ -34,7 +34,7 @@ from ..io import write_text
 from ..markdown import GeneratedBlock, markdown_table
 from ..models import get_spec
 from ..runtime import provenance
-from ..weights import load_model, pretrained_path
+from ..weights import get_weights, load_model, pretrained_path
 from .commands import tinydigits_line
 
 CPUS = ("cortex-m0plus", "cortex-m4")
@@ -238,6 +238,7 @@ def measure(models: list[str], qemu_images: int = 1000, data_dir: str | Path | N
         onnx_accuracy = 100.0 * float((onnx_predictions == mnist.test_labels.numpy()).mean())
         report["models"][name] = {
             "title": spec.title,
+            "weights_sha256": get_weights(name).sha256,
             "parameters": spec.parameters,
             "macs_per_image": per_image,
             "float_accuracy": round(float_accuracy, 2),

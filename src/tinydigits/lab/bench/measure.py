@@ -52,7 +52,7 @@ from ...optim import make_optimizer, make_schedule
 from ...recipes import Recipe, get_recipe
 from ...runtime import cpu_name, load_average, peak_rss_kib, resolve_threads, select_device, set_threads
 from ...train import BACKGROUND, ensemble_log_probs, load_teachers, train, train_one_epoch
-from ...weights import load_model
+from ...weights import get_weights, load_model
 from ..commands import python_module_argv
 
 CHILD_MODULE = "tinydigits.lab.bench.child"
@@ -517,7 +517,8 @@ def inference(name: str, mnist: data.MNIST, device: torch.device, threads: int, 
             predictions = row.pop("predictions")
             reference = predictions if reference is None else reference
             rows.append(row)
-    return {"images": len(images), "backends": rows, "skipped": skipped}
+    return {"images": len(images), "backends": rows, "skipped": skipped,
+            "weights_sha256": get_weights(name).sha256}
 
 
 # -------------------------------------------------------------------------- memory
