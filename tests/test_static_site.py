@@ -292,9 +292,9 @@ REQUIRED = ("site_bytes", "engine_images", "parity_drawings", "photos", "numbers
 
 def _record(**figures: object) -> None:
     previous = json.loads(FIGURES.read_text()) if FIGURES.is_file() else {}
-    if previous.get("weights_sha256") != site_weights():  # figures of other weights: all measured again
-        previous = {}
     figures["weights_sha256"] = site_weights()
+    if previous.get("weights_sha256") != figures["weights_sha256"]:  # other weights': all measured again
+        previous = {}
     FIGURES.write_text(json.dumps({**previous, **figures}, indent=2) + "\n")
     if all(key in previous or key in figures for key in REQUIRED):
         README_BLOCK.update(README, summary({**previous, **figures}))
