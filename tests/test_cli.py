@@ -229,3 +229,20 @@ def test_publish_in_a_fresh_clone_names_the_missing_run_and_how_to_make_it(tmp_p
     # No results file at all (outside the checkout): its path and --results-dir.
     line = one_line_error(CliRunner().invoke(main, ["publish", "--model", "small"]))
     assert line.startswith("Error: results/small-full.json: no such file; give --results-dir"), line
+
+
+@pytest.mark.parametrize("model, options, unused", [
+    ("reader-small", ["--rotation", "8", "--dropout", "0.2"], "--dropout, --rotation"),
+    ("reader-small", ["--distill", "0.5", "--teacher", "results/teachers/medium-e19"],
+     "--distill, --teacher"),
+    ("ultrasmall", ["--strip-reuse", "2", "--epoch-size", "100"], "--epoch-size, --strip-reuse"),
+])
+def test_train_refuses_options_the_model_would_ignore(tmp_path, model, options, unused):
+    """A number reader makes its own strips and has no dropout; a digit model makes no strips:
+    an option the run would not use is one clear line, and no run folder is made."""
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--model", model, *options, "--run-dir", str(run)])
+    assert result.exit_code != 0
+    kind = "a number reader" if model.startswith("reader") else "a digit model"
+    assert f"{model} is {kind}, whose training does not use {unused}; leave them out" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not run.exists()

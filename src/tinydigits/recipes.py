@@ -13,6 +13,12 @@ from typing import Any
 
 from .errors import ConfigError
 
+# Fields one kind of model trains with and the other would ignore: the digit models' (set when
+# not 0, "" or False) and the reader's (set when not these defaults).
+_DIGIT_ONLY = ("dropout", "rotation", "translate", "scale", "elastic", "label_smoothing", "clean_epochs",
+               "distill", "teacher", "teacher_augmented")
+_READER_ONLY = {"epoch_size": 0, "strip_reuse": 1, "strip_paper": 0.5, "batch_by_width": False}
+
 # What to do about a value that is wrong only beside another one.
 _FIXES = {
     "batch_by_width": "batches of one width are drawn from a pool of reused strips: give --strip-reuse 2 "
@@ -102,6 +108,17 @@ class Recipe:
             if not all(name in _FIXES for name in bad):
                 fixes.append("see `tinydigits train --help`")
             raise ConfigError(f"invalid recipe value(s): {values} ({'; '.join(fixes)})")
+
+    def unused_by(self, task: str) -> list[str]:
+        """The fields set here, as command-line options, that training a model of ``task`` would
+        ignore: the digit models' augmentation, dropout and distillation for a number reader
+        (its strips get their own per-digit scale, slant, thickness and jitter); the strip
+        fields for a digit model."""
+        if task == "number":
+            names = [name for name in _DIGIT_ONLY if getattr(self, name)]
+        else:
+            names = [name for name in _READER_ONLY if getattr(self, name) != _READER_ONLY[name]]
+        return ["--" + name.replace("_", "-") for name in names]
 
     def replace(self, **changes: Any) -> Recipe:
         """A copy with some fields changed; unknown names raise a clear error."""

@@ -161,6 +161,11 @@ def train(
     ``subset`` keeps the first ``subset`` training images only (the validation split is taken
     from them), as ``tinydigits tune --subset`` trains its trials."""
     spec = get_spec(model_name)  # fail early on an unknown name
+    unused = [] if resume else recipe.unused_by(spec.task)  # a resumed run keeps its saved recipe
+    if unused:
+        kind = "a number reader" if spec.task == "number" else "a digit model"
+        raise ConfigError(f"{model_name} is {kind}, whose training does not use {', '.join(unused)}; "
+                          "leave them out")
     run_dir = Path(run_dir) if run_dir else default_run_dir(model_name, recipe.seed)
     if resume and threads is None and env_threads() is None:
         # The weights are bit-identical only at the same thread count, and the default follows
