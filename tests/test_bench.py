@@ -76,6 +76,7 @@ def test_quick_bench_writes_the_report_and_the_raw_figures(mnist, tmp_path, monk
     training = raw["training"]["ultrasmall"]
     for rung in ("reference", "tensors_nchw", "trainer", "reference_pipeline_only", "augmentation_only"):
         assert training[rung]["images_per_s"] > 0 and len(training[rung]["windows"]) == 2
+    assert "distill" not in training and "Distillation's cost" not in text  # no teachers in its recipe
     assert set(raw["threads"]["by_threads"]) == {"1", "2"}
     backends = {row["backend"]: row for row in raw["inference"]["ultrasmall"]["backends"]}
     expected = {"PyTorch eager", "PyTorch eager, BatchNorm folded", "TorchScript, frozen"}
@@ -140,5 +141,3 @@ def test_bench_measures_what_distillation_on_each_batch_costs(mnist):
     text = "\n".join(_training_section({"settings": asdict(QUICK), "training": {"small": small},
                                         "machine": {"device": "cpu", "threads": 1}}))
     assert "Distillation's cost" in text and "| MNIST-Small (`small`), 3 teachers |" in text
-    assert "distill" not in training_throughput("ultrasmall", mnist, torch.device("cpu"), QUICK,
-                                                log=lambda line: None)

@@ -232,10 +232,13 @@ def test_publish_in_a_fresh_clone_names_the_missing_run_and_how_to_make_it(tmp_p
 
 
 @pytest.mark.parametrize("model, options, unused", [
-    ("reader-small", ["--rotation", "8", "--dropout", "0.2"], "--dropout, --rotation"),
-    ("reader-small", ["--distill", "0.5", "--teacher", "results/teachers/medium-e19"],
-     "--distill, --teacher"),
-    ("ultrasmall", ["--strip-reuse", "2", "--epoch-size", "100"], "--epoch-size, --strip-reuse"),
+    ("reader-small", ["--rotation", "8", "--dropout", "0.2"],
+     "dropout=0.2 (--dropout), rotation=8.0 (--rotation)"),
+    ("reader-small", ["--temperature", "2", "--distill", "0.5", "--teacher", "results/teachers/medium-e19"],
+     "distill=0.5 (--distill), temperature=2.0 (--temperature), teacher='results/teachers/medium-e19' "
+     "(--teacher)"),
+    ("ultrasmall", ["--strip-reuse", "2", "--epoch-size", "100"],
+     "epoch_size=100 (--epoch-size), strip_reuse=2 (--strip-reuse)"),
 ])
 def test_train_refuses_options_the_model_would_ignore(tmp_path, model, options, unused):
     """A number reader makes its own strips and has no dropout; a digit model makes no strips:
@@ -246,3 +249,20 @@ def test_train_refuses_options_the_model_would_ignore(tmp_path, model, options, 
     kind = "a number reader" if model.startswith("reader") else "a digit model"
     assert f"{model} is {kind}, whose training does not use {unused}; leave them out" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not run.exists()
+
+
+def test_reproduce_and_tune_refuse_such_options_before_any_run(tmp_path):
+    from tinydigits.errors import ConfigError
+    from tinydigits.lab.reproduce import reproduce
+    from tinydigits.lab.tune import tune
+
+    with pytest.raises(ConfigError, match=r"reader-small is a number reader, whose training does not use "
+                                          r"dropout=0.2 \(--dropout\); leave them out"):
+        reproduce("reader-small", seeds=2, results_root=tmp_path / "results", runs_root=tmp_path / "runs",
+                  dropout=0.2)
+    with pytest.raises(ConfigError, match="tune searches the digit models' recipe fields; reader is not"):
+        tune("reader", 1, storage=f"sqlite:///{tmp_path}/db/reader.db", runs_root=tmp_path / "runs")
+    with pytest.raises(ConfigError, match=r"does not use strip_reuse=2 \(--strip-reuse\)"):
+        tune("ultrasmall", 1, storage=f"sqlite:///{tmp_path}/db/tune.db", runs_root=tmp_path / "runs",
+             strip_reuse=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no results, runs or study

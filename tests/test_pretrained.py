@@ -183,7 +183,6 @@ def test_torch_hub_loads_from_the_local_checkout():
     assert reader(torch.zeros(1, 1, 32, 40)).shape == (1, 11, 20)
 
 
-
 def _json_weights(path: str, section: str) -> dict[str, str | None]:
     entries = json.loads((ROOT / path).read_text())[section]
     return {name: entry.get("weights_sha256") for name, entry in entries.items()}

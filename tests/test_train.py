@@ -228,4 +228,6 @@ def test_teachers_run_in_channels_last_and_answer_as_in_nchw(mnist):
     nchw = [copy.deepcopy(t).to(memory_format=torch.contiguous_format) for t in teachers]
     fast, plain = ensemble_log_probs(teachers, images), ensemble_log_probs(nchw, images)
     assert torch.allclose(fast, plain, atol=1e-4)
-    assert torch.equal(fast.argmax(dim=1), plain.argmax(dim=1))
+    top2 = plain.topk(2, dim=1).values
+    clear = top2[:, 0] - top2[:, 1] > 1e-3  # a near tie may go either way on another CPU's kernels
+    assert clear.sum() > 200 and torch.equal(fast.argmax(dim=1)[clear], plain.argmax(dim=1)[clear])

@@ -13,10 +13,11 @@ from typing import Any
 
 from .errors import ConfigError
 
-# Fields one kind of model trains with and the other would ignore: the digit models' (set when
-# not 0, "" or False) and the reader's (set when not these defaults).
-_DIGIT_ONLY = ("dropout", "rotation", "translate", "scale", "elastic", "label_smoothing", "clean_epochs",
-               "distill", "teacher", "teacher_augmented")
+# Fields one kind of model trains with and the other would ignore, with the values that leave
+# them out: the digit models' augmentation, dropout and distillation; the reader's strips.
+_DIGIT_ONLY = {"dropout": 0.0, "rotation": 0.0, "translate": 0.0, "scale": 0.0, "elastic": 0.0,
+               "elastic_sigma": 4.0, "label_smoothing": 0.0, "clean_epochs": 0, "distill": 0.0,
+               "temperature": 4.0, "teacher": "", "teacher_augmented": False}
 _READER_ONLY = {"epoch_size": 0, "strip_reuse": 1, "strip_paper": 0.5, "batch_by_width": False}
 
 # What to do about a value that is wrong only beside another one.
@@ -110,15 +111,11 @@ class Recipe:
             raise ConfigError(f"invalid recipe value(s): {values} ({'; '.join(fixes)})")
 
     def unused_by(self, task: str) -> list[str]:
-        """The fields set here, as command-line options, that training a model of ``task`` would
-        ignore: the digit models' augmentation, dropout and distillation for a number reader
-        (its strips get their own per-digit scale, slant, thickness and jitter); the strip
-        fields for a digit model."""
-        if task == "number":
-            names = [name for name in _DIGIT_ONLY if getattr(self, name)]
-        else:
-            names = [name for name in _READER_ONLY if getattr(self, name) != _READER_ONLY[name]]
-        return ["--" + name.replace("_", "-") for name in names]
+        """The fields set here that training a model of ``task`` would ignore: the digit models'
+        augmentation, dropout and distillation for a number reader (its strips get their own
+        per-digit scale, slant, thickness and jitter); the strip fields for a digit model."""
+        ignored = _DIGIT_ONLY if task == "number" else _READER_ONLY
+        return [name for name, off in ignored.items() if getattr(self, name) != off]
 
     def replace(self, **changes: Any) -> Recipe:
         """A copy with some fields changed; unknown names raise a clear error."""

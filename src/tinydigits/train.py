@@ -142,6 +142,17 @@ def _recorded_threads(run_dir: Path) -> int | None:
     return threads if isinstance(threads, int) and threads >= 1 else None
 
 
+def check_recipe(model_name: str, recipe: Recipe) -> None:
+    """Refuse, in one line, a recipe that sets fields this model's training would ignore."""
+    spec = get_spec(model_name)
+    unused = recipe.unused_by(spec.task)
+    if unused:
+        kind = "a number reader" if spec.task == "number" else "a digit model"
+        fields = ", ".join(f"{name}={getattr(recipe, name)!r} (--{name.replace('_', '-')})"
+                           for name in unused)
+        raise ConfigError(f"{spec.name} is {kind}, whose training does not use {fields}; leave them out")
+
+
 def train(
     model_name: str,
     recipe: Recipe,
@@ -161,11 +172,8 @@ def train(
     ``subset`` keeps the first ``subset`` training images only (the validation split is taken
     from them), as ``tinydigits tune --subset`` trains its trials."""
     spec = get_spec(model_name)  # fail early on an unknown name
-    unused = [] if resume else recipe.unused_by(spec.task)  # a resumed run keeps its saved recipe
-    if unused:
-        kind = "a number reader" if spec.task == "number" else "a digit model"
-        raise ConfigError(f"{model_name} is {kind}, whose training does not use {', '.join(unused)}; "
-                          "leave them out")
+    if not resume:  # a resumed run keeps the recipe it saved
+        check_recipe(model_name, recipe)
     run_dir = Path(run_dir) if run_dir else default_run_dir(model_name, recipe.seed)
     if resume and threads is None and env_threads() is None:
         # The weights are bit-identical only at the same thread count, and the default follows

@@ -25,7 +25,7 @@ from ..models import get_spec
 from ..recipes import Recipe, get_recipe
 from ..runtime import provenance, select_device
 from ..strips import SET_KINDS
-from ..train import train
+from ..train import check_recipe, train
 from . import DEFAULT_SEEDS
 from .commands import tinydigits_line
 
@@ -128,6 +128,7 @@ def reproduce(
     """
     model_name = get_spec(model_name).name
     recipe = get_recipe(model_name, recipe_kind).replace(**recipe_changes)
+    check_recipe(model_name, recipe)  # before any seed trains, not at the first one that is not resumed
     path = results_path(model_name, recipe_kind, results_root)
     previous = load_results(model_name, recipe_kind, results_root) or {}
     runs: list[dict[str, Any]] = []

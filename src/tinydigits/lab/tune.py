@@ -21,7 +21,7 @@ from ..errors import ConfigError, first_line, require
 from ..io import write_text
 from ..models import get_spec
 from ..recipes import Recipe, get_recipe
-from ..train import train
+from ..train import check_recipe, train
 from .commands import tinydigits_line
 
 
@@ -90,11 +90,14 @@ def tune(
     ``subset`` trains on the first ``subset`` training images only."""
     optuna = require("optuna", "tune", "tuning")
     model_name = get_spec(model_name).name
+    if get_spec(model_name).task != "digit":
+        raise ConfigError(f"tune searches the digit models' recipe fields; {model_name} is not a digit model")
+    base = get_recipe(model_name).replace(**recipe_changes)
+    check_recipe(model_name, base)  # before the study or a run folder is made
     storage = storage or default_storage(model_name)
     if storage.startswith("sqlite:///"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     study_name = study_name or f"tinydigits-{model_name}"
-    base = get_recipe(model_name).replace(**recipe_changes)
     if base.val_size <= 0:
         raise ConfigError("tuning scores validation accuracy, so it needs val_size > 0")
     if subset is not None and subset <= base.val_size:

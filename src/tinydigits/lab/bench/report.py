@@ -120,7 +120,8 @@ def _training_section(results: dict[str, Any]) -> list[str]:
         lines += ["Distillation's cost: a recipe that distils its teachers on each augmented batch runs "
                   "their ensemble's forward pass at every step. The trainer (c) without the teachers, with "
                   "them in NCHW, and with them in channels_last as `tinydigits train` loads them; the epoch "
-                  "is the recipe's training images at that rate.", ""]
+                  "is the default recipe's training images (the shipped files train on all 60,000) at that "
+                  "rate.", ""]
         rows = [[f"{_title(name)}, {t['teachers']} teachers", _rate(t["trainer"]["images_per_s"]),
                  _rate(t["distill_nchw"]["images_per_s"]), _rate(t["distill"]["images_per_s"]),
                  f"{t['epoch_images'] / t['distill_nchw']['images_per_s']:.0f} s → "
