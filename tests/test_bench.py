@@ -134,7 +134,12 @@ def test_bench_measures_what_distillation_on_each_batch_costs(mnist):
     from tinydigits.lab.bench.measure import QUICK, training_throughput
     from tinydigits.lab.bench.report import _training_section
 
-    small = training_throughput("small", mnist, torch.device("cpu"), QUICK, log=lambda line: None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the bench sets them: torch's default oversubscribes a busy machine
+    try:
+        small = training_throughput("small", mnist, torch.device("cpu"), QUICK, log=lambda line: None)
+    finally:
+        torch.set_num_threads(before)
     assert small["teachers"] == 3 and small["epoch_images"] == 55_000
     for rung in ("trainer", "distill_nchw", "distill"):
         assert small[rung]["images_per_s"] > 0
