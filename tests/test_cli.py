@@ -232,8 +232,8 @@ def test_publish_in_a_fresh_clone_names_the_missing_run_and_how_to_make_it(tmp_p
 
 
 @pytest.mark.parametrize("model, options, unused", [
-    ("reader-small", ["--rotation", "8", "--dropout", "0.2"],
-     "dropout=0.2 (--dropout), rotation=8.0 (--rotation)"),
+    ("reader-small", ["--translate", "0.1", "--dropout", "0.2"],
+     "dropout=0.2 (--dropout), translate=0.1 (--translate)"),
     ("reader-small", ["--temperature", "2", "--distill", "0.5", "--teacher", "results/teachers/medium-e19"],
      "distill=0.5 (--distill), temperature=2.0 (--temperature), teacher='results/teachers/medium-e19' "
      "(--teacher)"),

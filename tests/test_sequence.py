@@ -83,6 +83,24 @@ def test_training_strips_are_fresh_numbers_of_one_to_eight_digits(mnist: data.MN
     assert {len(n) for n in numbers} >= {1, 8} or len({len(n) for n in numbers}) >= 6
 
 
+def test_training_strips_can_rotate_and_distort_each_digit(mnist: data.MNIST):
+    """The recipe's rotation and elastic distortion reach a reader's digits, seeded by the run's
+    generator (so a resumed run makes the same strips); off, the strips are as they were."""
+    images, labels = mnist.train_images[:1000], mnist.train_labels[:1000]
+
+    def strips(**distortion: float) -> tuple[list[torch.Tensor], list[str]]:
+        return training_strips(images, labels, 4, np.random.default_rng(0), **distortion)
+
+    plain, distorted = strips(), strips(rotation=10.0, elastic=20.0)
+    assert distorted[1][0] == plain[1][0]  # the same first number, drawn before the distortion
+    first, other = distorted[0][0], plain[0][0]
+    assert first.shape != other.shape or not torch.equal(first, other)
+    again = strips(rotation=10.0, elastic=20.0)
+    assert again[1] == distorted[1]
+    assert all(torch.equal(a, b) for a, b in zip(again[0], distorted[0], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(strips(rotation=0.0)[0], plain[0], strict=True))
+
+
 def test_batches_by_width_are_padded_little_and_still_draw_the_whole_pool():
     rng = np.random.default_rng(0)
     widths = [int(w) for w in rng.integers(20, 200, 2048)]

@@ -14,10 +14,11 @@ from typing import Any
 from .errors import ConfigError
 
 # Fields one kind of model trains with and the other would ignore, with the values that leave
-# them out: the digit models' augmentation, dropout and distillation; the reader's strips.
-_DIGIT_ONLY = {"dropout": 0.0, "rotation": 0.0, "translate": 0.0, "scale": 0.0, "elastic": 0.0,
-               "elastic_sigma": 4.0, "label_smoothing": 0.0, "clean_epochs": 0, "distill": 0.0,
-               "temperature": 4.0, "teacher": "", "teacher_augmented": False}
+# them out: the digit models' shift, zoom, dropout and distillation (a reader's strips have
+# their own per-digit scale and jitter; rotation and elastic distortion it applies to each
+# digit); the reader's strips.
+_DIGIT_ONLY = {"dropout": 0.0, "translate": 0.0, "scale": 0.0, "label_smoothing": 0.0, "clean_epochs": 0,
+               "distill": 0.0, "temperature": 4.0, "teacher": "", "teacher_augmented": False}
 _READER_ONLY = {"epoch_size": 0, "strip_reuse": 1, "strip_paper": 0.5, "batch_by_width": False}
 
 # What to do about a value that is wrong only beside another one.
@@ -112,7 +113,7 @@ class Recipe:
 
     def unused_by(self, task: str) -> list[str]:
         """The fields set here that training a model of ``task`` would ignore: the digit models'
-        augmentation, dropout and distillation for a number reader (its strips get their own
+        shift, zoom, dropout and distillation for a number reader (its strips get their own
         per-digit scale, slant, thickness and jitter); the strip fields for a digit model."""
         ignored = _DIGIT_ONLY if task == "number" else _READER_ONLY
         return [name for name, off in ignored.items() if getattr(self, name) != off]

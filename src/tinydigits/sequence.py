@@ -264,14 +264,17 @@ def train_reader(model_name: str, recipe: Recipe, *, run_dir: Path, resume: bool
                 for kind in ("separate", "touching")}
     val_strips = {kind: picture_strips(pictures) for kind, pictures in val_sets.items()}
 
+    strip_options = {"paper": recipe.strip_paper, "rotation": recipe.rotation, "elastic": recipe.elastic,
+                     "elastic_sigma": recipe.elastic_sigma}
+
     def next_batch() -> tuple[list[torch.Tensor], list[str]]:
         """Fresh strips, or with strip_reuse > 1 a draw from the pool of recent ones that a
         share of fresh ones joins at every step."""
         if recipe.strip_reuse == 1:
-            return training_strips(train_x, train_y, recipe.batch_size, rng, recipe.strip_paper)
+            return training_strips(train_x, train_y, recipe.batch_size, rng, **strip_options)
         fresh = -(-recipe.batch_size // recipe.strip_reuse)
         while True:
-            pool.extend(zip(*training_strips(train_x, train_y, fresh, rng, recipe.strip_paper), strict=True))
+            pool.extend(zip(*training_strips(train_x, train_y, fresh, rng, **strip_options), strict=True))
             if len(pool) >= recipe.batch_size:
                 break
         chosen = batch_from_pool([strip.shape[-1] for strip, _ in pool], recipe.batch_size, rng,

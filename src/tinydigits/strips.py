@@ -24,6 +24,7 @@ from PIL import Image, ImageFilter
 from scipy import ndimage
 
 from . import data
+from .augment import random_affine
 from .errors import ConfigError
 from .preprocess import WORK_SIDE, PreprocessError, ink_map, load_image
 from .segment import INK, MAX_DIGITS, digit_groups
@@ -260,18 +261,26 @@ BLANK_PIXEL = (0.0 - data.MEAN) / data.STD
 
 
 def training_strips(images: torch.Tensor, labels: torch.Tensor, count: int, rng: np.random.Generator,
-                    paper: float = 0.5) -> tuple[list[torch.Tensor], list[str]]:
+                    paper: float = 0.5, rotation: float = 0.0, elastic: float = 0.0,
+                    elastic_sigma: float = 4.0) -> tuple[list[torch.Tensor], list[str]]:
     """``count`` fresh strips of random 1-8 digit numbers of these MNIST digits, and the numbers:
     gaps anywhere from clearly apart to overlapping, some on scan-like paper read back
     through :func:`~tinydigits.preprocess.ink_map` (a share ``paper`` of them), the rest as
-    clean ink or pad strokes."""
+    clean ink or pad strokes. ``rotation`` (degrees) and ``elastic`` (Simard's alpha) distort
+    each digit first, as the digit models' augmentation does (off: the same strips as before)."""
     strips, numbers = [], []
     while len(strips) < count:
         length = int(rng.integers(1, 9))
         picks = rng.choice(len(labels), length)
+        digits = images[picks]
+        if rotation or elastic:
+            generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            warped = random_affine(digits[:, None].float() / 255, degrees=rotation, elastic=elastic,
+                                   elastic_sigma=elastic_sigma, generator=generator)
+            digits = (warped[:, 0] * 255).round().clamp(0, 255).to(torch.uint8)
         gaps = TOUCHING if rng.random() < 0.5 else (-0.05, 0.6)
         on_paper = rng.random() < paper
-        image, _, _ = number_picture([images[i].numpy() for i in picks], rng, gaps=gaps,
+        image, _, _ = number_picture([digit.numpy() for digit in digits], rng, gaps=gaps,
                                      heights=(28, 64), pad_strokes=0.0 if on_paper else 1.0)
         try:
             if on_paper:
