@@ -146,3 +146,17 @@ def test_bench_measures_what_distillation_on_each_batch_costs(mnist):
     text = "\n".join(_training_section({"settings": asdict(QUICK), "training": {"small": small},
                                         "machine": {"device": "cpu", "threads": 1}}))
     assert "Distillation's cost" in text and "| MNIST-Small (`small`), 3 teachers |" in text
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_digit_model_climbs_the_training_ladder(name, mnist):
+    """A model designed here (no reference notebook) runs the reference-style rung too."""
+    from tinydigits.lab.bench.measure import QUICK, training_throughput
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rungs = training_throughput(name, mnist, torch.device("cpu"), QUICK, log=lambda line: None)
+    finally:
+        torch.set_num_threads(before)
+    assert all(rungs[rung]["images_per_s"] > 0 for rung in ("reference", "tensors_nchw", "trainer"))
