@@ -228,8 +228,9 @@ def train(
                 return fixed[index]
 
     torch.manual_seed(recipe.seed)
-    # channels_last weights make every activation after the first convolution channels_last,
-    # the layout oneDNN's CPU convolutions are fastest in (docs/BENCHMARKS.md, rungs b -> c).
+    # channels_last weights make every activation after the first convolution channels_last.
+    # At 1 thread, as runs train here, a step took 1.2x (Medium, Small) to 1.4x (Nano) less time
+    # so on the AMD EPYC; at 2 threads NCHW was faster (docs/BENCHMARKS.md, rungs b -> c).
     # A 1-channel input batch is the same in either layout; saved weights are made contiguous.
     model = build_model(model_name, dropout=recipe.dropout).to(dev, memory_format=torch.channels_last)
     steps_per_epoch = -(-len(train_x) // recipe.batch_size)
