@@ -94,7 +94,10 @@ def test_recipes():
     # Every registered model has a default recipe; the reference project's models have its too.
     assert set(REFERENCE_RECIPES) == {"medium", "small", "ultrasmall"}
     assert set(DEFAULT_RECIPES) == set(REGISTRY)
-    assert all(r.epochs <= 19 for r in DEFAULT_RECIPES.values())  # the reference's budget
+    # The digit models keep the reference's budget of 19 epochs; a number reader's is 30 minutes
+    # of the 2 cores a seed (30 epochs took 23), which no test can time.
+    assert all(r.epochs <= 19 for name, r in DEFAULT_RECIPES.items() if REGISTRY[name].task == "digit")
+    assert all(r.epochs <= 30 for name, r in DEFAULT_RECIPES.items() if REGISTRY[name].task == "number")
     ref = get_recipe("small", "reference")
     assert (ref.lr, ref.batch_size, ref.dropout, ref.rotation, ref.epochs) == (0.061005, 32, 0.02, 5.0, 19)
     assert Recipe.from_dict(ref.to_dict()) == ref
