@@ -126,37 +126,33 @@ def test_readme_speed_table_is_the_committed_benchmark():
         "README's speed table is stale: run `tinydigits bench --update-readme README.md`")
 
 
-def test_bench_measures_what_distillation_on_each_batch_costs(mnist):
-    """Small's recipe runs three Medium teachers at every step: the bench times the trainer with
-    them in NCHW and in channels_last (as train loads them), and the report says the epoch's cost."""
+
+@pytest.fixture
+def one_thread():
+    """As the bench sets them: torch's default threads oversubscribe a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_digit_model_climbs_the_training_ladder(name, mnist, one_thread):
+    """A model designed here (no reference notebook) runs the reference-style rung too; a recipe
+    that runs its teachers at every step (Small's three Mediums) is timed with them in NCHW and
+    in channels_last (as train loads them), and the report says the epoch's cost."""
     from dataclasses import asdict
 
     from tinydigits.lab.bench.measure import QUICK, training_throughput
     from tinydigits.lab.bench.report import _training_section
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the bench sets them: torch's default oversubscribes a busy machine
-    try:
-        small = training_throughput("small", mnist, torch.device("cpu"), QUICK, log=lambda line: None)
-    finally:
-        torch.set_num_threads(before)
-    assert small["teachers"] == 3 and small["epoch_images"] == 55_000
+    rungs = training_throughput(name, mnist, torch.device("cpu"), QUICK, log=lambda line: None)
+    assert all(rungs[rung]["images_per_s"] > 0 for rung in ("reference", "tensors_nchw", "trainer"))
+    if name != "small":
+        return
+    assert rungs["teachers"] == 3 and rungs["epoch_images"] == 55_000
     for rung in ("trainer", "distill_nchw", "distill"):
-        assert small[rung]["images_per_s"] > 0
-    text = "\n".join(_training_section({"settings": asdict(QUICK), "training": {"small": small},
+        assert rungs[rung]["images_per_s"] > 0
+    text = "\n".join(_training_section({"settings": asdict(QUICK), "training": {"small": rungs},
                                         "machine": {"device": "cpu", "threads": 1}}))
     assert "Distillation's cost" in text and "| MNIST-Small (`small`), 3 teachers |" in text
-
-
-@pytest.mark.parametrize("name", list(MODELS))
-def test_every_digit_model_climbs_the_training_ladder(name, mnist):
-    """A model designed here (no reference notebook) runs the reference-style rung too."""
-    from tinydigits.lab.bench.measure import QUICK, training_throughput
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        rungs = training_throughput(name, mnist, torch.device("cpu"), QUICK, log=lambda line: None)
-    finally:
-        torch.set_num_threads(before)
-    assert all(rungs[rung]["images_per_s"] > 0 for rung in ("reference", "tensors_nchw", "trainer"))
