@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
 import re
 import sys
 import time
@@ -30,6 +31,7 @@ from tinydigits.lab.loadtest import (
 )
 from tinydigits.models import DEFAULT_READER
 from tinydigits.predict import predict_image
+from tinydigits.runtime import cpu_name
 from tinydigits.weights import get_weights
 
 pytest.importorskip("flask")
@@ -128,6 +130,7 @@ def test_loadtest_command_writes_the_report(tmp_path):
     # Before the load, one client alone: a canvas-sized PNG and a phone photo, both read right.
     assert re.search(r"\| one client alone, 560x560 canvas PNG: latency, median \| [\d.]+ ms \|", text)
     assert re.search(r"\| one client alone, 12 MP phone JPEG: latency, median \| [\d.]+ ms \|", text)
+    assert f"Machine: {os.cpu_count()} CPUs ({cpu_name()}, Python " in text  # the CPU the figures are of
     # The weights the server ran, so a report measured before a publish shows as stale.
     shipped = {name: get_weights(name).sha256 for name in ("medium", DEFAULT_READER)}
     assert f"Weights (SHA-256): `medium` {shipped['medium']}, `{DEFAULT_READER}` {shipped[DEFAULT_READER]}." \

@@ -45,7 +45,7 @@ from ..data import MNIST, load_mnist
 from ..errors import TinyDigitsError
 from ..markdown import markdown_table
 from ..models import DEFAULT_READER
-from ..runtime import load_average, peak_rss_kib
+from ..runtime import cpu_name, load_average, peak_rss_kib
 from ..weights import get_weights, load_model
 from .commands import python_module_argv, tinydigits_line
 
@@ -368,7 +368,7 @@ class LoadResult:
             "",
             *markdown_table(("measure", "value"), rows, left=1),
             "",
-            f"Machine: {os.cpu_count()} CPUs ({platform.machine()}, Python {platform.python_version()}, "
+            f"Machine: {os.cpu_count()} CPUs ({cpu_name()}, Python {platform.python_version()}, "
             f"torch {torch.__version__}), shared by the server, the clients and whatever else runs "
             f"(load average before the run {before}, after it {after}); {server}; "
             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
