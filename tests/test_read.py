@@ -160,3 +160,19 @@ def test_readme_and_docs_show_the_committed_reading_figures():
     assert report.get("weights_sha256") == shipped, (
         "docs/READING.md measured other weights than those shipped: run `tinydigits read-eval "
         "--save-boxes docs/reading --update-readme README.md`")
+
+
+def test_the_pages_reading_constants_are_pythons():
+    # read.js ports read.py, strips.py and sequence.py: a constant changed on one side only
+    # would read numbers differently in the browser.
+    import re
+    from pathlib import Path
+
+    from tinydigits import read, strips
+
+    script = (Path(tinydigits.__file__).parent / "deploy" / "web" / "read.js").read_text()
+    constants = {name: float(value) for name, value in re.findall(r"const ([A-Z_]+) = ([\d.]+);", script)}
+    python = {"DIGIT_WEIGHT": read.DIGIT_WEIGHT, "WIDE": read.WIDE, "CUTS": read.CUTS,
+              "MAX_DIGITS": MAX_DIGITS, "STRIP_HEIGHT": strips.STRIP_HEIGHT, "INK_HEIGHT": strips.INK_HEIGHT,
+              "PAD": strips.PAD}
+    assert {name: constants.get(name) for name in python} == python

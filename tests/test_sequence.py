@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 
 import numpy as np
 import pytest
@@ -27,11 +28,13 @@ from tinydigits.sequence import (
     batch_from_pool,
     edit_distance,
     greedy_decode,
+    read_picture,
     read_strips,
     score_readings,
 )
 from tinydigits.strips import INK_HEIGHT, STRIP_HEIGHT, ink_groups, number_set, number_strip, training_strips
 from tinydigits.train import train
+from tinydigits.weights import load_model
 
 # The frozen test sets' first 50 pictures of each kind, summarised: the numbers, formats,
 # overlaps and ink groups. A change to the generator that moves any of them changes every
@@ -132,6 +135,59 @@ def test_greedy_decoding_merges_repeats_and_drops_blanks():
     assert greedy_decode(torch.full((11, 3), -20.0).index_fill_(0, torch.tensor([BLANK]), 0.0)) == []
 
 
+def test_greedy_decoding_keeps_each_digits_scores_from_its_surest_column():
+    log_probs = torch.full((11, 3), -20.0)
+    # A 4 read in two columns, surer in the second.
+    log_probs[4, 0], log_probs[BLANK, 0] = math.log(0.6), math.log(0.4)
+    log_probs[4, 1], log_probs[9, 1] = math.log(0.9), math.log(0.1)
+    log_probs[BLANK, 2] = 0.0
+    (span,) = greedy_decode(log_probs)
+    assert (span.digit, span.first, span.last) == (4, 0, 1) and span.probability == pytest.approx(0.9)
+    assert span.scores == pytest.approx(log_probs[:BLANK, 1].tolist())
+
+
+class _Sure:
+    """A digit model certain that every digit is ``digit``."""
+
+    def __init__(self, digit: int) -> None:
+        self.digit = digit
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(inputs), 10), -50.0).index_fill_(1, torch.tensor([self.digit]), 0.0)
+
+
+def test_a_digit_model_reads_again_each_digit_the_reader_finds(mnist: data.MNIST, reader):
+    picture = number_set("separate", "val", 1, mnist)[0]
+    alone = read_number(picture.data, reader, "sequence", digit_model=None)
+    _, spans = read_picture(picture.data, reader)
+    # Alone, the reader's own digits and probabilities.
+    assert alone.number == "".join(str(s.digit) for s in spans)
+    assert [d.probability for d in alone.digits] == pytest.approx([s.probability for s in spans], abs=1e-6)
+    # A digit model can overrule it (weighed by DIGIT_WEIGHT), not add or drop a digit, and
+    # not make a gap surer to be a digit: the probability is P(a digit) x P(which digit).
+    sure = read_number(picture.data, reader, "sequence", digit_model=_Sure(7))
+    assert sure.number == "7" * len(spans)
+    a_digit = [float(torch.tensor(s.scores).exp().sum()) for s in spans]
+    assert [d.probability for d in sure.digits] == pytest.approx(a_digit, abs=1e-6)
+    assert [(d.x, d.width) for d in sure.digits] == [(d.x, d.width) for d in alone.digits]
+    ignored = read_number(picture.data, reader, "sequence", digit_model=_Sure(7), digit_weight=0.0)
+    assert ignored.number == alone.number
+
+
+def test_medium_reading_each_digit_again_reads_more_numbers_exactly(mnist: data.MNIST, reader):
+    # On validation numbers (docs/READING.md has the test sets' figures): +13 of 1,000 separate
+    # and +7 of 1,000 touching for the reader shipped when DIGIT_WEIGHT was chosen.
+    pictures = number_set("separate", "val", 400, mnist)
+    medium = load_model("medium", pretrained=True).eval()
+    def exact(digit_model) -> int:
+        return sum(read_number(p.data, reader, "sequence", digit_model=digit_model).number == p.number
+                   for p in pictures)
+
+    alone, both = exact(None), exact(medium)
+    print(f"of {len(pictures)}: the reader alone {alone}, with Medium {both}")
+    assert both > alone
+
+
 def test_character_error_rate_counts_edits():
     assert edit_distance("5087", "587") == 1 and edit_distance("", "12") == 2
     assert edit_distance("12", "21") == 2
@@ -229,6 +285,11 @@ def test_read_command_uses_the_reader_and_names_methods(mnist: data.MNIST, tmp_p
     assert [json.loads(line)["number"] for line in result.stdout.splitlines()] == [p.number for p in pictures]
     wrong = CliRunner().invoke(main, ["read", str(tmp_path), "--method", "sequence", "--model", "medium"])
     assert wrong.exit_code == 2 and "number reader" in wrong.output
+    first = sorted(tmp_path.iterdir())[0]
+    alone = CliRunner().invoke(main, ["read", str(first), "--json", "--digit-model", "none"])
+    expected = read_number(first, digit_model=None).to_dict()
+    assert [d["probability"] for d in json.loads(alone.stdout)["digits"]] == pytest.approx(
+        [d["probability"] for d in expected["digits"]], abs=1e-6)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from .deploy.export import FORMATS
 from .errors import TinyDigitsError, require
 from .lab import DEFAULT_SEEDS
 from .models import DEFAULT_READER, MODELS, READERS, REGISTRY, get_spec
-from .read import METHODS
+from .read import DIGIT_WEIGHT, METHODS
 from .runtime import package_version, set_threads
 from .weights import get_weights, load_model, pretrained_path, shipped_models
 
@@ -400,6 +400,10 @@ def predict(sources: tuple[Path, ...], model_name: str, weights: Path | None, to
                    "medium).")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Weights file to load (default: the pretrained weights shipped for --model).")
+@click.option("--digit-model", type=click.Choice([*MODELS, "none"], case_sensitive=False), default="medium",
+              show_default=True,
+              help="With --method sequence: the digit model that reads each digit the reader finds again "
+                   "(none: the reader alone).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per line per file, with each digit's box.")
 @click.option("--save-boxes", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -407,7 +411,7 @@ def predict(sources: tuple[Path, ...], model_name: str, weights: Path | None, to
 @backend_option()
 @friendly_errors
 def read_command(sources: tuple[Path, ...], method: str, model_name: str | None, weights: Path | None,
-                 as_json: bool, save_boxes: Path | None, backend: str) -> None:
+                 digit_model: str, as_json: bool, save_boxes: Path | None, backend: str) -> None:
     """Read whole numbers: the digits in each picture, left to right.
 
     Directories are expanded to the image files inside them. A bad file gets one
@@ -429,6 +433,9 @@ def read_command(sources: tuple[Path, ...], method: str, model_name: str | None,
         raise click.UsageError(f"--method {method} reads with {needs}, not {model_name}")
     engine = open_engine(model_name, weights if weights is not None else pretrained_path(model_name),
                          backend.lower(), batch=False)
+    digit_model = digit_model.lower()
+    second = (open_engine(digit_model, pretrained_path(digit_model), backend.lower(), batch=False)
+              if method == "sequence" and digit_model != "none" else None)
     if save_boxes is not None:
         save_boxes.mkdir(parents=True, exist_ok=True)
     failed = 0
@@ -438,7 +445,7 @@ def read_command(sources: tuple[Path, ...], method: str, model_name: str | None,
             if error is not None:
                 raise PreprocessError(error)
             picture = load_image(file)
-            reading = read_number(picture, engine, method)
+            reading = read_number(picture, engine, method, digit_model=second)
         except PreprocessError as err:
             message = str(err)
         except Exception as err:  # an unforeseen picture must not stop the batch (as predict)
@@ -478,7 +485,11 @@ def read_command(sources: tuple[Path, ...], method: str, model_name: str | None,
 @click.option("--reader", "reader_name", type=click.Choice(list(READERS), case_sensitive=False),
               default=DEFAULT_READER, show_default=True, help="The number reader (--method sequence).")
 @click.option("--model", "model_name", type=MODEL_CHOICE, default="medium", show_default=True,
-              help="The digit model the segmenter classifies with (--method segment).")
+              help="The digit model the segmenter classifies with (--method segment), and that reads "
+                   "each digit the reader finds again (--method sequence).")
+@click.option("--digit-weight", type=click.FloatRange(0, 10), default=DIGIT_WEIGHT, show_default=True,
+              help="How much the digit model's log-probabilities count against the reader's (for choices "
+                   "on --split val).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("docs/READING.md"), show_default=True,
               help="The Markdown report; the raw figures go to reading.json beside it.")
@@ -488,10 +499,11 @@ def read_command(sources: tuple[Path, ...], method: str, model_name: str | None,
               help="Also write the table into this README, between its reading-table markers.")
 @data_dir_option
 @friendly_errors
-def read_eval_command(count: int, split: str, reader_name: str, model_name: str, output: Path,
-                      save_boxes: Path | None, update_readme: Path | None, data_dir: Path | None) -> None:
-    """Measure `read`, both methods, on the frozen sets of numbers made of MNIST test digits
-    (docs/READING.md)."""
+def read_eval_command(count: int, split: str, reader_name: str, model_name: str, digit_weight: float,
+                      output: Path, save_boxes: Path | None, update_readme: Path | None,
+                      data_dir: Path | None) -> None:
+    """Measure `read`, both methods (the sequence reader also alone), on the frozen sets of
+    numbers made of MNIST test digits (docs/READING.md)."""
     from .deploy.engines import open_engine
     from .lab.numbers import README_BLOCK, measure, readme_table, save_examples, write_report
 
@@ -503,14 +515,16 @@ def read_eval_command(count: int, split: str, reader_name: str, model_name: str,
     set_threads(1)  # the figures' milliseconds: one picture at a time on one thread
     reader = open_engine(reader_name, pretrained_path(reader_name), batch=False)
     digits = open_engine(model_name, pretrained_path(model_name), batch=False)
-    readers = {f"sequence ({reader_name})": ("sequence", reader),
-               f"segment ({model_name})": ("segment", digits)}
+    readers = {f"sequence ({reader_name} + {model_name})": ("sequence", reader, digits),
+               f"sequence ({reader_name} alone)": ("sequence", reader, None),
+               f"segment ({model_name})": ("segment", digits, None)}
     options = {"count": count, **({"split": split} if split != "test" else {}), "reader": reader_name,
-               "model": model_name}
+               "model": model_name,
+               **({"digit_weight": digit_weight} if digit_weight != DIGIT_WEIGHT else {})}
     if split != "test" and (update_readme is not None or output == Path("docs/READING.md")):
         raise click.UsageError("--split val measures for choices: give it its own --output, "
                                "and no --update-readme")
-    report = measure(readers, count, data_dir, options, split)
+    report = measure(readers, count, data_dir, options, split, digit_weight)
     # Which shipped files were measured, so a test can tell figures of weights since replaced.
     report["weights_sha256"] = {name: get_weights(name).sha256 for name in (reader_name, model_name)}
     click.echo(f"wrote {write_report(report, output)} and {output.with_name('reading.json')}")
@@ -520,7 +534,7 @@ def read_eval_command(count: int, split: str, reader_name: str, model_name: str,
                        f"right {100 * f['right_count'] / f['pictures']:.1f}%, CER "
                        f"{100 * f['char_errors'] / f['chars']:.2f}% of {f['pictures']}")
     if save_boxes is not None:
-        for path in save_examples(reader, "sequence", save_boxes, data_dir):
+        for path in save_examples(reader, "sequence", save_boxes, data_dir, digit_model=digits):
             click.echo(f"saved {path}")
     if update_readme is not None:
         changed = README_BLOCK.update(update_readme, readme_table(report))

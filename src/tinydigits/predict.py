@@ -21,8 +21,8 @@ from .evaluate import predict_log_probs
 from .preprocess import WORK_SIDE, PreprocessError, Source, fit_to_mnist, ink_map, load_image, remove_specks
 from .segment import MAX_DIGITS, digit_groups
 
-__all__ = ["IMAGE_SUFFIXES", "Classifier", "Prediction", "classify", "expand_paths", "predict_files",
-           "predict_image"]
+__all__ = ["IMAGE_SUFFIXES", "Classifier", "Prediction", "classify", "digit_log_probs", "expand_paths",
+           "predict_files", "predict_image"]
 
 # What a directory expands to; a file named explicitly is tried whatever its name.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff",
@@ -75,13 +75,17 @@ Classifier = nn.Module | Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
+def digit_log_probs(model: Classifier, images: torch.Tensor) -> torch.Tensor:
+    """A digit model's log-probabilities [N, 10] (the models output them) for uint8 images [N, 28, 28]."""
+    inputs = normalize(images)
+    return predict_log_probs(model, inputs) if isinstance(model, nn.Module) else model(inputs)
+
+
 def classify(model: Classifier, images: torch.Tensor, top_k: int = 3) -> list[list[tuple[int, float]]]:
     """The ``top_k`` (digit, probability) pairs, most likely first, for uint8 images [N, 28, 28]."""
     if not 1 <= top_k <= 10:
         raise ConfigError(f"top_k must be between 1 and 10, got {top_k}")
-    inputs = normalize(images)
-    log_probs = predict_log_probs(model, inputs) if isinstance(model, nn.Module) else model(inputs)
-    probs = log_probs.exp()  # the models output log-probabilities
+    probs = digit_log_probs(model, images).exp()
     values, digits = probs.topk(top_k, dim=1)
     return [[(int(d), round(float(p), 6)) for d, p in zip(row_d, row_p, strict=True)]
             for row_d, row_p in zip(digits, values, strict=True)]

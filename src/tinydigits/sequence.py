@@ -48,25 +48,31 @@ POOL_BATCHES = 64  # with strip_reuse > 1, batches are drawn from the last 64 ba
 
 @dataclass(frozen=True)
 class Span:
-    """One decoded digit: its class, probability (the best of its columns') and columns."""
+    """One decoded digit: its class, probability (the best of its columns'), columns, and the
+    log-probabilities of the 10 digits in that surest column (what
+    :func:`tinydigits.read.read_number` weighs against a digit model's)."""
 
     digit: int
     probability: float
     first: int
     last: int
+    scores: tuple[float, ...]
 
 
 def greedy_decode(log_probs: torch.Tensor) -> list[Span]:
     """The digits of one strip's output ([11, T] log-probabilities), left to right."""
     probs, best = log_probs.exp().max(dim=0)
+    digit_scores = log_probs[:BLANK].T.tolist()
     spans: list[Span] = []
     previous = BLANK
     for column, (label, p) in enumerate(zip(best.tolist(), probs.tolist(), strict=True)):
         if label != BLANK and label == previous:
             last = spans[-1]
-            spans[-1] = Span(label, max(last.probability, p), last.first, column)
+            surer = p > last.probability
+            spans[-1] = Span(label, max(last.probability, p), last.first, column,
+                             tuple(digit_scores[column]) if surer else last.scores)
         elif label != BLANK:
-            spans.append(Span(label, p, column, column))
+            spans.append(Span(label, p, column, column, tuple(digit_scores[column])))
         previous = label
     return spans
 

@@ -17,8 +17,9 @@ API (all answers are JSON; errors are ``{"error": "..."}`` with a 4xx status):
   (``auto``, ``sequence``, ``segment``); the number in the picture, read left to right
   (:func:`tinydigits.read.read_number`), and each digit's box (in the picture's own
   pixels, as stored and turned upright), digit and probability. By default the number
-  reader reads it; ``auto`` segments with a digit model when the request names one (as
-  the page does), ``segment`` with the named digit model (default ``medium``).
+  reader reads it, the default digit model reading each digit it finds again; ``auto``
+  segments with a digit model when the request names one (as the page does), ``segment``
+  with the named digit model (default ``medium``).
 
 Flask and waitress are imported here only, so the core package does not need them
 (``pip install 'tinydigits[web]'``).
@@ -391,9 +392,11 @@ def create_app(models: Sequence[str] | Mapping[str, nn.Module] | None = None, *,
         data, fields = _read_request(("model", "method"))
         name, method = read_plan(fields["model"], fields["method"])
         run = _Run(loaded[name], "number" if name in readers else "digit")
+        # The default digit model reads again each digit the reader finds, as on the page.
+        second = _Run(digits[default], "digit") if method == "sequence" else None
 
         def work(image: Image.Image) -> Reading:
-            return _in_stored_pixels(read_number(image, run, method), data, image)
+            return _in_stored_pixels(read_number(image, run, method, digit_model=second), data, image)
 
         # A JPEG is decoded in draft mode, at no less than the working size the reading
         # reduces every picture to (a phone photo's full decode alone took most of the time).

@@ -43,6 +43,7 @@
     inference: "server", // or "browser"
     offered: [], // what models.json offers: "server" and/or "browser"
     choice: null, // a model name or ALL
+    defaultModel: null, // the digit model that reads again each digit the number reader finds
     inflight: false,
     dirty: false, // the input changed since the last request was sent
     timer: null,
@@ -504,6 +505,8 @@
 
     async predict(names) {
       const models = await Promise.all(names.map((name) => this.model(name)));
+      // The default digit model reads again each digit the number reader finds (read.js).
+      const digitModel = readerReads() ? await this.model(state.defaultModel) : null;
       const started = performance.now();
       let image;
       let draft = 1;
@@ -524,7 +527,7 @@
       const where = "browser";
       const prepStart = performance.now();
       if (readerReads()) { // one reading, by the number reader
-        const reading = window.tinydigitsRead.readWithReader(image, models[0], white);
+        const reading = window.tinydigitsRead.readWithReader(image, models[0], white, digitModel);
         const { ink, strip, reader } = reading.milliseconds;
         const milliseconds = decoded + ink + strip + reader;
         record({ decode: decoded, prepare: ink + strip, inference: reader, total: milliseconds });
@@ -740,6 +743,7 @@
       state.models = answer.models;
       state.reader = answer.reader || null;
       state.choice = answer.default;
+      state.defaultModel = answer.default;
       state.offered = answer.inference || ["server"];
       buildPicker(answer.models, answer.default);
       $("inference").hidden = state.offered.length < 2;

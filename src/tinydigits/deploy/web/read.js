@@ -285,8 +285,13 @@ window.tinydigitsRead = (() => {
     return E.runStrip(model, padded, STRIP_HEIGHT, width);
   }
 
+  // The log-probabilities of the 10 digits in column t.
+  function digitScores(logProbs, columns, t) {
+    return Array.from({ length: BLANK }, (_, k) => logProbs[k * columns + t]);
+  }
+
   // sequence.greedy_decode: the best class per column, runs merged, blanks dropped; a digit's
-  // probability is its run's best column's.
+  // probability is its run's best column's, its scores that column's digitScores.
   function greedyDecode({ logProbs, columns }) {
     const spans = [];
     let previous = BLANK;
@@ -296,10 +301,13 @@ window.tinydigitsRead = (() => {
       const p = Math.exp(logProbs[best * columns + t]);
       if (best !== BLANK && best === previous) {
         const last = spans[spans.length - 1];
-        last.probability = Math.max(last.probability, p);
+        if (p > last.probability) {
+          last.probability = p;
+          last.scores = digitScores(logProbs, columns, t);
+        }
         last.last = t;
       } else if (best !== BLANK) {
-        spans.push({ digit: best, probability: p, first: t, last: t });
+        spans.push({ digit: best, probability: p, first: t, last: t, scores: digitScores(logProbs, columns, t) });
       }
       previous = best;
     }
@@ -307,7 +315,8 @@ window.tinydigitsRead = (() => {
   }
 
   // sequence.digit_boxes: each digit's box in the picture's pixels, the ink columns between
-  // the midpoints to its neighbours' centres, cropped to the ink there.
+  // the midpoints to its neighbours' centres, cropped to the ink there; and that ink framed as
+  // MNIST (read._framed: blank where there is none).
   function digitBoxes(strip, spans, column) {
     const { ink, inkW: width, inkH: height, scale, left, top, factor: f } = strip;
     // Each span's centre, in columns of the strip's ink.
@@ -335,38 +344,70 @@ window.tinydigitsRead = (() => {
       }
       const [first, last] = [cols[0], cols[cols.length - 1]];
       const [upper, lower] = [rows[0], rows[rows.length - 1]];
-      return { x: (left + a + first) * f, y: (top + upper) * f, width: (last - first + 1) * f,
-        height: (lower - upper + 1) * f };
+      const w = last - first + 1;
+      const h = lower - upper + 1;
+      const piece = new Float32Array(w * h);
+      for (let y = 0; y < h; y++) {
+        piece.set(ink.subarray((upper + y) * width + a + first, (upper + y) * width + a + first + w), y * w);
+      }
+      let framed;
+      try {
+        framed = P.fitToMnist(piece, w, h);
+      } catch (error) {
+        if (!(error instanceof P.PreprocessError)) throw error;
+        framed = new Uint8Array(28 * 28);
+      }
+      return { box: { x: (left + a + first) * f, y: (top + upper) * f, width: w * f, height: h * f }, framed };
     });
   }
 
+  const logSumExp = (values) => {
+    const top = Math.max(...values);
+    return top + Math.log(values.reduce((sum, v) => sum + Math.exp(v - top), 0));
+  };
+
+  // read._read_sequence's probabilities of the 10 digits in a span: P(a digit in its surest
+  // column) x P(which digit), the second the reader's scores plus DIGIT_WEIGHT times the digit
+  // model's log-probabilities (none: the reader's alone).
+  const DIGIT_WEIGHT = 0.75;
+  function combined(scores, framed, digitModel) {
+    const aDigit = logSumExp(scores);
+    let which = scores.map((v) => v - aDigit);
+    if (digitModel) which = Array.from(E.run(digitModel, framed), (v, k) => which[k] + DIGIT_WEIGHT * v);
+    const norm = logSumExp(which);
+    return which.map((v) => Math.exp(Math.min(aDigit, 0) + v - norm)); // float32 sums can pass 1
+  }
+
   // The number in an ink map (width x height, `factor` picture pixels per ink-map pixel) read
-  // by a reader model (engine.js): {number, digits: [{box, digit, probability}], milliseconds:
-  // {strip, reader}}, box in the picture's pixels; throws PreprocessError when there is
-  // nothing to read.
-  function readInk(ink, width, height, factor, model) {
+  // by a reader model (engine.js), each digit read again by `digitModel` (a digit model, or
+  // null): {number, digits: [{box, digit, probability}], milliseconds: {strip, reader (both
+  // models)}}, box in the picture's pixels; throws PreprocessError when there is nothing to read.
+  function readInk(ink, width, height, factor, model, digitModel = null) {
     const started = performance.now();
     const strip = inkStrip(ink, width, height, factor);
     const stripped = performance.now();
     const spans = greedyDecode(readerOutput(model, strip));
-    const reader = performance.now() - stripped;
     if (!spans.length) throw new P.PreprocessError("no digits found: the reader sees ink but reads no digit in it");
     if (spans.length > MAX_DIGITS) {
       throw new P.PreprocessError(`found ${spans.length} digits; \`read\` reads numbers of up to ${MAX_DIGITS}`);
     }
     const boxes = digitBoxes(strip, spans, model.stride[1]);
-    const digits = spans.map((span, i) => ({ box: boxes[i], digit: span.digit, probability: span.probability }));
+    const digits = spans.map((span, i) => {
+      const probabilities = combined(span.scores, boxes[i].framed, digitModel);
+      const digit = probabilities.indexOf(Math.max(...probabilities));
+      return { box: boxes[i].box, digit, probability: probabilities[digit] };
+    });
     return { number: digits.map((d) => String(d.digit)).join(""), digits,
-      milliseconds: { strip: stripped - started, reader } };
+      milliseconds: { strip: stripped - started, reader: performance.now() - stripped } };
   }
 
   // read.read_number(method="sequence") of RGBA pixels: readInk's answer, milliseconds.ink
   // added (the ink map: the picture reduced, its paper fitted and removed).
-  function readWithReader(image, model, white = false) {
+  function readWithReader(image, model, white = false, digitModel = null) {
     const started = performance.now();
     const { ink, width, height, factor } = P.inkOf(image, 1, white);
     const inked = performance.now() - started;
-    const reading = readInk(ink, width, height, factor, model);
+    const reading = readInk(ink, width, height, factor, model, digitModel);
     // Boxes span whole ink-map pixels, which can reach past the edge of the picture.
     for (const { box } of reading.digits) {
       box.width = Math.min(box.width, image.width - box.x);
