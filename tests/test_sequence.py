@@ -136,6 +136,11 @@ def test_greedy_decoding_merges_repeats_and_drops_blanks():
 
 
 def test_greedy_decoding_keeps_each_digits_scores_from_its_surest_column():
+    # Two near-certain columns (the same float32 probability, 1.0): the surer by log-probability.
+    certain = torch.full((11, 2), -30.0)
+    certain[2, 0], certain[2, 1], certain[5, 1] = -2e-8, -1e-8, -18.0
+    (span,) = greedy_decode(certain)
+    assert span.scores == pytest.approx(certain[:BLANK, 1].tolist())
     log_probs = torch.full((11, 3), -20.0)
     # A 4 read in two columns, surer in the second.
     log_probs[4, 0], log_probs[BLANK, 0] = math.log(0.6), math.log(0.4)
@@ -153,7 +158,7 @@ class _Sure:
         self.digit = digit
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        return torch.full((len(inputs), 10), -50.0).index_fill_(1, torch.tensor([self.digit]), 0.0)
+        return torch.full((len(inputs), 10), -1e4).index_fill_(1, torch.tensor([self.digit]), 0.0)
 
 
 def test_a_digit_model_reads_again_each_digit_the_reader_finds(mnist: data.MNIST, reader):
@@ -174,6 +179,7 @@ def test_a_digit_model_reads_again_each_digit_the_reader_finds(mnist: data.MNIST
     assert ignored.number == alone.number
 
 
+@pytest.mark.slow  # 800 readings
 def test_medium_reading_each_digit_again_reads_more_numbers_exactly(mnist: data.MNIST, reader):
     # On validation numbers (docs/READING.md has the test sets' figures): +13 of 1,000 separate
     # and +7 of 1,000 touching for the reader shipped when DIGIT_WEIGHT was chosen.
@@ -289,7 +295,7 @@ def test_read_command_uses_the_reader_and_names_methods(mnist: data.MNIST, tmp_p
     alone = CliRunner().invoke(main, ["read", str(first), "--json", "--digit-model", "none"])
     expected = read_number(first, digit_model=None).to_dict()
     assert [d["probability"] for d in json.loads(alone.stdout)["digits"]] == pytest.approx(
-        [d["probability"] for d in expected["digits"]], abs=1e-6)
+        [d["probability"] for d in expected["digits"]], abs=1e-4)  # the CLI's engine against PyTorch
 
 
 @pytest.fixture

@@ -344,6 +344,13 @@ def test_a_failing_model_is_a_json_500_without_traceback(path, caplog):
     assert "secret internal detail" in caplog.text  # logged on the server, not sent
 
 
+def test_a_failing_digit_model_reading_again_for_the_reader_is_a_500():
+    reader = tinydigits.load_model(DEFAULT_READER, pretrained=True)
+    client = create_app({"medium": Broken(), DEFAULT_READER: reader}, pretrained=False).test_client()
+    response = client.post("/api/read", json={"image": data_url(SEVEN), "method": "sequence"})
+    assert response.status_code == 500 and response.get_json() == {"error": "internal error"}
+
+
 def test_the_pixel_limit_is_below_load_images_and_lets_a_phone_photo_through(client):
     assert 4080 * 3072 < MAX_IMAGE_PIXELS < 5000 * 4000 < MAX_PIXELS  # what the cases above rely on
     # A 12.5 MP picture is decoded (then found blank), not refused.

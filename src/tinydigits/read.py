@@ -17,7 +17,7 @@ The picture goes through the first steps of :func:`tinydigits.preprocess.to_mnis
    in one batch.
 
     >>> from tinydigits import read_number
-    >>> read_number("meter.jpg").number   # the shipped MNIST-Medium; or read_number(path, model)
+    >>> read_number("meter.jpg").number   # the shipped reader and MNIST-Medium; or read_number(path, model)
     '07431'
 """
 

@@ -9,6 +9,7 @@ takes the best class per column, merges runs of one class and drops blanks (Grav
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -61,18 +62,24 @@ class Span:
 
 def greedy_decode(log_probs: torch.Tensor) -> list[Span]:
     """The digits of one strip's output ([11, T] log-probabilities), left to right."""
-    probs, best = log_probs.exp().max(dim=0)
+    # Columns are compared by log-probability: near-certain ones all round to 1.0 in float32
+    # probabilities, and which of them is the surest would then depend on the engine.
+    values, best = log_probs.max(dim=0)
     digit_scores = log_probs[:BLANK].T.tolist()
     spans: list[Span] = []
+    surest = 0.0  # the log-probability of the last span's surest column
     previous = BLANK
-    for column, (label, p) in enumerate(zip(best.tolist(), probs.tolist(), strict=True)):
+    for column, (label, value) in enumerate(zip(best.tolist(), values.tolist(), strict=True)):
         if label != BLANK and label == previous:
             last = spans[-1]
-            surer = p > last.probability
-            spans[-1] = Span(label, max(last.probability, p), last.first, column,
-                             tuple(digit_scores[column]) if surer else last.scores)
+            if value > surest:
+                surest = value
+                spans[-1] = Span(label, math.exp(value), last.first, column, tuple(digit_scores[column]))
+            else:
+                spans[-1] = Span(label, last.probability, last.first, column, last.scores)
         elif label != BLANK:
-            spans.append(Span(label, p, column, column, tuple(digit_scores[column])))
+            surest = value
+            spans.append(Span(label, math.exp(value), column, column, tuple(digit_scores[column])))
         previous = label
     return spans
 
@@ -105,7 +112,8 @@ def digit_boxes(strip: Strip, spans: list[Span]) -> list[tuple[int, int, int, in
     edges = [0, *(round((a + b) / 2) for a, b in itertools.pairwise(centres)), width]
     boxes = []
     for a, b in itertools.pairwise(edges):
-        a, b = min(max(a, 0), width - 1), min(max(b, a + 1), width)
+        a = min(max(a, 0), width - 1)
+        b = min(max(b, a + 1), width)  # at least one column, after a is clamped
         piece = strip.ink[:, a:b]
         rows, cols = np.flatnonzero(piece.max(axis=1) > 0.2), np.flatnonzero(piece.max(axis=0) > 0.2)
         if rows.size == 0 or cols.size == 0:  # no ink there: the whole slice

@@ -68,12 +68,12 @@ def _overlap_bin(overlap: float) -> str:
     return next(label for lo, hi, label in OVERLAP_BINS if lo <= overlap < hi)
 
 
-def score(pictures: list[NumberPicture], model: Any, method: str, digit_model: Any = None,
+def score(pictures: list[NumberPicture], model: Any, method: str, digit_model: Any = "medium",
           digit_weight: float = DIGIT_WEIGHT) -> dict[str, Any]:
-    """One reader's figures on a set (``digit_model``: the sequence method's second opinion, see
-    :func:`~tinydigits.read.read_number`): counts of exact numbers, right digit counts, character
-    errors (edit distance), per number length and per overlap bin, the first misses, and the
-    time per picture."""
+    """One reader's figures on a set (``digit_model``: the sequence method's second opinion, as
+    :func:`~tinydigits.read.read_number` takes it; ``None``: the reader alone): counts of exact
+    numbers, right digit counts, character errors (edit distance), per number length and per
+    overlap bin, the first misses, and the time per picture."""
     figures: dict[str, Any] = {"pictures": len(pictures), "exact": 0, "right_count": 0, "char_errors": 0,
                                "chars": 0, "by_length": {}, "by_overlap": {}, "failures": []}
     started = time.perf_counter()

@@ -322,7 +322,8 @@
     results.replaceChildren();
     const names = answering();
     results.classList.toggle("several", names.length > 1);
-    $("models").hidden = readerReads(); // the digit models play no part in the reader's reading
+    // The picker is hidden: the default digit model, whatever is picked, reads each digit again.
+    $("models").hidden = readerReads();
     for (const name of names) {
       const card = $("card").content.firstElementChild.cloneNode(true);
       describe(card, name);
@@ -505,8 +506,9 @@
 
     async predict(names) {
       const models = await Promise.all(names.map((name) => this.model(name)));
+      const byReader = readerReads(); // once: the mode may change while the models load
       // The default digit model reads again each digit the number reader finds (read.js).
-      const digitModel = readerReads() ? await this.model(state.defaultModel) : null;
+      const digitModel = byReader ? await this.model(state.defaultModel) : null;
       const started = performance.now();
       let image;
       let draft = 1;
@@ -526,7 +528,7 @@
       }
       const where = "browser";
       const prepStart = performance.now();
-      if (readerReads()) { // one reading, by the number reader
+      if (byReader) { // one reading, by the number reader
         const reading = window.tinydigitsRead.readWithReader(image, models[0], white, digitModel);
         const { ink, strip, reader } = reading.milliseconds;
         const milliseconds = decoded + ink + strip + reader;

@@ -298,16 +298,18 @@ window.tinydigitsRead = (() => {
     for (let t = 0; t < columns; t++) {
       let best = 0;
       for (let k = 1; k <= BLANK; k++) if (logProbs[k * columns + t] > logProbs[best * columns + t]) best = k;
-      const p = Math.exp(logProbs[best * columns + t]);
+      const value = logProbs[best * columns + t];
       if (best !== BLANK && best === previous) {
         const last = spans[spans.length - 1];
-        if (p > last.probability) {
-          last.probability = p;
+        if (value > last.surest) { // by log-probability, as Python
+          last.surest = value;
+          last.probability = Math.exp(value);
           last.scores = digitScores(logProbs, columns, t);
         }
         last.last = t;
       } else if (best !== BLANK) {
-        spans.push({ digit: best, probability: p, first: t, last: t, scores: digitScores(logProbs, columns, t) });
+        spans.push({ digit: best, probability: Math.exp(value), surest: value, first: t, last: t,
+          scores: digitScores(logProbs, columns, t) });
       }
       previous = best;
     }
