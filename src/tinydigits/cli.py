@@ -434,7 +434,9 @@ def read_command(sources: tuple[Path, ...], method: str, model_name: str | None,
     engine = open_engine(model_name, weights if weights is not None else pretrained_path(model_name),
                          backend.lower(), batch=False)
     digit_model = digit_model.lower()
-    second = (open_engine(digit_model, pretrained_path(digit_model), backend.lower(), batch=False)
+    # One thread: a few 28x28 digits a picture, and a second pool's spinning threads would
+    # take cores from the reader's.
+    second = (open_engine(digit_model, pretrained_path(digit_model), backend.lower(), batch=False, threads=1)
               if method == "sequence" and digit_model != "none" else None)
     if save_boxes is not None:
         save_boxes.mkdir(parents=True, exist_ok=True)
@@ -513,8 +515,10 @@ def read_eval_command(count: int, split: str, reader_name: str, model_name: str,
         except OSError as err:
             raise click.ClickException(f"{update_readme}: cannot read ({err.strerror or err})") from None
     set_threads(1)  # the figures' milliseconds: one picture at a time on one thread
-    reader = open_engine(reader_name, pretrained_path(reader_name), batch=False)
-    digits = open_engine(model_name, pretrained_path(model_name), batch=False)
+    # Each engine on one thread too: two ONNX Runtime sessions of 2 threads each, their idle
+    # threads spinning between calls, slowed each reading by ~5 ms on the 2 cores.
+    reader = open_engine(reader_name, pretrained_path(reader_name), batch=False, threads=1)
+    digits = open_engine(model_name, pretrained_path(model_name), batch=False, threads=1)
     readers = {f"sequence ({reader_name} + {model_name})": ("sequence", reader, digits),
                f"sequence ({reader_name} alone)": ("sequence", reader, None),
                f"segment ({model_name})": ("segment", digits, None)}
