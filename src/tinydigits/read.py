@@ -202,12 +202,11 @@ def _read_sequence(image: Image.Image, model: Classifier, digit_model: Classifie
     # P(digit) = P(a digit, not a gap, in the span's surest column) x P(which | a digit), the
     # second the reader's and the digit model's opinions combined; alone, the reader's own.
     scores = torch.tensor([span.scores for span in spans], dtype=torch.float64)
-    a_digit = torch.logsumexp(scores, dim=1, keepdim=True)
-    which = scores - a_digit
-    a_digit = a_digit.clamp(max=0.0)  # a float32 model's probabilities can sum to a hair over 1
+    # (clamped: a float32 model's probabilities can sum to a hair over 1)
+    a_digit = torch.logsumexp(scores, dim=1, keepdim=True).clamp(max=0.0)
     if digit_model is not None:
-        which = which + digit_weight * digit_log_probs(digit_model, framed).double()
-    probabilities = a_digit.exp() * torch.softmax(which, dim=1)
+        scores = scores + digit_weight * digit_log_probs(digit_model, framed).double()
+    probabilities = a_digit.exp() * torch.softmax(scores, dim=1)
     # Boxes span whole working pixels, which can reach past the edge of a picture a few pixels wide.
     right, bottom = image.size
     digits = []

@@ -13,7 +13,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,7 @@ def greedy_decode(log_probs: torch.Tensor) -> list[Span]:
                 surest = value
                 spans[-1] = Span(label, math.exp(value), last.first, column, tuple(digit_scores[column]))
             else:
-                spans[-1] = Span(label, last.probability, last.first, column, last.scores)
+                spans[-1] = replace(last, last=column)
         elif label != BLANK:
             surest = value
             spans.append(Span(label, math.exp(value), column, column, tuple(digit_scores[column])))

@@ -373,11 +373,11 @@ window.tinydigitsRead = (() => {
   // model's log-probabilities (none: the reader's alone).
   const DIGIT_WEIGHT = 0.75;
   function combined(scores, framed, digitModel) {
-    const aDigit = logSumExp(scores);
-    let which = scores.map((v) => v - aDigit);
-    if (digitModel) which = Array.from(E.run(digitModel, framed), (v, k) => which[k] + DIGIT_WEIGHT * v);
+    const aDigit = Math.min(logSumExp(scores), 0); // float32 sums can pass 1
+    const which = digitModel ? Array.from(E.run(digitModel, framed), (v, k) => scores[k] + DIGIT_WEIGHT * v)
+      : scores;
     const norm = logSumExp(which);
-    return which.map((v) => Math.exp(Math.min(aDigit, 0) + v - norm)); // float32 sums can pass 1
+    return which.map((v) => Math.exp(aDigit + v - norm));
   }
 
   // The number in an ink map (width x height, `factor` picture pixels per ink-map pixel) read
