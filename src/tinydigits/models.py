@@ -53,23 +53,32 @@ class TinyDigitNet(nn.Module):
 
 def mnist_medium(dropout: float = 0.1) -> TinyDigitNet:
     """MNIST-Medium: 3 conv blocks (28x28, 14x14, 7x7); the largest of the three."""
-    d = dropout
+    return _medium_layout(dropout, 8, 16)
+
+
+def mnist_wide(dropout: float = 0.0) -> TinyDigitNet:
+    """MNIST-Medium's layout at four times the channels (32 and 64, about 117k parameters): a
+    teacher for distilling the small models, not one of them."""
+    return _medium_layout(dropout, 32, 64)
+
+
+def _medium_layout(d: float, a: int, b: int) -> TinyDigitNet:
     return TinyDigitNet([
         nn.Sequential(
-            *_conv3x3(1, 8), nn.Dropout(d),
-            *_conv3x3(8, 8), nn.MaxPool2d(2), nn.Dropout(d),
-            _transition(8, 8),
+            *_conv3x3(1, a), nn.Dropout(d),
+            *_conv3x3(a, a), nn.MaxPool2d(2), nn.Dropout(d),
+            _transition(a, a),
         ),
         nn.Sequential(
-            *_conv3x3(8, 8), nn.Dropout(d),
-            *_conv3x3(8, 16), nn.MaxPool2d(2), nn.Dropout(d),
-            _transition(16, 16),
+            *_conv3x3(a, a), nn.Dropout(d),
+            *_conv3x3(a, b), nn.MaxPool2d(2), nn.Dropout(d),
+            _transition(b, b),
         ),
         nn.Sequential(
-            *_conv3x3(16, 16, padding=0), nn.Dropout(d),
-            *_conv3x3(16, 16, padding=0), nn.MaxPool2d(2), nn.Dropout(d),
+            *_conv3x3(b, b, padding=0), nn.Dropout(d),
+            *_conv3x3(b, b, padding=0), nn.MaxPool2d(2), nn.Dropout(d),
         ),
-    ])
+    ], channels_out=b)
 
 
 def mnist_small(dropout: float = 0.02) -> TinyDigitNet:
@@ -194,6 +203,9 @@ class ModelSpec:
     task: str = "digit"
     input_shape: tuple[int, int, int | None] = (1, 28, 28)
     classes: int = 10
+    # Trained only to teach the others by distillation: not among MODELS (so not in the tables,
+    # exports, benchmarks or the web page), and never shipped.
+    teacher: bool = False
 
     @functools.cached_property
     def parameters(self) -> int:
@@ -214,13 +226,17 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("small", "MNIST-Small", mnist_small, 2, 99.25),
         ModelSpec("ultrasmall", "MNIST-UltraSmall", mnist_ultrasmall, 2, 99.00),
         ModelSpec("nano", "MNIST-Nano", mnist_nano, 3, None),
+        ModelSpec("wide", "MNIST-Medium x4 (a teacher)", mnist_wide, 3, None, teacher=True),
         ModelSpec("reader", "Number reader", number_reader, 4, None, "number", (1, 32, None), 11),
         ModelSpec("reader-small", "Number reader, small", number_reader_small, 4, None, "number",
                   (1, 32, None), 11),
     )
 }
 # The digit classifiers: what eval, export, the C export, the web page and the tables run.
-MODELS: dict[str, ModelSpec] = {name: spec for name, spec in REGISTRY.items() if spec.task == "digit"}
+MODELS: dict[str, ModelSpec] = {name: spec for name, spec in REGISTRY.items()
+                                if spec.task == "digit" and not spec.teacher}
+# The wider digit models that only teach the others.
+TEACHERS: dict[str, ModelSpec] = {name: spec for name, spec in REGISTRY.items() if spec.teacher}
 # The number readers: what `read` runs.
 READERS: dict[str, ModelSpec] = {name: spec for name, spec in REGISTRY.items() if spec.task == "number"}
 # The shipped reader that `read`, /api/read and the web page run when none is named.
