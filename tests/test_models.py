@@ -61,3 +61,16 @@ def test_dropout_is_configurable():
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match=r"unknown model 'large'.*medium, small, ultrasmall"):
         get_spec("large")
+
+
+def test_the_wide_teacher_is_medium_at_four_times_the_channels():
+    """A teacher trains like a digit model but is not one of the shipped ones: the commands that
+    offer MODELS (eval, export, tables, the web page) leave it out."""
+    from tinydigits.models import REGISTRY, TEACHERS
+
+    assert list(TEACHERS) == ["wide"] and "wide" not in MODELS and REGISTRY["wide"].task == "digit"
+    wide, medium = build_model("wide").state_dict(), build_model("medium").state_dict()
+    assert wide.keys() == medium.keys()  # the same layers, so the same layout
+    assert all(wide[k].shape[0] == 4 * medium[k].shape[0] for k in wide
+               if k.endswith(".weight") and not k.startswith("gap_linear"))
+    assert REGISTRY["wide"].parameters == 117_312
