@@ -141,6 +141,25 @@ def set_threads(threads: int | None = None) -> int:
     return threads
 
 
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed blocks of up to 32 MiB for reuse rather than hand each back
+    to the kernel; True where it took effect (Linux with glibc).
+
+    Its default threshold adapts only to the blocks a process happens to free: a full-data
+    Medium run, distilling from the wide teachers with no validation pass to free a large
+    block, kept mapping and unmapping the teachers' activations, ~19,000 page faults a step,
+    and an epoch took twice as long as the same run with a validation split (AMD EPYC, 1
+    thread). Fixed thresholds end that."""
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    # A fixed mmap threshold also stops the adapting; 32 MiB is glibc's largest on 64-bit.
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+
+
 def peak_rss_kib(pid: int | str = "self") -> int | None:
     """The peak resident memory of process ``pid`` (default: this one) in KiB, or None where
     it cannot be told.

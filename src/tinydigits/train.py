@@ -23,7 +23,7 @@ from .models import build_model, count_parameters, get_spec
 from .optim import make_optimizer, make_schedule
 from .recipes import Recipe
 from .run import Run, RunResult
-from .runtime import env_threads, select_device, set_threads
+from .runtime import env_threads, keep_freed_memory, select_device, set_threads
 from .weights import load_model
 
 BACKGROUND = (0.0 - data.MEAN) / data.STD  # an empty pixel after normalization
@@ -172,6 +172,7 @@ def train(
     ``subset`` keeps the first ``subset`` training images only (the validation split is taken
     from them), as ``tinydigits tune --subset`` trains its trials."""
     spec = get_spec(model_name)  # fail early on an unknown name
+    keep_freed_memory()
     if not resume:  # a resumed run keeps the recipe it saved
         check_recipe(model_name, recipe)
     run_dir = Path(run_dir) if run_dir else default_run_dir(model_name, recipe.seed)
