@@ -149,7 +149,9 @@ def keep_freed_memory() -> bool:
     Medium run, distilling from the wide teachers with no validation pass to free a large
     block, kept mapping and unmapping the teachers' activations, ~19,000 page faults a step,
     and an epoch took twice as long as the same run with a validation split (AMD EPYC, 1
-    thread). Fixed thresholds end that."""
+    thread). Fixed thresholds end that, for the rest of the process: it keeps up to 1 GiB of
+    freed memory instead of returning it (docs/BENCHMARKS.md's training peaks rose 78-118 MiB
+    with it)."""
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return False
     import ctypes

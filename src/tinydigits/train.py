@@ -170,7 +170,8 @@ def train(
 ) -> RunResult:
     """Train ``model_name`` with ``recipe``; with ``resume`` continue the run in ``run_dir``.
     ``subset`` keeps the first ``subset`` training images only (the validation split is taken
-    from them), as ``tinydigits tune --subset`` trains its trials."""
+    from them), as ``tinydigits tune --subset`` trains its trials. Sets glibc's malloc
+    thresholds for the whole process first (:func:`tinydigits.runtime.keep_freed_memory`)."""
     spec = get_spec(model_name)  # fail early on an unknown name
     keep_freed_memory()
     if not resume:  # a resumed run keeps the recipe it saved
