@@ -261,7 +261,7 @@ with tempfile.TemporaryDirectory() as tmp:
 teachers, _ = load_teachers("results/teachers/wide-e15")
 batch = torch.randn(128, 1, 28, 28)
 faults = []
-for _ in range(4):
+for _ in range(6):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     ensemble_log_probs(teachers, batch)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -272,6 +272,8 @@ print(json.dumps(faults))
                           timeout=300)
     assert done.returncode == 0, done.stderr
     faults = json.loads(done.stdout.strip().splitlines()[-1])
-    # The first pass maps what the rest reuse; without the thresholds each pass faulted ~47,000
-    # pages in here (AMD EPYC).
-    assert faults[0] > 0 and max(faults[1:]) < 200, faults
+    # The first pass maps what the rest reuse. Without the thresholds every pass faulted 18,000-
+    # 47,000 pages in here (AMD EPYC, AVX-512 kernels; AVX2's allocate so that none fault either
+    # way); with them most fault none, an odd one ~1,500: hence the median.
+    later = sorted(faults[1:])
+    assert faults[0] > 0 and later[len(later) // 2] < 1000, faults
