@@ -21,18 +21,28 @@ from tinydigits.cli import main
 from tinydigits.errors import ConfigError
 from tinydigits.models import DEFAULT_READER, READERS, NumberReader, build_model, count_parameters
 from tinydigits.preprocess import PreprocessError
-from tinydigits.read import read_number
+from tinydigits.read import DIGIT_WEIGHT, TOUCHING_SHARE, read_number
 from tinydigits.recipes import get_recipe
 from tinydigits.sequence import (
     BLANK,
+    Span,
     batch_from_pool,
+    digit_boxes,
     edit_distance,
     greedy_decode,
     read_picture,
     read_strips,
     score_readings,
 )
-from tinydigits.strips import INK_HEIGHT, STRIP_HEIGHT, ink_groups, number_set, number_strip, training_strips
+from tinydigits.strips import (
+    INK_HEIGHT,
+    STRIP_HEIGHT,
+    Strip,
+    ink_groups,
+    number_set,
+    number_strip,
+    training_strips,
+)
 from tinydigits.train import train
 from tinydigits.weights import load_model
 
@@ -177,6 +187,46 @@ def test_a_digit_model_reads_again_each_digit_the_reader_finds(mnist: data.MNIST
     assert [(d.x, d.width) for d in sure.digits] == [(d.x, d.width) for d in alone.digits]
     ignored = read_number(picture.data, reader, "sequence", digit_model=_Sure(7), digit_weight=0.0)
     assert ignored.number == alone.number
+
+
+def test_digit_boxes_tell_a_digit_whose_ink_touches_a_neighbours():
+    # Three marks in a strip's ink map: one apart (columns 0-9), two joined by a stroke
+    # (12-21 and 22-31); the reader put the digits' centres at columns 5, 17 and 27.
+    ink = np.zeros((20, 32), dtype=np.float32)
+    ink[2:18, 2:8] = ink[2:18, 13:20] = ink[2:18, 24:30] = 1.0
+    ink[9:11, 19:25] = 1.0
+    strip = Strip(torch.zeros(1, STRIP_HEIGHT, 40), ink, left=0, top=0, scale=1.0, factor=1)
+    spans = [Span(1, 0.9, c, c, (0.0,) * 10) for c in (4, 10, 15)]  # centres (c + 0.5) x 2 - PAD
+    boxes = digit_boxes(strip, spans)
+    assert [box.alone for box in boxes] == [True, False, False]
+    assert [(box.x, box.width) for box in boxes] == [(2, 6), (13, 9), (22, 8)]
+
+
+def test_a_digit_models_opinion_counts_less_where_the_ink_touches(mnist: data.MNIST, reader):
+    picture = number_set("touching", "val", 1, mnist)[0]
+    strip, spans = read_picture(picture.data, reader)
+    alone = [box.alone for box in digit_boxes(strip, spans)]
+    assert True in alone and False in alone  # this picture has both kinds
+    leaning = _Leaning(7)
+    reading = read_number(picture.data, reader, "sequence", digit_model=leaning)
+    scores = torch.tensor([span.scores for span in spans], dtype=torch.float64)
+    weights = torch.tensor([[DIGIT_WEIGHT * (1.0 if a else TOUCHING_SHARE)] for a in alone]).double()
+    which = torch.softmax(scores + weights * leaning(torch.zeros(len(spans), 28, 28)).double(), dim=1)
+    expected = torch.logsumexp(scores, dim=1).clamp(max=0.0).exp() * which.max(dim=1).values
+    assert [d.probability for d in reading.digits] == pytest.approx(expected.tolist(), abs=1e-6)
+    uniform = torch.softmax(scores + DIGIT_WEIGHT * leaning(torch.zeros(len(spans), 28, 28)).double(), dim=1)
+    assert not torch.allclose(which, uniform)
+
+
+class _Leaning:
+    """A digit model that finds ``digit`` e (2.7) times likelier than each other digit."""
+
+    def __init__(self, digit: int) -> None:
+        self.digit = digit
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(len(inputs), 10).index_fill_(1, torch.tensor([self.digit]), 1.0)
+        return torch.log_softmax(logits, dim=1)
 
 
 @pytest.mark.slow  # 800 readings

@@ -21,7 +21,7 @@ from .deploy.export import FORMATS
 from .errors import TinyDigitsError, require
 from .lab import DEFAULT_SEEDS
 from .models import DEFAULT_READER, MODELS, READERS, REGISTRY, get_spec
-from .read import DIGIT_WEIGHT, METHODS
+from .read import DIGIT_WEIGHT, METHODS, TOUCHING_SHARE
 from .runtime import package_version, set_threads
 from .weights import get_weights, load_model, pretrained_path, shipped_models
 
@@ -492,6 +492,9 @@ def read_command(sources: tuple[Path, ...], method: str, model_name: str | None,
 @click.option("--digit-weight", type=click.FloatRange(0, 10), default=DIGIT_WEIGHT, show_default=True,
               help="How much the digit model's log-probabilities count against the reader's (for choices "
                    "on --split val).")
+@click.option("--touching-share", type=click.FloatRange(0, 1), default=TOUCHING_SHARE, show_default=True,
+              help="The share of --digit-weight for a digit whose ink touches a neighbour's (for choices "
+                   "on --split val).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("docs/READING.md"), show_default=True,
               help="The Markdown report; the raw figures go to reading.json beside it.")
@@ -502,8 +505,8 @@ def read_command(sources: tuple[Path, ...], method: str, model_name: str | None,
 @data_dir_option
 @friendly_errors
 def read_eval_command(count: int, split: str, reader_name: str, model_name: str, digit_weight: float,
-                      output: Path, save_boxes: Path | None, update_readme: Path | None,
-                      data_dir: Path | None) -> None:
+                      touching_share: float, output: Path, save_boxes: Path | None,
+                      update_readme: Path | None, data_dir: Path | None) -> None:
     """Measure `read`, both methods (the sequence reader also alone), on the frozen sets of
     numbers made of MNIST test digits (docs/READING.md)."""
     from .deploy.engines import open_engine
@@ -524,11 +527,12 @@ def read_eval_command(count: int, split: str, reader_name: str, model_name: str,
                f"segment ({model_name})": ("segment", digits, None)}
     options = {"count": count, **({"split": split} if split != "test" else {}), "reader": reader_name,
                "model": model_name,
-               **({"digit_weight": digit_weight} if digit_weight != DIGIT_WEIGHT else {})}
+               **({"digit_weight": digit_weight} if digit_weight != DIGIT_WEIGHT else {}),
+               **({"touching_share": touching_share} if touching_share != TOUCHING_SHARE else {})}
     if split != "test" and (update_readme is not None or output == Path("docs/READING.md")):
         raise click.UsageError("--split val measures for choices: give it its own --output, "
                                "and no --update-readme")
-    report = measure(readers, count, data_dir, options, split, digit_weight)
+    report = measure(readers, count, data_dir, options, split, digit_weight, touching_share)
     # Which shipped files were measured, so a test can tell figures of weights since replaced.
     report["weights_sha256"] = {name: get_weights(name).sha256 for name in (reader_name, model_name)}
     click.echo(f"wrote {write_report(report, output)} and {output.with_name('reading.json')}")

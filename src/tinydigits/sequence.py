@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from scipy import ndimage
 
 from . import data
 from .errors import ConfigError
@@ -30,6 +31,7 @@ from .preprocess import PreprocessError, Source
 from .recipes import Recipe
 from .run import Run, RunResult
 from .runtime import set_threads
+from .segment import INK
 from .strips import (
     COLUMN,
     PAD,
@@ -101,27 +103,46 @@ def read_picture(image: Image.Image | Source, model: Any) -> tuple[Strip, list[S
     return strip, run_reader(model, [strip.pixels])[0]
 
 
-def digit_boxes(strip: Strip, spans: list[Span]) -> list[tuple[int, int, int, int, np.ndarray]]:
-    """Each digit's box in the picture's pixels (x, y, width, height) and its ink: the ink
-    columns between the midpoints to its neighbours' columns, cropped to the ink there."""
+@dataclass(frozen=True)
+class DigitBox:
+    """Where :func:`digit_boxes` put one decoded digit: its box in the picture's pixels, its ink
+    (cropped from the strip's ink map), and whether that ink stands alone: no 8-connected
+    stroke crosses the box's left or right edge into a neighbour's."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    ink: np.ndarray
+    alone: bool
+
+
+def digit_boxes(strip: Strip, spans: list[Span]) -> list[DigitBox]:
+    """Each digit's box in the picture's pixels and its ink: the ink columns between the
+    midpoints to its neighbours' columns, cropped to the ink there."""
     if not spans:
         return []
     # Each span's centre, in columns of the strip's ink.
     centres = [((span.first + span.last + 1) / 2 * COLUMN - PAD) / strip.scale for span in spans]
     height, width = strip.ink.shape
     edges = [0, *(round((a + b) / 2) for a, b in itertools.pairwise(centres)), width]
+    # Each stroke's first and last column, to tell a digit whose ink touches a neighbour's.
+    labels, _ = ndimage.label(strip.ink > INK, structure=np.ones((3, 3)))
+    strokes = [(cols.start, cols.stop) for _, cols in ndimage.find_objects(labels)]
     boxes = []
     for a, b in itertools.pairwise(edges):
         a = min(max(a, 0), width - 1)
         b = min(max(b, a + 1), width)  # at least one column, after a is clamped
+        alone = all(a <= start and stop <= b for start, stop in strokes if start < b and stop > a)
         piece = strip.ink[:, a:b]
         rows, cols = np.flatnonzero(piece.max(axis=1) > 0.2), np.flatnonzero(piece.max(axis=0) > 0.2)
         if rows.size == 0 or cols.size == 0:  # no ink there: the whole slice
             rows, cols = np.arange(height), np.arange(b - a)
         ink = piece[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
         f = strip.factor
-        boxes.append((int((strip.left + a + cols[0]) * f), int((strip.top + rows[0]) * f),
-                      int((cols[-1] - cols[0] + 1) * f), int((rows[-1] - rows[0] + 1) * f), ink))
+        x, y = int((strip.left + a + cols[0]) * f), int((strip.top + rows[0]) * f)
+        size = int((cols[-1] - cols[0] + 1) * f), int((rows[-1] - rows[0] + 1) * f)
+        boxes.append(DigitBox(x, y, *size, ink, alone))
     return boxes
 
 

@@ -24,7 +24,7 @@ from ..io import write_text
 from ..markdown import GeneratedBlock, markdown_table
 from ..models import get_spec
 from ..preprocess import PreprocessError
-from ..read import DIGIT_WEIGHT, draw_boxes, read_number
+from ..read import DIGIT_WEIGHT, TOUCHING_SHARE, draw_boxes, read_number
 from ..runtime import cpu_name, provenance
 from ..sequence import edit_distance, run_reader
 from ..strips import (
@@ -69,7 +69,7 @@ def _overlap_bin(overlap: float) -> str:
 
 
 def score(pictures: list[NumberPicture], model: Any, method: str, digit_model: Any = "medium",
-          digit_weight: float = DIGIT_WEIGHT) -> dict[str, Any]:
+          digit_weight: float = DIGIT_WEIGHT, touching_share: float = TOUCHING_SHARE) -> dict[str, Any]:
     """One reader's figures on a set (``digit_model``: the sequence method's second opinion, as
     :func:`~tinydigits.read.read_number` takes it; ``None``: the reader alone): counts of exact
     numbers, right digit counts, character errors (edit distance), per number length and per
@@ -79,7 +79,7 @@ def score(pictures: list[NumberPicture], model: Any, method: str, digit_model: A
     started = time.perf_counter()
     for picture in pictures:
         try:
-            got = read_number(picture.data, model, method, digit_model, digit_weight).number
+            got = read_number(picture.data, model, method, digit_model, digit_weight, touching_share).number
         except PreprocessError as err:
             got = f"error: {err}"
         exact = got == picture.number
@@ -115,14 +115,14 @@ def _model_milliseconds(model: Any, pictures: list[NumberPicture]) -> float:
 
 def measure(readers: dict[str, tuple[str, Any, Any]], count: int = SET_SIZE,
             data_dir: str | Path | None = None, options: dict[str, Any] | None = None, split: str = "test",
-            digit_weight: float = DIGIT_WEIGHT) -> dict[str, Any]:
+            digit_weight: float = DIGIT_WEIGHT, touching_share: float = TOUCHING_SHARE) -> dict[str, Any]:
     """Each reader's figures on both frozen sets of ``split`` (``test``; ``val``, made of the
     validation digits, for choices). ``readers``: label -> (method, model, digit model or None)."""
     mnist = data.load_mnist(data_dir)
     report: dict[str, Any] = {"options": options or {}, "sets": {}, "cpu": cpu_name(), **provenance()}
     for kind in SET_KINDS:
         pictures = number_set(kind, split, count, mnist)
-        report["sets"][kind] = {label: score(pictures, model, method, second, digit_weight)
+        report["sets"][kind] = {label: score(pictures, model, method, second, digit_weight, touching_share)
                                 for label, (method, model, second) in readers.items()}
     return report
 

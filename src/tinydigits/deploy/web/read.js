@@ -43,11 +43,12 @@ window.tinydigitsRead = (() => {
     return crop({ ink, w, h: piece.h, top: piece.top, left: piece.left + from });
   }
 
-  // segment.digit_groups: the separate digits of an ink map, left to right.
-  function digitGroups(ink, width, height) {
-    const labels = new Int32Array(width * height); // components numbered in raster order, as scipy's label
+  // The 8-connected strokes of an ink map (pixels above INK), numbered in raster order as
+  // scipy's label numbers them: {labels (0: no stroke), count, boxes ([row start, row stop,
+  // column start, column stop) of each)}.
+  function strokes(ink, width, height) {
+    const labels = new Int32Array(width * height);
     const boxes = [];
-    const mass = [];
     let count = 0;
     const stack = [];
     for (let start = 0; start < labels.length; start++) {
@@ -76,6 +77,13 @@ window.tinydigitsRead = (() => {
       }
       boxes.push(box);
     }
+    return { labels, count, boxes };
+  }
+
+  // segment.digit_groups: the separate digits of an ink map, left to right.
+  function digitGroups(ink, width, height) {
+    const { labels, count, boxes } = strokes(ink, width, height);
+    const mass = [];
     if (count === 0) throw new P.PreprocessError("no ink found: the image looks blank");
     for (let i = 0; i < count; i++) mass.push(0);
     for (let i = 0; i < labels.length; i++) if (labels[i]) mass[labels[i] - 1] += ink[i]; // raster order, doubles
@@ -317,16 +325,19 @@ window.tinydigitsRead = (() => {
   }
 
   // sequence.digit_boxes: each digit's box in the picture's pixels, the ink columns between
-  // the midpoints to its neighbours' centres, cropped to the ink there; and that ink framed as
-  // MNIST (read._framed: blank where there is none).
+  // the midpoints to its neighbours' centres, cropped to the ink there; that ink framed as
+  // MNIST (read._framed: blank where there is none); and whether it stands alone (no stroke
+  // crosses the box's left or right edge).
   function digitBoxes(strip, spans, column) {
     const { ink, inkW: width, inkH: height, scale, left, top, factor: f } = strip;
     // Each span's centre, in columns of the strip's ink.
     const centres = spans.map((span) => (((span.first + span.last + 1) / 2) * column - PAD) / scale);
     const edges = [0, ...centres.slice(1).map((c, i) => P.roundHalfEven((centres[i] + c) / 2)), width];
+    const strokeColumns = strokes(ink, width, height).boxes.map((box) => [box[2], box[3]]);
     return spans.map((_, index) => {
       const a = Math.min(Math.max(edges[index], 0), width - 1);
       const b = Math.min(Math.max(edges[index + 1], a + 1), width);
+      const alone = strokeColumns.every(([start, stop]) => !(start < b && stop > a) || (a <= start && stop <= b));
       let rows = [];
       let cols = [];
       const columnMax = new Float32Array(b - a).fill(-Infinity);
@@ -359,7 +370,8 @@ window.tinydigitsRead = (() => {
         if (!(error instanceof P.PreprocessError)) throw error;
         framed = new Uint8Array(28 * 28);
       }
-      return { box: { x: (left + a + first) * f, y: (top + upper) * f, width: w * f, height: h * f }, framed };
+      return { box: { x: (left + a + first) * f, y: (top + upper) * f, width: w * f, height: h * f }, framed,
+        alone };
     });
   }
 
@@ -370,11 +382,14 @@ window.tinydigitsRead = (() => {
 
   // read._read_sequence's probabilities of the 10 digits in a span: P(a digit in its surest
   // column) x P(which digit), the second the reader's scores plus DIGIT_WEIGHT times the digit
-  // model's log-probabilities (none: the reader's alone).
+  // model's log-probabilities, TOUCHING_SHARE of that where the digit's ink touches a
+  // neighbour's (no digit model: the reader's alone).
   const DIGIT_WEIGHT = 0.75;
-  function combined(scores, framed, digitModel) {
+  const TOUCHING_SHARE = 0.4;
+  function combined(scores, { framed, alone }, digitModel) {
     const aDigit = Math.min(logSumExp(scores), 0); // float32 sums can pass 1
-    const which = digitModel ? Array.from(E.run(digitModel, framed), (v, k) => scores[k] + DIGIT_WEIGHT * v)
+    const weight = DIGIT_WEIGHT * (alone ? 1 : TOUCHING_SHARE);
+    const which = digitModel ? Array.from(E.run(digitModel, framed), (v, k) => scores[k] + weight * v)
       : scores;
     const norm = logSumExp(which);
     return which.map((v) => Math.exp(aDigit + v - norm));
@@ -395,7 +410,7 @@ window.tinydigitsRead = (() => {
     }
     const boxes = digitBoxes(strip, spans, model.stride[1]);
     const digits = spans.map((span, i) => {
-      const probabilities = combined(span.scores, boxes[i].framed, digitModel);
+      const probabilities = combined(span.scores, boxes[i], digitModel);
       const digit = probabilities.indexOf(Math.max(...probabilities));
       return { box: boxes[i].box, digit, probability: probabilities[digit] };
     });
