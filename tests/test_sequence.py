@@ -189,20 +189,22 @@ def test_a_digit_model_reads_again_each_digit_the_reader_finds(mnist: data.MNIST
     assert ignored.number == alone.number
 
 
-def test_digit_boxes_tell_a_digit_whose_ink_touches_a_neighbours():
-    # Three marks in a strip's ink map: one apart (columns 0-9), two joined by a stroke
-    # (12-21 and 22-31); the reader put the digits' centres at columns 5, 17 and 27.
+def test_digit_boxes_tell_a_digit_whose_box_a_stroke_crosses():
+    # Three marks in a strip's ink map: one apart (columns 2-10), two joined by a stroke
+    # (13-19 and 24-29, the stroke 19-24); the reader put the digits' centres at columns 5,
+    # 17 and 27, so the boxes are columns 0-10, 11-21 and 22-31: the first mark ends on its
+    # box's edge and stands alone, the stroke crosses the edge at 22.
     ink = np.zeros((20, 32), dtype=np.float32)
-    ink[2:18, 2:8] = ink[2:18, 13:20] = ink[2:18, 24:30] = 1.0
+    ink[2:18, 2:11] = ink[2:18, 13:20] = ink[2:18, 24:30] = 1.0
     ink[9:11, 19:25] = 1.0
     strip = Strip(torch.zeros(1, STRIP_HEIGHT, 40), ink, left=0, top=0, scale=1.0, factor=1)
     spans = [Span(1, 0.9, c, c, (0.0,) * 10) for c in (4, 10, 15)]  # centres (c + 0.5) x 2 - PAD
     boxes = digit_boxes(strip, spans)
     assert [box.alone for box in boxes] == [True, False, False]
-    assert [(box.x, box.width) for box in boxes] == [(2, 6), (13, 9), (22, 8)]
+    assert [(box.x, box.width) for box in boxes] == [(2, 9), (13, 9), (22, 8)]
 
 
-def test_a_digit_models_opinion_counts_less_where_the_ink_touches(mnist: data.MNIST, reader):
+def test_a_digit_models_opinion_counts_less_where_a_stroke_crosses_the_box(mnist: data.MNIST, reader):
     picture = number_set("touching", "val", 1, mnist)[0]
     strip, spans = read_picture(picture.data, reader)
     alone = [box.alone for box in digit_boxes(strip, spans)]
@@ -211,11 +213,13 @@ def test_a_digit_models_opinion_counts_less_where_the_ink_touches(mnist: data.MN
     reading = read_number(picture.data, reader, "sequence", digit_model=leaning)
     scores = torch.tensor([span.scores for span in spans], dtype=torch.float64)
     weights = torch.tensor([[DIGIT_WEIGHT * (1.0 if a else TOUCHING_SHARE)] for a in alone]).double()
-    which = torch.softmax(scores + weights * leaning(torch.zeros(len(spans), 28, 28)).double(), dim=1)
-    expected = torch.logsumexp(scores, dim=1).clamp(max=0.0).exp() * which.max(dim=1).values
+    opinion = leaning(torch.zeros(len(spans), 28, 28)).double()
+    a_digit = torch.logsumexp(scores, dim=1).clamp(max=0.0).exp()
+    expected = a_digit * torch.softmax(scores + weights * opinion, dim=1).max(dim=1).values
     assert [d.probability for d in reading.digits] == pytest.approx(expected.tolist(), abs=1e-6)
-    uniform = torch.softmax(scores + DIGIT_WEIGHT * leaning(torch.zeros(len(spans), 28, 28)).double(), dim=1)
-    assert not torch.allclose(which, uniform)
+    # ... which the full weight everywhere would not give
+    uniform = a_digit * torch.softmax(scores + DIGIT_WEIGHT * opinion, dim=1).max(dim=1).values
+    assert (expected - uniform).abs().max() > 1e-4
 
 
 class _Leaning:

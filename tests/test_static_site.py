@@ -53,6 +53,7 @@ from tinydigits.models import DEFAULT_READER
 from tinydigits.preprocess import WORK_SIDE, ink_map, load_image, to_mnist
 from tinydigits.read import read_number
 from tinydigits.segment import digit_groups
+from tinydigits.sequence import digit_boxes, read_picture
 from tinydigits.strips import batch_strips, ink_strip, number_set
 from tinydigits.weights import get_weights
 
@@ -641,6 +642,45 @@ def test_the_page_makes_pythons_strips_and_pytorchs_log_probabilities(browser, s
                 reader_max_logp_diff=float(f"{logp_diff:.2e}"))
     assert strip_diff <= 1e-6, f"largest |strip pixel difference| {strip_diff:.2e}"
     assert logp_diff <= LOGP_TOLERANCE, f"largest |log-probability difference| {logp_diff:.2e}"
+
+
+def test_the_page_weighs_medium_as_python_does_where_a_stroke_crosses_a_box(browser, static):
+    """On Python's own ink maps of the 50 touching numbers: the page's reading with Medium as
+    the second opinion has Python's digits and probabilities, where half the boxes have a
+    stroke crossing their edge (Medium's opinion counts TOUCHING_SHARE as much there)."""
+    reader, medium = shipped_reader(), shipped_models()["medium"]
+    page = open_page(browser, static)
+    compared, crossed, boxes, largest = 0, 0, 0, 0.0
+    try:
+        for picture in touching_pictures():
+            image = load_image(picture.data)
+            factor = max(1, math.ceil(max(image.size) / WORK_SIDE))  # as number_strip
+            ink = ink_map(image)
+            expected = read_number(image, reader, method="sequence", digit_model=medium)
+            alone = [box.alone for box in digit_boxes(*read_picture(image, reader))]
+            ours = page.page.evaluate("""async ([encoded, width, height, factor, names]) => {
+                const E = window.tinydigitsEngine;
+                const load = async (name) => E.load(await (await fetch(`models/${name}.json`)).json());
+                window.testModels ??= await Promise.all(names.map(load));
+                const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
+                const [reader, medium] = window.testModels;
+                const reading = window.tinydigitsRead.readInk(new Float32Array(bytes.buffer), width, height,
+                                                              factor, reader, medium);
+                return { number: reading.number, probabilities: reading.digits.map((d) => d.probability) };
+            }""", [_floats(ink), ink.shape[1], ink.shape[0], factor, [DEFAULT_READER, "medium"]])
+            if ours["number"] != expected.number:
+                continue
+            compared += 1
+            crossed += alone.count(False)
+            boxes += len(alone)
+            largest = max(largest, max(abs(a - d.probability)
+                                       for a, d in zip(ours["probabilities"], expected.digits, strict=True)))
+        page.check_stayed_local()
+    finally:
+        page.context.close()
+    assert compared >= 49, f"the same number as Python on {compared} of 50"
+    assert 0.2 * boxes < crossed < boxes, f"{crossed} of {boxes} boxes with a stroke across an edge"
+    assert largest <= 1e-4, f"largest |probability difference| {largest:.2e}"
 
 
 def test_number_pictures_are_read_as_python_reads_them(browser, static, tmp_path):

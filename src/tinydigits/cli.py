@@ -493,8 +493,8 @@ def read_command(sources: tuple[Path, ...], method: str, model_name: str | None,
               help="How much the digit model's log-probabilities count against the reader's (for choices "
                    "on --split val).")
 @click.option("--touching-share", type=click.FloatRange(0, 1), default=TOUCHING_SHARE, show_default=True,
-              help="The share of --digit-weight for a digit whose ink touches a neighbour's (for choices "
-                   "on --split val).")
+              help="The share of --digit-weight for a digit whose box a stroke crosses, as where digits "
+                   "touch (for choices on --split val).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("docs/READING.md"), show_default=True,
               help="The Markdown report; the raw figures go to reading.json beside it.")

@@ -46,9 +46,11 @@ CUTS = 8  # candidate cuts tried per split
 # The sequence method's second opinion: each digit the reader finds is also read by a digit
 # model on its box, and the two log-probabilities added, the digit model's times DIGIT_WEIGHT.
 # The reader finds digits in touching ink; the digit model, with a tenth of the parameters,
-# tells single digits apart better. Where a digit's ink touches a neighbour's, its box cuts
-# through strokes and the digit model sees part of the neighbour: there its opinion counts
-# TOUCHING_SHARE as much. Both chosen on the validation sets (README, "Read whole numbers").
+# tells single digits apart better. Where a stroke crosses the edge of a digit's box (most
+# often digits that touch; sometimes a wide digit reaching past the midpoint to its
+# neighbour), the box cuts through the stroke and the digit model sees part of it: there its
+# opinion counts TOUCHING_SHARE as much. Both chosen on the validation sets (README, "Read
+# whole numbers").
 DIGIT_WEIGHT = 0.75
 TOUCHING_SHARE = 0.4
 
@@ -155,7 +157,7 @@ def read_number(image: Image.Image | Source, model: Classifier | None = None,
     ``sequence`` reads the whole strip with a number reader (default: the shipped one), and
     ``digit_model`` (a digit model or the name of a shipped one; ``None``: the reader alone)
     reads each digit it finds again, its log-probabilities added times ``digit_weight`` (times
-    ``touching_share`` of that for a digit whose ink touches a neighbour's);
+    ``touching_share`` of that for a digit whose box a stroke crosses, as where digits touch);
     ``segment`` cuts the ink into digits and classifies each with a digit model (default:
     the shipped MNIST-Medium); ``auto`` picks by the model given, the sequence reader when
     none is. Raises :class:`PreprocessError` for a blank picture, one that cannot be read,

@@ -382,8 +382,8 @@ window.tinydigitsRead = (() => {
 
   // read._read_sequence's probabilities of the 10 digits in a span: P(a digit in its surest
   // column) x P(which digit), the second the reader's scores plus DIGIT_WEIGHT times the digit
-  // model's log-probabilities, TOUCHING_SHARE of that where the digit's ink touches a
-  // neighbour's (no digit model: the reader's alone).
+  // model's log-probabilities, TOUCHING_SHARE of that where a stroke crosses the digit's box,
+  // as where digits touch (no digit model: the reader's alone).
   const DIGIT_WEIGHT = 0.75;
   const TOUCHING_SHARE = 0.4;
   function combined(scores, { framed, alone }, digitModel) {
