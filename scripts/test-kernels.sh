@@ -10,8 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTEST="${PYTEST:-.venv/bin/pytest}"
 PYTHON="${PYTHON:-.venv/bin/python}"
-# Export parity (tests/test_export.py) runs the same engines on the same weights as test_engines.
-TESTS=(tests/test_preprocess.py tests/test_predict.py tests/test_read.py tests/test_engines.py)
+# The tests marked `kernels` (pytest -m): preprocessing, reading, predictions and the engines'
+# answers. Export parity (tests/test_export.py) runs the same engines on the same weights as
+# test_engines.
 
 # NumPy's dispatched extensions as this NumPy names them (X86_V3, AVX512_ICL, ... in 2.x).
 dispatched() {
@@ -29,11 +30,19 @@ print(" ".join(name for name in names if keep == "none" or name not in avx2_or_l
 EOF
 }
 
+# The passes run side by side (they are short and mostly single-threaded), each into its own log,
+# printed whole when it ends; the script fails if either does.
+logs="$(mktemp -d)"
+trap 'rm -rf "$logs"' EXIT
+pids=()
+labels=()
 run() {
     local label="$1"
     shift
-    echo "test-kernels: $label"
-    env "$@" "$PYTEST" -q -p no:cacheprovider -m "not slow" "${TESTS[@]}"
+    env "$@" "$PYTEST" -q -p no:cacheprovider -m "kernels and not slow" tests \
+        >"$logs/${#pids[@]}.log" 2>&1 &
+    pids+=("$!")
+    labels+=("$label")
 }
 
 # Plain assignments, so that set -e stops the script if a lookup fails (rather than run with all).
@@ -47,3 +56,11 @@ if grep -qw avx2 /proc/cpuinfo 2>/dev/null; then
 else
     echo "test-kernels: this CPU has no AVX2; the AVX2 pass is left out"
 fi
+
+status=0
+for i in "${!pids[@]}"; do
+    if wait "${pids[$i]}"; then result=passed; else result=FAILED; status=1; fi
+    echo "test-kernels: ${labels[$i]}: $result"
+    cat "$logs/$i.log"
+done
+exit "$status"

@@ -47,6 +47,7 @@ def test_inputs(mnist: data.MNIST) -> torch.Tensor:
     return data.normalize(mnist.test_images)
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("name", shipped_models("digit"))
 def test_openvino_gives_pytorchs_predictions_on_all_test_images(name, test_inputs):
     reference = predict_log_probs(tinydigits.load_model(name, pretrained=True), test_inputs)
@@ -57,6 +58,7 @@ def test_openvino_gives_pytorchs_predictions_on_all_test_images(name, test_input
     assert float((got - reference).abs().max()) < 1e-4
 
 
+@pytest.mark.kernels
 def test_openvino_runs_an_exported_onnx_file_and_odd_batch_sizes(tmp_path, test_inputs):
     model = tinydigits.load_model("small", pretrained=True)
     path = export_onnx(model, tmp_path / "small.onnx")
@@ -97,6 +99,7 @@ def test_a_file_openvino_cannot_read_is_aone_line_error(tmp_path):
     assert "\n" not in str(raised.value)
 
 
+@pytest.mark.kernels
 def test_eval_defaults_to_the_shipped_weights_and_says_which_engine_ran():
     result = CliRunner().invoke(main, ["eval", "--model", "small", "--json"])
     assert result.exit_code == 0, result.output
@@ -192,6 +195,7 @@ def reader_strips() -> list[torch.Tensor]:
     return reader_check_strips(50)
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
 def test_reader_engines_read_as_pytorch_at_any_width(backend, reader_strips, mnist):
     model = tinydigits.load_model(DEFAULT_READER, pretrained=True)  # the one `read` and the server run

@@ -50,6 +50,7 @@ def invoke(*args: str):
     return CliRunner().invoke(main, ["predict", *args])
 
 
+@pytest.mark.kernels
 def test_good_files_and_directories_are_classified(pictures):
     folder, labels = pictures
     result = invoke(str(folder))
@@ -78,6 +79,7 @@ def test_bad_files_never_stop_the_batch(pictures, tmp_path):
     assert good[1].startswith(f"{folder / 'c_scan.bmp'}: {labels['c_scan.bmp']} (")
 
 
+@pytest.mark.kernels
 def test_json_lines_with_top_k(pictures, tmp_path):
     folder, labels = pictures
     bad = bad_files(tmp_path)
@@ -102,6 +104,7 @@ def test_top_k_bounds_are_usage_errors(pictures):
     assert invoke().exit_code == 2
 
 
+@pytest.mark.kernels
 def test_save_preprocessed_writes_the_28x28_inputs(pictures, tmp_path, mnist):
     folder, _ = pictures
     out = tmp_path / "seen"

@@ -17,6 +17,10 @@ from tinydigits import TinyDigitsError
 from tinydigits.predict import classify, predict_files
 from tinydigits.preprocess import MAX_PIXELS, PreprocessError, load_image, to_mnist
 
+# Preprocessing is float work (resampling, blur, thresholds) that NumPy and Pillow may run with
+# other SIMD kernels on another CPU: scripts/test-kernels.sh runs this module again under others.
+pytestmark = pytest.mark.kernels
+
 N_SCANS = 250  # a few hundred pictures; about 0.1 s each to make, save and classify
 
 
