@@ -15,7 +15,7 @@ lint: setup
 
 # Two pytest processes side by side (pytest-xdist), each test module whole in one of them, so
 # a module's browser, server or compiled model is made once; then the numerics-sensitive
-# tests again under other CPU kernels and thread counts.
+# tests (marked `kernels`) again under other CPU kernels and thread counts.
 PYTEST_PARALLEL := -n 2 --dist loadfile
 
 test: setup
