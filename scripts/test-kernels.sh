@@ -10,8 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTEST="${PYTEST:-.venv/bin/pytest}"
 PYTHON="${PYTHON:-.venv/bin/python}"
-# The tests marked `kernels` (pytest -m): preprocessing, reading, predictions and the engines'
-# answers. Export parity (tests/test_export.py) runs the same engines on the same weights as
+# The tests marked `kernels` (pytest -m): preprocessing, reading, predictions, the shipped
+# weights' accuracy and the engines' answers. Export parity (tests/test_export.py) runs the same engines on the same weights as
 # test_engines.
 
 # NumPy's dispatched extensions as this NumPy names them (X86_V3, AVX512_ICL, ... in 2.x).
@@ -33,8 +33,9 @@ EOF
 # The passes run side by side (they are short and mostly single-threaded), each into its own log,
 # printed whole when it ends; the script fails if either does.
 logs="$(mktemp -d)"
-trap 'rm -rf "$logs"' EXIT
 pids=()
+trap 'rm -rf "$logs"' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null; exit 130' INT TERM
 labels=()
 run() {
     local label="$1"

@@ -26,7 +26,6 @@ from tinydigits.weights import pretrained_path
 
 RESULTS = Path(__file__).parents[1] / "results"
 
-# Training on 5,000 images (the rest held out as validation) keeps a real run short.
 # 10,000 training images and 1,000 for validation: an epoch of a few seconds, long enough for
 # the resume tests to interrupt the second one.
 SHORT = ["--model", "ultrasmall", "--subset", "11000", "--val-size", "1000", "--batch-size", "100",
@@ -136,6 +135,7 @@ def test_interrupted_cli_run_resumes_to_the_same_weights(tmp_path, sig, uninterr
     deadline = time.monotonic() + 240
     while not (cut_dir / "checkpoint.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert process.poll() is None, "the run ended before the signal: make SHORT's epochs longer"
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
     if sig == signal.SIGINT:

@@ -151,6 +151,7 @@ def exported(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
+@pytest.mark.kernels
 def test_auto_runs_int8_files_on_onnx_runtime_and_openvino_refuses_them_in_one_line(exported):
     int8 = exported["int8"]
     graph = read_onnx_graph(int8)

@@ -63,6 +63,7 @@ def test_good_files_and_directories_are_classified(pictures):
     assert result.stderr == ""
 
 
+@pytest.mark.kernels
 def test_bad_files_never_stop_the_batch(pictures, tmp_path):
     folder, labels = pictures
     bad = bad_files(tmp_path)
@@ -123,6 +124,7 @@ def test_save_preprocessed_writes_the_28x28_inputs(pictures, tmp_path, mnist):
     assert diff.mean() < 5
 
 
+@pytest.mark.kernels
 def test_weights_option_and_bad_weights(pictures, tmp_path):
     folder, labels = pictures
     weights = tinydigits.save_weights(tinydigits.load_model("medium", pretrained=True),
@@ -141,6 +143,7 @@ def test_directory_without_images_is_an_error(tmp_path):
     assert result.exit_code == 1 and f"Error: {tmp_path}: directory holds no image files" in result.stderr
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("size", [(3000, 1), (2000, 2), (1, 900)])
 def test_thin_pictures_do_not_stop_the_batch(pictures, tmp_path, size):
     """A one- or two-pixel-thin picture gets a result or its own error; later files still run."""

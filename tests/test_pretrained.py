@@ -23,6 +23,7 @@ from tinydigits.weights import PRETRAINED_DIR, WeightsMeta, get_weights, load_mo
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("name", shipped_models("digit"))
 def test_shipped_weights_reach_their_recorded_test_accuracy(name, mnist):
     weights = get_weights(name)
@@ -38,6 +39,7 @@ def test_shipped_weights_reach_their_recorded_test_accuracy(name, mnist):
     assert round(result.accuracy, 4) == meta.test_accuracy
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("name", shipped_models("digit"))
 def test_shipped_weights_leave_every_answer_a_clear_margin(name, mnist):
     """What lets the tests compare the shipped weights' accuracy and predictions exactly on any

@@ -171,6 +171,7 @@ class _Sure:
         return torch.full((len(inputs), 10), -1e4).index_fill_(1, torch.tensor([self.digit]), 0.0)
 
 
+@pytest.mark.kernels
 def test_a_digit_model_reads_again_each_digit_the_reader_finds(mnist: data.MNIST, reader):
     picture = number_set("separate", "val", 1, mnist)[0]
     alone = read_number(picture.data, reader, "sequence", digit_model=None)
@@ -204,6 +205,7 @@ def test_digit_boxes_tell_a_digit_whose_box_a_stroke_crosses():
     assert [(box.x, box.width) for box in boxes] == [(2, 9), (13, 9), (22, 8)]
 
 
+@pytest.mark.kernels
 def test_a_digit_models_opinion_counts_less_where_a_stroke_crosses_the_box(mnist: data.MNIST, reader):
     picture = number_set("touching", "val", 1, mnist)[0]
     strip, spans = read_picture(picture.data, reader)
@@ -267,6 +269,7 @@ def test_reader_sizes_and_any_width():
         NumberReader(context=0)
 
 
+@pytest.mark.kernels
 def test_the_shipped_reader_reads_touching_and_separate_numbers(mnist: data.MNIST, reader):
     for kind, floor in (("separate", 90), ("touching", 80)):
         pictures = number_set(kind, "test", 100, mnist)
@@ -277,6 +280,7 @@ def test_the_shipped_reader_reads_touching_and_separate_numbers(mnist: data.MNIS
         assert score.exact_rate >= floor, score.failures
 
 
+@pytest.mark.kernels
 def test_read_number_gives_boxes_left_to_right_in_the_pictures_pixels(mnist: data.MNIST, reader):
     # The first of the touching set that the shipped reader reads right (the geometry is the point).
     picture, reading = next((p, r) for p in number_set("touching", "test", 10, mnist)
@@ -296,6 +300,7 @@ def _paper(width: int, height: int) -> Image.Image:
     return Image.new("RGB", (width, height), (240, 238, 230))
 
 
+@pytest.mark.kernels
 def test_hostile_pictures_get_clear_errors_or_a_low_confidence_reading(mnist: data.MNIST, reader):
     blank = io.BytesIO()
     _paper(400, 200).save(blank, "PNG")
@@ -336,6 +341,7 @@ def test_ink_groups_count_touching_marks():
     assert ink_groups(canvas) == 1
 
 
+@pytest.mark.kernels
 def test_read_command_uses_the_reader_and_names_methods(mnist: data.MNIST, tmp_path):
     pictures = number_set("touching", "test", 3, mnist)[1:]  # the shipped reader misreads the first
     for index, picture in enumerate(pictures):
