@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 PYTEST="${PYTEST:-.venv/bin/pytest}"
 PYTHON="${PYTHON:-.venv/bin/python}"
 # The tests marked `kernels` (pytest -m): preprocessing, reading, predictions, the shipped
-# weights' accuracy and the engines' answers. Export parity (tests/test_export.py) runs the same engines on the same weights as
-# test_engines.
+# weights' accuracy and the engines' answers. Export parity (tests/test_export.py) runs the
+# same engines on the same weights as test_engines.
 
 # NumPy's dispatched extensions as this NumPy names them (X86_V3, AVX512_ICL, ... in 2.x).
 dispatched() {
@@ -34,9 +34,9 @@ EOF
 # printed whole when it ends; the script fails if either does.
 logs="$(mktemp -d)"
 pids=()
+labels=()
 trap 'rm -rf "$logs"' EXIT
 trap 'kill "${pids[@]}" 2>/dev/null; exit 130' INT TERM
-labels=()
 run() {
     local label="$1"
     shift
