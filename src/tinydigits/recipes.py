@@ -219,7 +219,7 @@ _READER = _FIRST_READER.replace(batch_by_width=True, epochs=18)
 # touching numbers the worse (results/readers-ablation/augment), not kept.
 # 36 epochs: 92.39 +- 0.67, past the rule, but 32-40 minutes of the machine a seed, over the
 # 30 a reader may take: not kept (results/readers-ablation/epochs36).
-# Each strip used 4 times and 45 epochs, in about the same machine time (29 minutes a seed):
+# Each strip used 4 times and 45 epochs, more and cheaper steps within 30 minutes (29 a seed):
 # 91.94 +- 1.17, not kept (results/readers-ablation/reuse4).
 DEFAULT_RECIPES.update({"reader": _READER.replace(epochs=30), "reader-small": _READER})
 
