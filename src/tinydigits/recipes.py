@@ -163,18 +163,18 @@ _TUNED = Recipe(
 # best trial, the three wide teachers instead of the Mediums (-0.16), 0.8 of the loss from the
 # Mediums instead of half (-0.19), temperature 2 instead of 4 (-0.08), half the affine
 # augmentation (-0.18 on seed 0).
-# UltraSmall: Small's distillation recipe (19 epochs,
-# elastic, three Mediums on each augmented batch) gave 99.04 ± 0.05, and the three Mediums
-# alone on its own recipe 99.05 ± 0.02 (2.2x the time), against its 99.04 ± 0.04: not kept;
-# like Nano it underfits (train accuracy 98.9 against 99.0-99.1 on validation), and Nano's
-# recipe (19 epochs, half the augmentation) gave 99.13 ± 0.13, kept. Nano (designed here,
-# under 2,000 parameters; its layout beat a wider two-block one by 0.5 point and a
+# UltraSmall: Small's distillation recipe (19 epochs, elastic, three Mediums on each augmented
+# batch) gave 99.04 ± 0.05, and the three Mediums alone on its own recipe 99.05 ± 0.02 (2.2x the
+# time), against its 99.04 ± 0.04: not kept; like Nano it underfits (train accuracy 98.9 against
+# 99.0-99.1 on validation), and Nano's recipe (19 epochs, half the augmentation) gave 99.13 ±
+# 0.13, kept; the three Mediums on that recipe 99.05 ± 0.08, not kept. Nano
+# (designed here, under 2,000 parameters; its layout beat a wider two-block one by 0.5 point and a
 # one-conv-at-28x28 one by 0.1 on seed 0's validation) underfits (train accuracy below
-# validation), so 19 epochs, the reference's budget: 98.87 ±
-# 0.06 against 98.73 ± 0.15 over 3 seeds, kept; then half the augmentation (rotation 4°, shifts
-# and scaling 4%): 98.96 ± 0.07 against 98.87 ± 0.06, kept; weight decay 1e-4 instead: 98.88 ±
-# 0.25, not kept; distillation from the three Mediums on the augmented batch was lower on seed
-# 0 (98.56 against 98.62) and not run further.
+# validation), so 19 epochs, the reference's budget: 98.87 ± 0.06 against 98.73 ± 0.15 over 3
+# seeds, kept; then half the augmentation (rotation 4°, shifts and scaling 4%): 98.96 ± 0.07
+# against 98.87 ± 0.06, kept; weight decay 1e-4 instead: 98.88 ± 0.25, not kept; distillation from
+# the three Mediums on the augmented batch was lower on seed 0 (98.56 against 98.62) and not run
+# further.
 # For the models too small to fit the augmented images (Nano and UltraSmall: train accuracy
 # below validation, and less augmentation helped; Small, whose train accuracy is below too,
 # did worse with it).
