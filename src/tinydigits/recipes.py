@@ -161,8 +161,8 @@ _TUNED = Recipe(
 # on each augmented batch, +0.15 more. Not kept for Small: batch 64, 2 clean final epochs,
 # weight decay 1e-4, the same teacher run once on the clean images, an Optuna screening study's
 # best trial, the three wide teachers instead of the Mediums (-0.16), 0.8 of the loss from the
-# Mediums instead of half (-0.19), temperature 2 instead of 4 (-0.08), half the affine
-# augmentation (-0.18 on seed 0).
+# Mediums instead of half (-0.19), 0.3 (-0.18), temperature 2 instead of 4 (-0.08), half the
+# affine augmentation (-0.18 on seed 0).
 # UltraSmall: Small's distillation recipe (19 epochs, elastic, three Mediums on each augmented
 # batch) gave 99.04 ± 0.05, and the three Mediums alone on its own recipe 99.05 ± 0.02 (2.2x the
 # time), against its 99.04 ± 0.04: not kept; like Nano it underfits (train accuracy 98.9 against
