@@ -760,7 +760,7 @@ def tune(model_name: str, trials: int, storage: str | None, study_name: str | No
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port to listen on (0: any free port).")
 @click.option("--models", "model_names", type=MODEL_CHOICE, multiple=True,
-              help="A model to serve; repeat for several (default: all three).")
+              help="A model to serve; repeat for several (default: every shipped digit model).")
 @click.option("--server-threads", type=click.IntRange(min=1), default=None,
               help="waitress worker threads, i.e. requests handled at once (default 8: drawings keep a free "
                    "thread while photos of numbers are read).")
@@ -834,7 +834,7 @@ def loadtest_command(clients: int, duration: float, model_name: str, samples: in
 
 @main.command(name="mcu")
 @click.option("--models", "model_names", type=MODEL_CHOICE, multiple=True,
-              help="A model to measure; repeat for several (default: all three).")
+              help="A model to measure; repeat for several (default: every digit model).")
 @click.option("--qemu-images", type=click.IntRange(1, 10_000), default=1000, show_default=True,
               help="Test images to run on the emulated Cortex-M3.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
@@ -867,7 +867,7 @@ def mcu_command(model_names: tuple[str, ...], qemu_images: int, output: Path, up
 
 @main.command(name="bench")
 @click.option("--models", "model_names", type=MODEL_CHOICE, multiple=True,
-              help="A model to measure; repeat for several (default: all three).")
+              help="A model to measure; repeat for several (default: every digit model).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch and ONNX Runtime (default: $TINYDIGITS_THREADS, else 2).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
