@@ -4,8 +4,8 @@ is exported to ONNX once and cached by its hash); and comparing an exported file
 PyTorch model it came from.
 
 ``auto`` picks the fastest engine installed for the job, as measured here on 2 cores
-(docs/BENCHMARKS.md): OpenVINO for batches (about twice ONNX Runtime's throughput with
-AVX-512; 0.8x on an AVX2-only EPYC), ONNX Runtime
+(docs/BENCHMARKS.md): OpenVINO for batches (1.2-2.2x ONNX Runtime's throughput on an
+AVX-512 host; 0.8-0.9x on an AVX2-only EPYC), ONNX Runtime
 for single pictures (the lowest batch-1 latency), PyTorch when neither is installed or the
 model runs on a GPU.
 
