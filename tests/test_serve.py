@@ -328,6 +328,24 @@ def test_bad_requests_get_json_errors_and_the_server_keeps_serving(live, case):
     assert status == 200 and json.loads(good)["digit"] == 7
 
 
+def test_a_closed_server_stops_its_thread_and_port_without_an_error(app, monkeypatch):
+    """Closing while requests come and go, many times over: the server thread ends without an
+    exception (closing waitress's sockets under its select() once failed it with EBADF) and
+    the port stops answering."""
+    errors = []
+    monkeypatch.setattr("threading.excepthook", errors.append)
+    for _ in range(10):
+        server = BackgroundServer(app)
+        status, _, _ = request(server.url, "GET", "/api/models", None, {})
+        assert status == 200
+        server.close()
+        assert not server.thread.is_alive()
+        host, port = urlsplit(server.url).hostname, urlsplit(server.url).port
+        with pytest.raises(OSError), socket.create_connection((host, port), timeout=2):
+            pass
+    assert errors == []
+
+
 class Broken(nn.Module):
     def forward(self, images):
         raise RuntimeError("secret internal detail")

@@ -476,12 +476,27 @@ class BackgroundServer:
     def __init__(self, app: Flask, host: str = DEFAULT_HOST, port: int = 0, threads: int = 4) -> None:
         self.server = _create_server(app, host, port, threads)
         self.url = _urls(self.server)[0]
-        self.thread = threading.Thread(target=self.server.run, name="tinydigits-web", daemon=True)
+        self._stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name="tinydigits-web", daemon=True)
         self.thread.start()
 
+    def _serve(self) -> None:
+        # Not waitress's run(): closing its sockets from another thread while that loop waits in
+        # select() fails the loop with EBADF. This loop wakes every 50 ms and closes the sockets
+        # itself once asked to stop. A server for several addresses keeps its sockets in `map`,
+        # a single one in `_map`.
+        from waitress import wasyncore
+
+        sockets = getattr(self.server, "map", None) or self.server._map
+        try:
+            while not self._stopping.is_set():
+                wasyncore.loop(timeout=0.05, map=sockets, use_poll=self.server.adj.asyncore_use_poll, count=1)
+        finally:
+            self.server.task_dispatcher.shutdown()
+            wasyncore.close_all(sockets)
+
     def close(self) -> None:
-        self.server.close()
-        self.server.task_dispatcher.shutdown()
+        self._stopping.set()
         self.thread.join(timeout=5)
 
 
