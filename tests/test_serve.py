@@ -329,7 +329,7 @@ def test_bad_requests_get_json_errors_and_the_server_keeps_serving(live, case):
 
 
 def test_a_closed_server_stops_its_thread_and_port_without_an_error(app, monkeypatch):
-    """Closing while requests come and go, many times over: the server thread ends without an
+    """Closing right after a request, ten times over: the server thread ends without an
     exception (closing waitress's sockets under its select() once failed it with EBADF) and
     the port stops answering."""
     errors = []
