@@ -450,7 +450,10 @@ def check_host(host: str, port: int = DEFAULT_PORT) -> None:
                           "or --host 0.0.0.0 (every interface)") from None
 
 
-def _create_server(app: Flask, host: str, port: int, threads: int) -> Any:
+def _create_server(app: Flask, host: str, port: int, threads: int,
+                   sockets: dict[int, Any] | None = None) -> Any:
+    """A waitress server, not yet running; ``sockets``: the socket map its loop polls (waitress
+    makes one when it is None)."""
     from waitress import create_server
 
     check_host(host, port)
@@ -458,8 +461,8 @@ def _create_server(app: Flask, host: str, port: int, threads: int) -> Any:
     # only bounds what it buffers, well above the app's JSON 413 at MAX_CONTENT_LENGTH.
     limit = 8 * (app.config["MAX_CONTENT_LENGTH"] or MAX_UPLOAD_BYTES)
     try:
-        return create_server(app, host=host, port=port, threads=threads, max_request_body_size=limit,
-                             ident="tinydigits")
+        return create_server(app, map=sockets, host=host, port=port, threads=threads,
+                             max_request_body_size=limit, ident="tinydigits")
     except ValueError as err:  # any other setting waitress refuses
         raise ConfigError(f"cannot serve on {host!r} port {port}: {first_line(err)}") from None
 
@@ -474,7 +477,8 @@ class BackgroundServer:
     """A waitress server in a daemon thread, on ``host`` and ``port`` (0: a free port); for tests."""
 
     def __init__(self, app: Flask, host: str = DEFAULT_HOST, port: int = 0, threads: int = 4) -> None:
-        self.server = _create_server(app, host, port, threads)
+        self._sockets: dict[int, Any] = {}
+        self.server = _create_server(app, host, port, threads, self._sockets)
         self.url = _urls(self.server)[0]
         self._stopping = threading.Event()
         self.thread = threading.Thread(target=self._serve, name="tinydigits-web", daemon=True)
@@ -483,17 +487,16 @@ class BackgroundServer:
     def _serve(self) -> None:
         # Not waitress's run(): closing its sockets from another thread while that loop waits in
         # select() fails the loop with EBADF. This loop wakes every 50 ms and closes the sockets
-        # itself once asked to stop. A server for several addresses keeps its sockets in `map`,
-        # a single one in `_map`.
+        # itself once asked to stop.
         from waitress import wasyncore
 
-        sockets = getattr(self.server, "map", None) or self.server._map
         try:
             while not self._stopping.is_set():
-                wasyncore.loop(timeout=0.05, map=sockets, use_poll=self.server.adj.asyncore_use_poll, count=1)
+                wasyncore.loop(timeout=0.05, map=self._sockets, use_poll=self.server.adj.asyncore_use_poll,
+                               count=1)
         finally:
             self.server.task_dispatcher.shutdown()
-            wasyncore.close_all(sockets)
+            wasyncore.close_all(self._sockets)
 
     def close(self) -> None:
         self._stopping.set()
